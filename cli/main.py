@@ -1,0 +1,108 @@
+"""Operator commands over the same services the Functions use: tokens and the certificate in use.
+
+Every command prints plain text, or JSON with ``--json``; nothing printed is secret (tokens are shown as their
+non-secret claims only). Exit codes: 0 ok, 1 the operation failed, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from shared.errors import S2SError
+
+# Claims worth showing; the signature and anything personal are left out.
+_SHOWN_CLAIMS = ("aud", "iss", "tid", "appid", "azp", "oid", "idtyp", "roles", "ver", "iat", "nbf", "exp")
+
+
+def load_env_file(path: Path) -> None:
+    """Load ``NAME=value`` lines (as ``python -m sandbox`` writes them) into this process's environment."""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#") and "=" in line:
+            name, value = line.split("=", 1)
+            os.environ[name.strip()] = value.strip()
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cli", description=__doc__)
+    parser.add_argument("--env-file", type=Path, help="load NAME=value settings from this file first")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    commands = parser.add_subparsers(dest="command", required=True)
+    token = commands.add_parser("token", help="acquire an app-only token for a tenant and org; show its claims")
+    token.add_argument("--tenant", required=True, help="customer tenant id (GUID)")
+    token.add_argument("--org", required=True, help="Dataverse org URL, e.g. https://contoso.crm.dynamics.com")
+    token.add_argument("--repeat", type=int, default=1, help="ask N times (the second comes from the cache)")
+    commands.add_parser("certificate", help="show the client certificate in use (thumbprints, expiry, version)")
+    return parser
+
+
+def _token_report(services: Any, tenant: str, org: str, repeat: int) -> list[dict[str, Any]]:
+    import jwt
+
+    reports = []
+    for _ in range(max(1, repeat)):
+        token = services.tokens.get_token(tenant, org)
+        claims = jwt.decode(token.token, options={"verify_signature": False})
+        reports.append(
+            {
+                "tenant_id": token.tenant_id,
+                "resource": token.resource,
+                "source": token.source,
+                "expires_on": int(token.expires_on),
+                "claims": {k: claims[k] for k in _SHOWN_CLAIMS if k in claims},
+            }
+        )
+    return reports
+
+
+def _print(data: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+        return
+    rows = data if isinstance(data, list) else [data]
+    for row in rows:
+        for key, value in row.items():
+            if isinstance(value, dict):
+                print(f"{key}:")
+                for k, v in value.items():
+                    print(f"  {k}: {v}")
+            else:
+                print(f"{key}: {value}")
+        print()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    if args.env_file:
+        load_env_file(args.env_file)
+    from shared.bootstrap import build_services
+    from shared.errors import ConfigurationError
+    from shared.settings import Settings
+
+    try:
+        services = build_services(Settings.from_env())
+        if args.command == "token":
+            _print(_token_report(services, args.tenant, args.org, args.repeat), args.json)
+        else:
+            _print(services.tokens.assertion_source.describe(), args.json)
+    except ConfigurationError as exc:
+        _print({"error": exc.code, "message": exc.message}, args.json)
+        return 2
+    except S2SError as exc:
+        details = exc.to_dict() if hasattr(exc, "to_dict") else {"error": exc.code}
+        _print({**details, "message": exc.message}, args.json)
+        return 1
+    except ValueError as exc:
+        _print({"error": "invalid_argument", "message": str(exc)}, args.json)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""Composition only: registers the blueprints in ``functions/``.
+
+The host imports this module to index functions, so it does no I/O, builds no SDK client and imports no heavy
+SDK: an exception here would hide every function, and slow imports lengthen every cold start.
+"""
+
+import azure.functions as func
+
+from functions.health import bp as health_bp
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+app.register_functions(health_bp)

@@ -1,0 +1,99 @@
+"""The app's error root and the errors raised at the auth boundary.
+
+Adapters translate third-party failures (MSAL error dicts, azure-core exceptions) into these, chaining the
+original. Messages are safe to log and to show: they never contain a token, an assertion or key material.
+"""
+
+from __future__ import annotations
+
+
+class S2SError(Exception):
+    """Root of every error this app raises on purpose. ``code`` is stable and machine-readable."""
+
+    code = "s2s_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigurationError(S2SError):
+    """A setting is missing or malformed; ``setting`` names it."""
+
+    code = "configuration_error"
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"Setting {setting} {problem}.")
+        self.setting = setting
+
+
+class CredentialError(S2SError):
+    """The app's own credential (certificate or managed identity token) could not be obtained."""
+
+    code = "credential_error"
+
+    def __init__(self, message: str, *, source: str, is_transient: bool = False) -> None:
+        super().__init__(message)
+        self.source = source
+        self.is_transient = is_transient
+
+
+class CertificateError(CredentialError):
+    """The client certificate could not be read or parsed (Key Vault, file, or content)."""
+
+    code = "certificate_error"
+
+
+class InvalidTenantError(S2SError):
+    """A tenant id that is not a GUID: it is never put into an authority URL."""
+
+    code = "invalid_tenant"
+
+
+class TokenAcquisitionError(S2SError):
+    """Entra ID (or the network on the way) refused to give the app a token for a tenant.
+
+    ``aadsts_code`` is the first AADSTS code Entra returned (None for network failures); ``meaning`` and ``fix``
+    are plain words for operators; ``category`` groups codes callers act on (see shared.aadsts).
+    """
+
+    code = "token_acquisition_failed"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tenant_id: str,
+        error: str | None = None,
+        aadsts_code: int | None = None,
+        category: str = "unknown",
+        meaning: str = "",
+        fix: str = "",
+        correlation_id: str | None = None,
+        trace_id: str | None = None,
+        is_transient: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.tenant_id = tenant_id
+        self.error = error
+        self.aadsts_code = aadsts_code
+        self.category = category
+        self.meaning = meaning
+        self.fix = fix
+        self.correlation_id = correlation_id
+        self.trace_id = trace_id
+        self.is_transient = is_transient
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "code": self.code,
+            "tenant_id": self.tenant_id,
+            "error": self.error,
+            "aadsts_code": self.aadsts_code,
+            "category": self.category,
+            "meaning": self.meaning,
+            "fix": self.fix,
+            "correlation_id": self.correlation_id,
+            "trace_id": self.trace_id,
+            "is_transient": self.is_transient,
+        }

@@ -1,0 +1,224 @@
+"""Every setting the app reads, built from the environment in one place.
+
+Nothing else in the app reads ``os.environ``: entry points call ``Settings.from_env()`` and tests build
+``Settings`` directly. A missing or malformed setting raises ``ConfigurationError`` naming it.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from shared.errors import ConfigurationError
+
+T = TypeVar("T")
+
+
+class AppMode(enum.StrEnum):
+    MULTI_TENANT = "multi_tenant"
+    SINGLE_TENANT = "single_tenant"
+
+
+class CredentialSource(enum.StrEnum):
+    KEY_VAULT = "key_vault"
+    CERTIFICATE_FILE = "certificate_file"
+    MANAGED_IDENTITY_FEDERATION = "managed_identity_federation"
+
+
+@dataclass(frozen=True)
+class CloudPreset:
+    """Endpoints that differ between the public and sovereign clouds."""
+
+    name: str
+    authority_host: str
+    dataverse_domain_suffixes: tuple[str, ...]
+    # The audience a managed identity token must carry to be exchanged through a federated identity
+    # credential differs per cloud (entra: workload-identity-federation-config-app-trust-managed-identity).
+    federation_audience: str
+
+
+# Dataverse regional hosts: crm.dynamics.com (NAM), crm2 (SAM), crm3 (CAN), crm4 (EUR), crm5 (APJ), crm6 (OCE),
+# crm7 (JPN), crm8 (IND), crm9 (GCC, which lives in the public cloud), crm11 (GBR), crm12 (FRA), crm14 (ZAF),
+# crm15 (UAE), crm16 (GER), crm17 (CHE), crm19 (NOR), crm20 (KOR), crm21 (SWE).
+_PUBLIC_DATAVERSE_SUFFIXES = (
+    "crm.dynamics.com",
+    *(f"crm{n}.dynamics.com" for n in (2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 14, 15, 16, 17, 19, 20, 21)),
+)
+
+CLOUD_PRESETS: dict[str, CloudPreset] = {
+    "public": CloudPreset(
+        "public",
+        "https://login.microsoftonline.com",
+        _PUBLIC_DATAVERSE_SUFFIXES,
+        "api://AzureADTokenExchange",
+    ),
+    # GCC High uses microsoftdynamics.us, DoD uses appsplatform.us; both sign in at login.microsoftonline.us.
+    "usgov": CloudPreset(
+        "usgov",
+        "https://login.microsoftonline.us",
+        ("crm.microsoftdynamics.us", "crm.appsplatform.us"),
+        "api://AzureADTokenExchangeUSGov",
+    ),
+    "china": CloudPreset(
+        "china", "https://login.chinacloudapi.cn", ("crm.dynamics.cn",), "api://AzureADTokenExchangeChina"
+    ),
+}
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration. Field names match the environment variable names in lower case."""
+
+    entra_client_id: str
+    entra_home_tenant_id: str
+    app_mode: AppMode = AppMode.MULTI_TENANT
+    azure_cloud: str = "public"
+    entra_authority_host: str = CLOUD_PRESETS["public"].authority_host
+    dataverse_domain_suffixes: tuple[str, ...] = _PUBLIC_DATAVERSE_SUFFIXES
+    federation_audience: str = CLOUD_PRESETS["public"].federation_audience
+    credential_source: CredentialSource = CredentialSource.KEY_VAULT
+    key_vault_url: str | None = None
+    key_vault_certificate_name: str | None = None
+    key_vault_verify_challenge_resource: bool = True
+    certificate_path: str | None = None
+    certificate_password: str | None = field(default=None, repr=False)
+    managed_identity_client_id: str | None = None
+    certificate_refresh_seconds: int = 1800
+    send_certificate_chain: bool = True
+    token_client_cache_size: int = 2000
+    http_timeout_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        _require_guid("ENTRA_CLIENT_ID", self.entra_client_id)
+        _require_guid("ENTRA_HOME_TENANT_ID", self.entra_home_tenant_id)
+        _require_https_base("ENTRA_AUTHORITY_HOST", self.entra_authority_host)
+        if self.credential_source is CredentialSource.KEY_VAULT:
+            if not self.key_vault_url:
+                raise ConfigurationError("KEY_VAULT_URL", "is required when CREDENTIAL_SOURCE=key_vault")
+            _require_https_base("KEY_VAULT_URL", self.key_vault_url)
+            if not self.key_vault_certificate_name:
+                raise ConfigurationError("KEY_VAULT_CERTIFICATE_NAME", "is required when CREDENTIAL_SOURCE=key_vault")
+        if self.credential_source is CredentialSource.CERTIFICATE_FILE and not self.certificate_path:
+            raise ConfigurationError("CERTIFICATE_PATH", "is required when CREDENTIAL_SOURCE=certificate_file")
+        if (
+            self.credential_source is CredentialSource.MANAGED_IDENTITY_FEDERATION
+            and not self.managed_identity_client_id
+        ):
+            raise ConfigurationError(
+                "MANAGED_IDENTITY_CLIENT_ID",
+                "is required when CREDENTIAL_SOURCE=managed_identity_federation "
+                "(only a user-assigned identity can be a federated credential)",
+            )
+        if self.managed_identity_client_id:
+            _require_guid("MANAGED_IDENTITY_CLIENT_ID", self.managed_identity_client_id)
+        if self.certificate_refresh_seconds < 1:
+            raise ConfigurationError("CERTIFICATE_REFRESH_SECONDS", "must be at least 1")
+        if self.token_client_cache_size < 1:
+            raise ConfigurationError("TOKEN_CLIENT_CACHE_SIZE", "must be at least 1")
+        if self.http_timeout_seconds <= 0:
+            raise ConfigurationError("HTTP_TIMEOUT_SECONDS", "must be greater than 0")
+        if not self.dataverse_domain_suffixes:
+            raise ConfigurationError("DATAVERSE_DOMAIN_SUFFIXES", "must name at least one domain suffix")
+
+    @property
+    def is_single_tenant(self) -> bool:
+        return self.app_mode is AppMode.SINGLE_TENANT
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables (``os.environ`` unless a mapping is given).
+
+        Raises ConfigurationError naming the first missing or malformed setting.
+        """
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value.strip() if value and value.strip() else None
+
+        def required(name: str) -> str:
+            value = get(name)
+            if value is None:
+                raise ConfigurationError(name, "is required but not set")
+            return value
+
+        def parsed(name: str, parse: Callable[[str], T], default: T) -> T:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                return parse(raw)
+            except (ValueError, KeyError) as exc:
+                raise ConfigurationError(name, f"has an invalid value {raw!r}: {exc}") from None
+
+        cloud_name = parsed("AZURE_CLOUD", _parse_cloud, "public")
+        preset = CLOUD_PRESETS[cloud_name]
+        return cls(
+            entra_client_id=required("ENTRA_CLIENT_ID"),
+            entra_home_tenant_id=required("ENTRA_HOME_TENANT_ID"),
+            app_mode=parsed("APP_MODE", AppMode, AppMode.MULTI_TENANT),
+            azure_cloud=cloud_name,
+            entra_authority_host=(get("ENTRA_AUTHORITY_HOST") or preset.authority_host).rstrip("/"),
+            dataverse_domain_suffixes=parsed(
+                "DATAVERSE_DOMAIN_SUFFIXES", _parse_suffixes, preset.dataverse_domain_suffixes
+            ),
+            federation_audience=get("FEDERATION_AUDIENCE") or preset.federation_audience,
+            credential_source=parsed("CREDENTIAL_SOURCE", CredentialSource, CredentialSource.KEY_VAULT),
+            key_vault_url=get("KEY_VAULT_URL"),
+            key_vault_certificate_name=get("KEY_VAULT_CERTIFICATE_NAME"),
+            key_vault_verify_challenge_resource=parsed("KEY_VAULT_VERIFY_CHALLENGE_RESOURCE", _parse_bool, True),
+            certificate_path=get("CERTIFICATE_PATH"),
+            certificate_password=get("CERTIFICATE_PASSWORD"),
+            managed_identity_client_id=get("MANAGED_IDENTITY_CLIENT_ID"),
+            certificate_refresh_seconds=parsed("CERTIFICATE_REFRESH_SECONDS", int, 1800),
+            send_certificate_chain=parsed("SEND_CERTIFICATE_CHAIN", _parse_bool, True),
+            token_client_cache_size=parsed("TOKEN_CLIENT_CACHE_SIZE", int, 2000),
+            http_timeout_seconds=parsed("HTTP_TIMEOUT_SECONDS", float, 30.0),
+        )
+
+
+def is_guid(value: str) -> bool:
+    return bool(_GUID.match(value))
+
+
+def _require_guid(name: str, value: str) -> None:
+    if not is_guid(value):
+        raise ConfigurationError(name, "must be a GUID such as 00000000-0000-0000-0000-000000000000")
+    uuid.UUID(value)
+
+
+def _require_https_base(name: str, value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment or parts.username:
+        raise ConfigurationError(name, "must be an https URL with no query, fragment or credentials")
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _parse_cloud(raw: str) -> str:
+    name = raw.lower()
+    if name not in CLOUD_PRESETS:
+        raise ValueError(f"expected one of {', '.join(CLOUD_PRESETS)}")
+    return name
+
+
+def _parse_suffixes(raw: str) -> tuple[str, ...]:
+    suffixes = tuple(s.strip().lower().lstrip(".") for s in raw.split(",") if s.strip())
+    if not suffixes:
+        raise ValueError("expected a comma-separated list of domain suffixes")
+    return suffixes
