@@ -159,7 +159,7 @@ class CertificateProvider:
         self._clock = clock
         self._lock = threading.Lock()
         self._certificate: ClientCertificate | None = None
-        self._loaded_at = float("-inf")
+        self._last_forced = float("-inf")
         self._next_refresh = float("-inf")
         self.loads = 0
 
@@ -180,8 +180,10 @@ class CertificateProvider:
     def refresh_after_rejection(self) -> ClientCertificate:
         """Re-read now because Entra rejected the credential (it may have rotated), unless just re-read."""
         with self._lock:
-            if self._certificate is not None and self._clock() - self._loaded_at < self._min_forced_interval:
+            now = self._clock()
+            if self._certificate is not None and now - self._last_forced < self._min_forced_interval:
                 return self._certificate
+            self._last_forced = now
             return self._reload_locked()
 
     def _reload_locked(self) -> ClientCertificate:
@@ -199,7 +201,6 @@ class CertificateProvider:
             return previous
         self.loads += 1
         self._certificate = certificate
-        self._loaded_at = now
         self._next_refresh = now + self._refresh_seconds
         if previous is None or previous.sha256_thumbprint != certificate.sha256_thumbprint:
             logger.info(

@@ -113,6 +113,7 @@ class TenantTokenProvider:
         max_tenants: int = 2000,
         http_timeout: float = 30.0,
         app_factory: Callable[[str], ConfidentialClient] | None = None,
+        http_client: Any = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client_id = client_id
@@ -124,7 +125,8 @@ class TenantTokenProvider:
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _TenantEntry] = OrderedDict()
-        self._http_client: MsalHttpClient | None = None
+        # MSAL's HTTP port (post/get); one shared pool for every tenant's app. Built on first use if not given.
+        self._http_client: Any = http_client
         self.evictions = 0
         self.identity_provider_requests = 0
 

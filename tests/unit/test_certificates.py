@@ -125,7 +125,7 @@ def test_forced_refresh_after_rejection_is_rate_limited(cert_a):
     provider.current()
     for _ in range(20):
         provider.refresh_after_rejection()
-    assert source.loads == 1
+    assert source.loads == 2  # the first rejection re-reads even right after the initial load
     clock.now += 11
     provider.refresh_after_rejection()
-    assert source.loads == 2
+    assert source.loads == 3

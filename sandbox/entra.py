@@ -1,0 +1,261 @@
+"""Entra ID stand-in: OIDC discovery (v1 and v2), JWKS, and the client-credentials token endpoint.
+
+Checks run in the order the project relies on (protocol §1-2): tenant, scope, app, service principal,
+consent, app enabled, credential form, then the assertion itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from sandbox import entra_errors
+from sandbox.client_assertion import JWT_BEARER, ClientAssertionValidator
+from sandbox.entra_errors import EntraError
+from sandbox.httpd import HttpRequest, HttpResponse, json_response
+from sandbox.state import SandboxState, Tenant
+from sandbox.tokens import TokenMinter
+
+logger = logging.getLogger(__name__)
+
+# Authority aliases that name no tenant; metadata for them carries the `{tenantid}` template (protocol §6).
+_MULTI_TENANT_ALIASES = frozenset({"common", "organizations"})
+_TENANT_TEMPLATE = "{tenantid}"
+_SHARED_CLAIMS = [
+    "sub",
+    "iss",
+    "cloud_instance_name",
+    "cloud_instance_host_name",
+    "cloud_graph_host_name",
+    "msgraph_host",
+    "aud",
+    "exp",
+    "iat",
+    "auth_time",
+    "acr",
+    "nonce",
+]
+_V2_CLAIMS = (*_SHARED_CLAIMS, "preferred_username", "name", "tid", "ver", "at_hash", "c_hash", "email")
+_V1_CLAIMS = (*_SHARED_CLAIMS, "amr", "email", "given_name", "family_name", "nickname")
+_NO_STORE = {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"}
+
+
+class EntraService:
+    """Serves one authority host; call it with a request."""
+
+    def __init__(self, state: SandboxState, authority_host: str) -> None:
+        self._state = state
+        self._host = authority_host.rstrip("/")
+        self._minter = TokenMinter(state.signing_keys, self._host)
+        self._assertions = ClientAssertionValidator(state.signing_keys)
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        trace_id = str(uuid.uuid4())
+        correlation_id = request.headers.get("client-request-id")
+        try:
+            return self._route(request, trace_id)
+        except EntraError as err:
+            logger.debug("entra %s %s -> AADSTS%s", request.method, request.path, err.code)
+            headers = {**_NO_STORE, "x-ms-request-id": trace_id}
+            if correlation_id:
+                headers["client-request-id"] = correlation_id
+            return json_response(err.status, err.body(self._host, trace_id, correlation_id), headers)
+
+    def _route(self, request: HttpRequest, trace_id: str) -> HttpResponse:
+        match (request.method, request.segments):
+            case ("GET", [tenant, "v2.0", ".well-known", "openid-configuration"]):
+                return json_response(200, self._openid_configuration(tenant, v2=True))
+            case ("GET", [tenant, ".well-known", "openid-configuration"]):
+                return json_response(200, self._openid_configuration(tenant, v2=False))
+            case ("GET", [tenant, "discovery", "v2.0", "keys"] | [tenant, "discovery", "keys"]):
+                return json_response(200, self._jwks(tenant))
+            case ("POST", [tenant, "oauth2", "v2.0", "token"]):
+                return self._token(request, tenant, v2=True, trace_id=trace_id)
+            case ("POST", [tenant, "oauth2", "token"]):
+                return self._token(request, tenant, v2=False, trace_id=trace_id)
+        return json_response(404, {"error": "not_found", "error_description": f"No route for {request.path}"})
+
+    # -- discovery ------------------------------------------------------------------------------
+
+    def _resolve(self, segment: str) -> Tenant | None:
+        """The tenant an authority path names; None for a multi-tenant alias. Raises AADSTS90002."""
+        if segment.lower() in _MULTI_TENANT_ALIASES:
+            return None
+        tenant = self._state.find_tenant(segment)
+        if tenant is None:
+            raise entra_errors.tenant_not_found(segment)
+        return tenant
+
+    def _openid_configuration(self, segment: str, *, v2: bool) -> dict[str, Any]:
+        tenant = self._resolve(segment)
+        self._state.counters.bump(
+            "openid_configuration",
+            tenant=tenant.tenant_id if tenant else segment.lower(),
+            version="2.0" if v2 else "1.0",
+        )
+        # For a real tenant every URL carries its GUID, even when it was addressed by domain.
+        path = tenant.tenant_id if tenant else segment.lower()
+        issuer_tenant = tenant.tenant_id if tenant else _TENANT_TEMPLATE
+        base = f"{self._host}/{path}"
+        common: dict[str, Any] = {
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+            "response_modes_supported": ["query", "fragment", "form_post"],
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "response_types_supported": ["code", "id_token", "code id_token", "token id_token", "token"],
+            "http_logout_supported": True,
+            "frontchannel_logout_supported": True,
+            "request_uri_parameter_supported": False,
+            "tenant_region_scope": "NA" if tenant else None,
+            "cloud_instance_name": "microsoftonline.com",
+            "cloud_graph_host_name": "graph.windows.net",
+            "msgraph_host": "graph.microsoft.com",
+            "rbac_url": "https://pas.windows.net",
+        }
+        if v2:
+            return {
+                **common,
+                "issuer": f"{self._host}/{issuer_tenant}/v2.0",
+                "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                "token_endpoint": f"{base}/oauth2/v2.0/token",
+                "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
+                "end_session_endpoint": f"{base}/oauth2/v2.0/logout",
+                "jwks_uri": f"{base}/discovery/v2.0/keys",
+                # Entra points userinfo at Graph; the sandbox keeps every URL on its own host.
+                "userinfo_endpoint": f"{self._host}/oidc/userinfo",
+                "kerberos_endpoint": f"{base}/kerberos",
+                "scopes_supported": ["openid", "profile", "email", "offline_access"],
+                "claims_supported": list(_V2_CLAIMS),
+            }
+        return {
+            **common,
+            "issuer": f"{self._host}/{issuer_tenant}/",
+            "authorization_endpoint": f"{base}/oauth2/authorize",
+            "token_endpoint": f"{base}/oauth2/token",
+            "end_session_endpoint": f"{base}/oauth2/logout",
+            "jwks_uri": f"{self._host}/common/discovery/keys",
+            "userinfo_endpoint": f"{base}/openid/userinfo",
+            "kerberos_endpoint": f"{base}/kerberos",
+            "scopes_supported": ["openid"],
+            "claims_supported": list(_V1_CLAIMS),
+        }
+
+    def _jwks(self, segment: str) -> dict[str, Any]:
+        tenant = self._resolve(segment)
+        self._state.counters.bump("jwks", tenant=tenant.tenant_id if tenant else segment.lower())
+        # Keys from a tenant's endpoint name that tenant; from common they carry the template.
+        issuer = f"{self._host}/{tenant.tenant_id if tenant else _TENANT_TEMPLATE}/v2.0"
+        return {"keys": [key.jwk(issuer) for key in self._state.signing_keys.published()]}
+
+    # -- token endpoint -------------------------------------------------------------------------
+
+    def _token(self, request: HttpRequest, segment: str, *, v2: bool, trace_id: str) -> HttpResponse:
+        form = request.form()
+        known = self._state.find_tenant(segment)
+        tenant_label = known.tenant_id if known else segment.lower()
+        client_id = form.get("client_id", "")
+        self._state.counters.bump("token", tenant=tenant_label, client_id=client_id or None)
+        try:
+            response = self._client_credentials(form, segment, v2=v2)
+        except EntraError as err:
+            self._state.counters.bump("token_error", tenant=tenant_label, code=err.code)
+            raise
+        headers = {**_NO_STORE, "x-ms-request-id": trace_id}
+        if correlation_id := request.headers.get("client-request-id"):
+            headers["client-request-id"] = correlation_id
+        return json_response(200, response, headers)
+
+    def _client_credentials(self, form: dict[str, str], segment: str, *, v2: bool) -> dict[str, Any]:
+        grant_type = form.get("grant_type", "")
+        if not grant_type:
+            raise entra_errors.missing_parameter("grant_type")
+        if grant_type != "client_credentials":
+            raise entra_errors.unsupported_grant_type(grant_type)
+        client_id = form.get("client_id", "").strip()
+        if not client_id:
+            raise entra_errors.missing_parameter("client_id")
+        tenant = self._resolve(segment)
+        if tenant is None:
+            raise entra_errors.no_tenant_in_request()
+        resource = self._resource(form, v2=v2)
+
+        app = self._state.find_application(client_id)
+        if app is None:
+            raise entra_errors.application_not_found(client_id, tenant.display_name)
+        principal = self._state.find_service_principal(tenant.tenant_id, app.client_id)
+        if principal is None:
+            raise entra_errors.application_not_found(client_id, tenant.display_name)
+        if not principal.consented:
+            raise entra_errors.consent_required(app.client_id, app.display_name)
+        if not app.enabled:
+            raise entra_errors.application_disabled(app.client_id, app.display_name)
+
+        if form.get("client_secret"):
+            raise entra_errors.client_secret_not_accepted(app.client_id)
+        assertion = form.get("client_assertion", "")
+        if not assertion:
+            raise entra_errors.credential_missing()
+        assertion_type = form.get("client_assertion_type", "")
+        if assertion_type != JWT_BEARER:
+            raise entra_errors.wrong_assertion_type(assertion_type)
+        endpoints = [
+            f"{self._host}/{name}/oauth2/{path}"
+            for name in {segment, tenant.tenant_id}
+            for path in ("v2.0/token", "token")
+        ]
+        validated = self._assertions.validate(assertion, app, endpoints)
+        self._state.counters.bump(
+            "client_assertion",
+            client_id=app.client_id,
+            kind=validated.kind,
+            alg=validated.algorithm,
+            thumbprint=validated.thumbprint_header,
+        )
+        if (
+            validated.kind == "certificate"
+            and validated.jti
+            and not self._state.redeem_assertion(validated.jti, tenant.tenant_id, resource, validated.expires)
+        ):
+            raise entra_errors.assertion_replayed(validated.jti)
+
+        issued = self._minter.app_token(
+            tenant_id=tenant.tenant_id, client_id=app.client_id, object_id=principal.object_id, resource=resource
+        )
+        self._state.counters.bump("token_issued", tenant=tenant.tenant_id, client_id=app.client_id, resource=resource)
+        logger.debug("issued app token for %s in tenant %s (%s)", app.client_id, tenant.tenant_id, validated.kind)
+        if v2:
+            return {
+                "token_type": "Bearer",
+                "expires_in": issued.expires_in,
+                "ext_expires_in": issued.expires_in,
+                "access_token": issued.access_token,
+            }
+        # The v1 endpoint answers with strings and adds expires_on/not_before/resource.
+        return {
+            "token_type": "Bearer",
+            "expires_in": str(issued.expires_in),
+            "ext_expires_in": str(issued.expires_in),
+            "expires_on": str(issued.expires_on),
+            "not_before": str(issued.not_before),
+            "resource": resource,
+            "access_token": issued.access_token,
+        }
+
+    @staticmethod
+    def _resource(form: dict[str, str], *, v2: bool) -> str:
+        """The resource a client-credentials request names: v1 `resource`, or v2 `{resource}/.default`.
+
+        Only the final `/.default` is removed, so `https://x//.default` names `https://x/` (protocol §2).
+        """
+        if not v2:
+            resource = form.get("resource", "")
+            if not resource:
+                raise entra_errors.missing_parameter("resource")
+            return resource
+        scope = form.get("scope", "").strip()
+        if not scope:
+            raise entra_errors.missing_parameter("scope")
+        if " " in scope or not scope.endswith("/.default") or scope == "/.default":
+            raise entra_errors.invalid_scope(scope)
+        return scope[: -len("/.default")]

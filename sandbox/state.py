@@ -1,0 +1,445 @@
+"""In-memory model behind the stand-ins: directory (tenants, apps, service principals, managed identities),
+vault (secret versions, RBAC grants), redeemed assertions and counters. Every method takes the one lock.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import re
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from cryptography import x509
+
+from sandbox.counters import Counters
+from sandbox.pki import CertificateBundle, certificate_thumbprints, pem_to_pfx
+from sandbox.signing import SigningKeyRing
+
+logger = logging.getLogger(__name__)
+
+TOKEN_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
+PEM_CONTENT_TYPE = "application/x-pem-file"
+PFX_CONTENT_TYPE = "application/x-pkcs12"
+
+
+class SandboxLookupError(LookupError):
+    """An admin operation named a tenant, app, service principal or secret the sandbox does not hold."""
+
+
+def normalize_guid(value: str) -> str:
+    """Lower-case canonical GUID text. Raises ValueError for anything that is not a GUID."""
+    return str(uuid.UUID(value))
+
+
+def is_guid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _epoch(moment: dt.datetime) -> int:
+    return int(moment.timestamp())
+
+
+@dataclass(frozen=True)
+class Tenant:
+    tenant_id: str
+    display_name: str
+    domains: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RegisteredCertificate:
+    """A public certificate in an app's keyCredentials."""
+
+    certificate: x509.Certificate
+    sha1_thumbprint_hex: str
+    sha1_x5t: str
+    sha256_x5t: str
+
+    @property
+    def not_before(self) -> dt.datetime:
+        return self.certificate.not_valid_before_utc
+
+    @property
+    def not_after(self) -> dt.datetime:
+        return self.certificate.not_valid_after_utc
+
+
+@dataclass(frozen=True)
+class FederatedCredential:
+    issuer: str
+    subject: str
+    audiences: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Application:
+    client_id: str
+    home_tenant: str
+    display_name: str
+    enabled: bool = True
+    certificates: tuple[RegisteredCertificate, ...] = ()
+    federated_credentials: tuple[FederatedCredential, ...] = ()
+
+
+@dataclass(frozen=True)
+class ServicePrincipal:
+    tenant_id: str
+    client_id: str
+    object_id: str
+    consented: bool
+
+
+@dataclass(frozen=True)
+class ManagedIdentity:
+    client_id: str
+    principal_id: str
+    tenant_id: str
+    resource_id: str = ""
+
+
+@dataclass(frozen=True)
+class SecretVersion:
+    """One version of a secret; `certificate` is set when the version backs a Key Vault certificate."""
+
+    name: str
+    version: str
+    value: str
+    content_type: str | None
+    created: int
+    updated: int
+    enabled: bool = True
+    not_before: int | None = None
+    expires: int | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    certificate: CertificateBundle | None = None
+    previous_version: str | None = None
+
+    @property
+    def managed(self) -> bool:
+        return self.certificate is not None
+
+
+_SECRET_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
+
+
+class SandboxState:
+    """Everything the stand-ins know. Ids are lower-case GUID strings; creators return the new id.
+
+    Admin methods raise SandboxLookupError for an unknown tenant, app or service principal and ValueError
+    for an id that is not a GUID.
+    """
+
+    def __init__(self, home_tenant_name: str = "Contoso") -> None:
+        self._lock = threading.RLock()
+        self.counters = Counters(self._lock)
+        self.signing_keys = SigningKeyRing(self._lock)
+        self.subscription_id = str(uuid.uuid4())
+        self.authority_host: str | None = None  # set by Sandbox.start(); token issuers are built from it
+        # MSAL reuses one signed assertion for up to 9 minutes (protocol §2), so a jti is only refused
+        # once it has already bought a token for the same tenant and resource. Tests may switch it off.
+        self.reject_assertion_replay = True
+        self._tenants: dict[str, Tenant] = {}
+        self._apps: dict[str, Application] = {}
+        self._service_principals: dict[tuple[str, str], ServicePrincipal] = {}
+        self._managed_identities: list[ManagedIdentity] = []
+        self._vault_readers: set[str] = set()
+        self._secrets: dict[str, list[SecretVersion]] = {}
+        self._redeemed: dict[tuple[str, str, str], float] = {}
+        self.home_tenant_id = self.add_tenant(display_name=home_tenant_name)
+
+    # -- counters -------------------------------------------------------------------------------
+
+    def count(self, name: str, /, **labels: object) -> int:
+        """See sandbox.counters: e.g. `count("token", tenant=t)`, `count("vault_get", name="s2s-client")`."""
+        return self.counters.count(name, **labels)
+
+    def reset_counters(self) -> None:
+        self.counters.reset()
+
+    def rotate_signing_key(self) -> str:
+        """Publish a new current signing key; returns its kid. Previous keys stay in the JWKS."""
+        return self.signing_keys.rotate().kid
+
+    # -- tenants --------------------------------------------------------------------------------
+
+    def add_tenant(self, tenant_id: str | None = None, display_name: str = "") -> str:
+        tid = normalize_guid(tenant_id) if tenant_id else str(uuid.uuid4())
+        slug = re.sub(r"[^a-z0-9]", "", display_name.lower()) or f"tenant{tid[:8]}"
+        with self._lock:
+            self._tenants[tid] = Tenant(tid, display_name or tid, (f"{slug}.onmicrosoft.com",))
+        return tid
+
+    def remove_tenant(self, tenant_id: str) -> None:
+        """Delete the tenant and its service principals; token requests to it then fail with AADSTS90002."""
+        tid = normalize_guid(tenant_id)
+        with self._lock:
+            self._require_tenant(tid)
+            del self._tenants[tid]
+            for key in [key for key in self._service_principals if key[0] == tid]:
+                del self._service_principals[key]
+
+    def find_tenant(self, name: str) -> Tenant | None:
+        """The tenant addressed by a GUID or one of its domains, as in an authority URL path."""
+        with self._lock:
+            if is_guid(name):
+                return self._tenants.get(normalize_guid(name))
+            lowered = name.lower()
+            return next((t for t in self._tenants.values() if lowered in t.domains), None)
+
+    def get_tenant(self, tenant_id: str) -> Tenant:
+        with self._lock:
+            return self._require_tenant(normalize_guid(tenant_id))
+
+    def _require_tenant(self, tid: str) -> Tenant:
+        tenant = self._tenants.get(tid)
+        if tenant is None:
+            raise SandboxLookupError(f"no tenant {tid}")
+        return tenant
+
+    # -- applications ---------------------------------------------------------------------------
+
+    def register_application(
+        self, client_id: str | None = None, home_tenant: str | None = None, display_name: str = ""
+    ) -> str:
+        """Register a multi-tenant app. Like the portal, this also creates its service principal (with
+        consent) in the home tenant.
+        """
+        cid = normalize_guid(client_id) if client_id else str(uuid.uuid4())
+        home = normalize_guid(home_tenant) if home_tenant else self.home_tenant_id
+        with self._lock:
+            self._require_tenant(home)
+            self._apps[cid] = Application(cid, home, display_name or f"app-{cid[:8]}")
+            self.grant_consent(home, cid)
+        return cid
+
+    def get_application(self, client_id: str) -> Application:
+        with self._lock:
+            return self._require_app(client_id)
+
+    def find_application(self, client_id: str) -> Application | None:
+        with self._lock:
+            return self._apps.get(client_id.lower())
+
+    def _require_app(self, client_id: str) -> Application:
+        app = self._apps.get(client_id.lower())
+        if app is None:
+            raise SandboxLookupError(f"no application {client_id}")
+        return app
+
+    def _update_app(self, client_id: str, **changes: object) -> None:
+        with self._lock:
+            app = self._require_app(client_id)
+            self._apps[app.client_id] = replace(app, **changes)  # type: ignore[arg-type]
+
+    def add_application_certificate(self, client_id: str, cert_pem: str) -> None:
+        """Add a public certificate to the app's keyCredentials (the first certificate in `cert_pem`)."""
+        certificate = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
+        prints = certificate_thumbprints(certificate)
+        registered = RegisteredCertificate(certificate, prints.sha1_hex, prints.sha1_x5t, prints.sha256_x5t)
+        with self._lock:
+            app = self._require_app(client_id)
+            kept = tuple(c for c in app.certificates if c.sha256_x5t != registered.sha256_x5t)
+            self._update_app(client_id, certificates=(*kept, registered))
+
+    def remove_application_certificate(self, client_id: str, cert_pem: str) -> None:
+        certificate = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
+        sha256_x5t = certificate_thumbprints(certificate).sha256_x5t
+        with self._lock:
+            app = self._require_app(client_id)
+            kept = tuple(c for c in app.certificates if c.sha256_x5t != sha256_x5t)
+            self._update_app(client_id, certificates=kept)
+
+    def add_federated_credential(
+        self,
+        client_id: str,
+        issuer: str,
+        subject: str,
+        audiences: Iterable[str] = (TOKEN_EXCHANGE_AUDIENCE,),
+    ) -> None:
+        credential = FederatedCredential(issuer, subject, tuple(audiences))
+        with self._lock:
+            app = self._require_app(client_id)
+            self._update_app(client_id, federated_credentials=(*app.federated_credentials, credential))
+
+    def set_application_enabled(self, client_id: str, enabled: bool) -> None:
+        self._update_app(client_id, enabled=enabled)
+
+    # -- service principals (consent) ------------------------------------------------------------
+
+    def grant_consent(self, tenant_id: str, client_id: str) -> None:
+        """Admin consent: create the app's service principal in the tenant, or re-consent an existing one
+        (keeping its object id).
+        """
+        tid = normalize_guid(tenant_id)
+        with self._lock:
+            self._require_tenant(tid)
+            app = self._require_app(client_id)
+            existing = self._service_principals.get((tid, app.client_id))
+            object_id = existing.object_id if existing else str(uuid.uuid4())
+            self._service_principals[(tid, app.client_id)] = ServicePrincipal(
+                tid, app.client_id, object_id, consented=True
+            )
+
+    def revoke_consent(self, tenant_id: str, client_id: str) -> None:
+        """Withdraw consent; the service principal stays, token requests get AADSTS65001."""
+        with self._lock:
+            sp = self._require_service_principal(tenant_id, client_id)
+            self._service_principals[(sp.tenant_id, sp.client_id)] = replace(sp, consented=False)
+
+    def remove_service_principal(self, tenant_id: str, client_id: str) -> None:
+        """Delete the service principal; token requests get AADSTS700016. A later consent creates a new
+        service principal with a new object id, as in Entra.
+        """
+        with self._lock:
+            sp = self._require_service_principal(tenant_id, client_id)
+            del self._service_principals[(sp.tenant_id, sp.client_id)]
+
+    def find_service_principal(self, tenant_id: str, client_id: str) -> ServicePrincipal | None:
+        with self._lock:
+            return self._service_principals.get((normalize_guid(tenant_id), client_id.lower()))
+
+    def service_principal_object_id(self, tenant_id: str, client_id: str) -> str:
+        return self._require_service_principal(tenant_id, client_id).object_id
+
+    def _require_service_principal(self, tenant_id: str, client_id: str) -> ServicePrincipal:
+        sp = self.find_service_principal(tenant_id, client_id)
+        if sp is None:
+            raise SandboxLookupError(f"no service principal for app {client_id} in tenant {tenant_id}")
+        return sp
+
+    # -- managed identities ---------------------------------------------------------------------
+
+    def add_managed_identity(
+        self,
+        client_id: str | None = None,
+        principal_id: str | None = None,
+        tenant_id: str | None = None,
+        name: str | None = None,
+    ) -> ManagedIdentity:
+        """A user-assigned managed identity attached to the sandbox's App Service endpoint."""
+        cid = normalize_guid(client_id) if client_id else str(uuid.uuid4())
+        pid = normalize_guid(principal_id) if principal_id else str(uuid.uuid4())
+        tid = normalize_guid(tenant_id) if tenant_id else self.home_tenant_id
+        resource_name = name or f"id-sandbox-{cid[:8]}"
+        resource_id = (
+            f"/subscriptions/{self.subscription_id}/resourcegroups/rg-sandbox/providers/"
+            f"Microsoft.ManagedIdentity/userAssignedIdentities/{resource_name}"
+        )
+        identity = ManagedIdentity(cid, pid, tid, resource_id)
+        with self._lock:
+            self._require_tenant(tid)
+            self._managed_identities.append(identity)
+        return identity
+
+    def managed_identity_issuer(self, identity: ManagedIdentity) -> str:
+        """The `iss` of the identity's token-exchange tokens: what a federated credential must name.
+
+        Raises RuntimeError while no sandbox serves this state (the issuer contains its host).
+        """
+        if self.authority_host is None:
+            raise RuntimeError("start the Sandbox first: the issuer names its authority host")
+        return f"{self.authority_host}/{identity.tenant_id}/v2.0"
+
+    def managed_identities(self) -> list[ManagedIdentity]:
+        with self._lock:
+            return list(self._managed_identities)
+
+    # -- vault ----------------------------------------------------------------------------------
+
+    def grant_vault_secret_access(self, principal_id: str) -> None:
+        """Like assigning "Key Vault Secrets User" on the vault to this object id (protocol §3)."""
+        with self._lock:
+            self._vault_readers.add(principal_id.lower())
+
+    def revoke_vault_secret_access(self, principal_id: str) -> None:
+        with self._lock:
+            self._vault_readers.discard(principal_id.lower())
+
+    def has_vault_secret_access(self, principal_id: str) -> bool:
+        with self._lock:
+            return principal_id.lower() in self._vault_readers
+
+    def set_secret(self, name: str, value: str, content_type: str | None = None) -> str:
+        """Add a new version of a plain secret; returns the version."""
+        return self._add_secret_version(name, value, content_type, certificate=None)
+
+    def create_certificate(self, name: str, bundle: CertificateBundle, content_type: str = PEM_CONTENT_TYPE) -> str:
+        """Add a certificate version and its addressable secret (protocol §3); returns the version.
+
+        The secret value is PEM (key then certificate) or base64 of a password-less PFX.
+        """
+        if content_type == PEM_CONTENT_TYPE:
+            value = bundle.combined_pem
+        elif content_type == PFX_CONTENT_TYPE:
+            value = base64.b64encode(pem_to_pfx(bundle)).decode("ascii")
+        else:
+            raise ValueError(f"certificate content type must be {PEM_CONTENT_TYPE} or {PFX_CONTENT_TYPE}")
+        return self._add_secret_version(name, value, content_type, certificate=bundle)
+
+    def _add_secret_version(
+        self, name: str, value: str, content_type: str | None, certificate: CertificateBundle | None
+    ) -> str:
+        if not _SECRET_NAME.match(name):
+            raise ValueError(f"invalid secret name {name!r}")
+        now = int(time.time())
+        version = secrets.token_hex(16)
+        with self._lock:
+            history = self._secrets.setdefault(name.lower(), [])
+            previous = history[-1].version if history and certificate is not None else None
+            history.append(
+                SecretVersion(
+                    name=name,
+                    version=version,
+                    value=value,
+                    content_type=content_type,
+                    created=now,
+                    updated=now,
+                    not_before=_epoch(certificate.not_before) if certificate else None,
+                    expires=_epoch(certificate.not_after) if certificate else None,
+                    certificate=certificate,
+                    previous_version=previous,
+                )
+            )
+        return version
+
+    def find_secret_version(self, name: str, version: str | None = None) -> SecretVersion | None:
+        """The given version, or the latest when `version` is empty; None when there is no such secret."""
+        with self._lock:
+            history = self._secrets.get(name.lower(), [])
+            if not version:
+                return history[-1] if history else None
+            return next((v for v in history if v.version == version.lower()), None)
+
+    def list_secret_versions(self, name: str) -> list[SecretVersion]:
+        with self._lock:
+            return list(self._secrets.get(name.lower(), []))
+
+    def list_latest_secrets(self) -> list[SecretVersion]:
+        with self._lock:
+            return [history[-1] for _, history in sorted(self._secrets.items()) if history]
+
+    # -- assertion replay -----------------------------------------------------------------------
+
+    def redeem_assertion(self, jti: str, tenant_id: str, resource: str, expires_at: float) -> bool:
+        """Record that assertion `jti` bought a token; False when it already did for this tenant and
+        resource and has not expired yet.
+        """
+        now = time.time()
+        key = (jti, tenant_id, resource)
+        with self._lock:
+            for stale in [k for k, exp in self._redeemed.items() if exp < now]:
+                del self._redeemed[stale]
+            if key in self._redeemed and self.reject_assertion_replay:
+                return False
+            self._redeemed[key] = expires_at
+            return True

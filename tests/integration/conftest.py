@@ -1,0 +1,123 @@
+"""Fixtures for integration tests against the sandbox's stand-ins: one sandbox per session, per-test env vars,
+and factories that register fresh apps so tests never share directory state.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+import msal
+import pytest
+
+from sandbox import Sandbox
+from sandbox.demo import DemoSeed, seed_demo
+from sandbox.pki import CertificateBundle, make_certificate
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def demo(sandbox: Sandbox) -> DemoSeed:
+    return seed_demo(sandbox.state)
+
+
+@pytest.fixture
+def sandbox_env(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
+    """Point REQUESTS_CA_BUNDLE, SSL_CERT_FILE, IDENTITY_ENDPOINT and IDENTITY_HEADER at the sandbox."""
+    for name, value in sandbox.env().items():
+        monkeypatch.setenv(name, value)
+    return sandbox
+
+
+@dataclass(frozen=True)
+class RegisteredApp:
+    client_id: str
+    certificate: CertificateBundle
+    tenant_id: str  # a customer tenant that consented
+
+    def pem_credential(self) -> dict[str, str]:
+        """MSAL >= 1.35 form: PS256 + x5t#S256 + x5c (protocol §2)."""
+        return {"private_key": self.certificate.key_pem, "public_certificate": self.certificate.cert_pem}
+
+    def thumbprint_credential(self) -> dict[str, str]:
+        """Legacy form: RS256 + SHA-1 x5t."""
+        return {"private_key": self.certificate.key_pem, "thumbprint": self.certificate.sha1_thumbprint_hex}
+
+
+@pytest.fixture
+def new_app(sandbox: Sandbox) -> Callable[..., RegisteredApp]:
+    """Register an app with a certificate and consent it in a fresh customer tenant."""
+
+    def register(*, consent: bool = True, display_name: str = "Test App") -> RegisteredApp:
+        state = sandbox.state
+        client_id = state.register_application(display_name=display_name)
+        certificate = make_certificate(f"cert-{client_id[:8]}")
+        state.add_application_certificate(client_id, certificate.cert_pem)
+        tenant_id = state.add_tenant(display_name=f"Customer {uuid.uuid4().hex[:6]}")
+        if consent:
+            state.grant_consent(tenant_id, client_id)
+        return RegisteredApp(client_id, certificate, tenant_id)
+
+    return register
+
+
+@pytest.fixture
+def cca(sandbox_env: Sandbox) -> Callable[..., msal.ConfidentialClientApplication]:
+    """Build a real MSAL confidential client against a sandbox tenant."""
+
+    def build(client_id: str, tenant_id: str, credential: Any) -> msal.ConfidentialClientApplication:
+        return msal.ConfidentialClientApplication(
+            client_id,
+            authority=f"{sandbox_env.authority_host}/{tenant_id}",
+            instance_discovery=False,
+            client_credential=credential,
+        )
+
+    return build
+
+
+def craft_assertion(
+    app: RegisteredApp,
+    token_endpoint: str,
+    *,
+    signing_key_pem: str | None = None,
+    lifetime: int = 600,
+    issued_at: float | None = None,
+    jti: str | None = None,
+    audience: str | None = None,
+) -> str:
+    """A client assertion built by hand (PS256 + x5t#S256), for cases MSAL will not produce."""
+    now = issued_at if issued_at is not None else time.time()
+    claims = {
+        "aud": audience or token_endpoint,
+        "iss": app.client_id,
+        "sub": app.client_id,
+        "jti": jti or str(uuid.uuid4()),
+        "iat": int(now),
+        "nbf": int(now),
+        "exp": int(now + lifetime),
+    }
+    return jwt.encode(
+        claims,
+        signing_key_pem or app.certificate.key_pem,
+        algorithm="PS256",
+        headers={"x5t#S256": app.certificate.sha256_x5t},
+    )
+
+
+@pytest.fixture
+def assertion_factory(sandbox: Sandbox) -> Callable[..., str]:
+    def build(app: RegisteredApp, **options: Any) -> str:
+        endpoint = f"{sandbox.authority_host}/{app.tenant_id}/oauth2/v2.0/token"
+        return craft_assertion(app, endpoint, **options)
+
+    return build
