@@ -87,6 +87,12 @@ class KeyVaultCertificateSource:
                 is_transient=True,
             ) from exc
         except HttpResponseError as exc:
+            if exc.status_code == 403 and "disabled" in str(exc).lower():
+                raise CertificateError(
+                    f"{where} could not be read: its latest version is disabled in Key Vault; enable it or add a "
+                    "new version.",
+                    source=self.kind,
+                ) from exc
             if exc.status_code == 403:
                 raise CertificateError(
                     f"{where} could not be read: the app's identity needs the 'Key Vault Secrets User' role "
