@@ -23,6 +23,7 @@ from shared.client_assertions import (
     ClientAssertionSource,
     ManagedIdentityAssertionSource,
 )
+from shared.dataverse_clients import DataverseClients
 from shared.settings import CredentialSource, Settings
 from shared.token_provider import TenantTokenProvider
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 class Services:
     settings: Settings
     tokens: TenantTokenProvider
+    dataverse: DataverseClients
 
 
 def azure_credential(settings: Settings) -> TokenCredential:
@@ -83,7 +85,7 @@ def build_services(settings: Settings, assertion_source: ClientAssertionSource |
         max_tenants=settings.token_client_cache_size,
         http_timeout=settings.http_timeout_seconds,
     )
-    return Services(settings=settings, tokens=tokens)
+    return Services(settings=settings, tokens=tokens, dataverse=DataverseClients(settings, tokens))
 
 
 _services: Services | None = None

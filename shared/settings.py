@@ -95,6 +95,9 @@ class Settings:
     send_certificate_chain: bool = True
     token_client_cache_size: int = 2000
     http_timeout_seconds: float = 30.0
+    dataverse_timeout_seconds: float = 60.0
+    dataverse_max_attempts: int = 6
+    dataverse_retry_budget_seconds: float = 300.0
 
     def __post_init__(self) -> None:
         _require_guid("ENTRA_CLIENT_ID", self.entra_client_id)
@@ -125,6 +128,12 @@ class Settings:
             raise ConfigurationError("TOKEN_CLIENT_CACHE_SIZE", "must be at least 1")
         if self.http_timeout_seconds <= 0:
             raise ConfigurationError("HTTP_TIMEOUT_SECONDS", "must be greater than 0")
+        if self.dataverse_timeout_seconds <= 0:
+            raise ConfigurationError("DATAVERSE_TIMEOUT_SECONDS", "must be greater than 0")
+        if self.dataverse_max_attempts < 1:
+            raise ConfigurationError("DATAVERSE_MAX_ATTEMPTS", "must be at least 1")
+        if self.dataverse_retry_budget_seconds <= 0:
+            raise ConfigurationError("DATAVERSE_RETRY_BUDGET_SECONDS", "must be greater than 0")
         if not self.dataverse_domain_suffixes:
             raise ConfigurationError("DATAVERSE_DOMAIN_SUFFIXES", "must name at least one domain suffix")
 
@@ -182,6 +191,9 @@ class Settings:
             send_certificate_chain=parsed("SEND_CERTIFICATE_CHAIN", _parse_bool, True),
             token_client_cache_size=parsed("TOKEN_CLIENT_CACHE_SIZE", int, 2000),
             http_timeout_seconds=parsed("HTTP_TIMEOUT_SECONDS", float, 30.0),
+            dataverse_timeout_seconds=parsed("DATAVERSE_TIMEOUT_SECONDS", float, 60.0),
+            dataverse_max_attempts=parsed("DATAVERSE_MAX_ATTEMPTS", int, 6),
+            dataverse_retry_budget_seconds=parsed("DATAVERSE_RETRY_BUDGET_SECONDS", float, 300.0),
         )
 
 

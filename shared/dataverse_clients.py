@@ -1,0 +1,78 @@
+"""Dataverse clients for the worker: one per (tenant, org), sharing one pooled HTTP session and one governor
+per org, so every caller of an org in this worker honours the same Retry-After window and concurrency cap.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from shared.dataverse_client import DataverseClient, RetryPolicy, TokenSource
+from shared.errors import InvalidTenantError
+from shared.org_governor import GovernorRegistry
+from shared.org_url import validate_org_url
+from shared.settings import Settings, is_guid
+
+
+def _pooled_session(*, keep_cookies: bool) -> Any:
+    import http.cookiejar
+
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    session = requests.Session()
+    # Enough connections for the documented concurrency cap (50) across a few orgs at once.
+    session.mount("https://", HTTPAdapter(pool_connections=16, pool_maxsize=64, max_retries=0))
+    if not keep_cookies:
+        # Dataverse pins a client to one web server with the ARRAffinity cookie; bulk work spreads better
+        # without it (pad/api-limits: "remove the affinity cookie").
+        session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    return session
+
+
+class DataverseClients:
+    """Hands out clients. ``for_org`` validates the org URL for the configured cloud before anything else."""
+
+    def __init__(
+        self, settings: Settings, tokens: TokenSource, *, session: Any = None, bulk_session: Any = None
+    ) -> None:
+        self._settings = settings
+        self._tokens = tokens
+        self._session = session
+        self._bulk_session = bulk_session
+        self.governors = GovernorRegistry()
+        self._lock = threading.Lock()
+        self._clients: dict[tuple[str, str, bool], DataverseClient] = {}
+        self._retry = RetryPolicy(
+            max_attempts=settings.dataverse_max_attempts, budget_seconds=settings.dataverse_retry_budget_seconds
+        )
+
+    def for_org(self, tenant_id: str, org_url: str, *, bulk: bool = False) -> DataverseClient:
+        """Raises InvalidOrgUrlError / InvalidTenantError before any token is requested."""
+        canonical = validate_org_url(org_url, self._settings.dataverse_domain_suffixes)
+        if not is_guid(tenant_id):
+            raise InvalidTenantError(f"Tenant id {tenant_id[:64]!r} is not a GUID.")
+        key = (tenant_id.lower(), canonical, bulk)
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = DataverseClient(
+                    canonical,
+                    tenant_id.lower(),
+                    self._tokens,
+                    self._session_for(bulk),
+                    self.governors.for_org(canonical),
+                    timeout_seconds=self._settings.dataverse_timeout_seconds,
+                    retry=self._retry,
+                )
+                self._clients[key] = client
+            return client
+
+    def _session_for(self, bulk: bool) -> Any:
+        if bulk:
+            if self._bulk_session is None:
+                self._bulk_session = _pooled_session(keep_cookies=False)
+            return self._bulk_session
+        if self._session is None:
+            self._session = _pooled_session(keep_cookies=True)
+        return self._session
