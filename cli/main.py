@@ -39,6 +39,10 @@ def _build_parser() -> argparse.ArgumentParser:
     token.add_argument("--org", required=True, help="Dataverse org URL, e.g. https://contoso.crm.dynamics.com")
     token.add_argument("--repeat", type=int, default=1, help="ask N times (the second comes from the cache)")
     commands.add_parser("certificate", help="show the client certificate in use (thumbprints, expiry, version)")
+    whoami = commands.add_parser("whoami", help="call WhoAmI on an org as the application user (or a user)")
+    whoami.add_argument("--tenant", required=True, help="customer tenant id (GUID)")
+    whoami.add_argument("--org", required=True, help="Dataverse org URL")
+    whoami.add_argument("--as-user", metavar="OBJECT_ID", help="impersonate this Entra object id (CallerObjectId)")
     return parser
 
 
@@ -82,16 +86,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.env_file:
         load_env_file(args.env_file)
     from shared.bootstrap import build_services
-    from shared.errors import ConfigurationError
+    from shared.errors import ConfigurationError, InvalidTenantError
+    from shared.org_url import InvalidOrgUrlError
     from shared.settings import Settings
 
     try:
         services = build_services(Settings.from_env())
         if args.command == "token":
             _print(_token_report(services, args.tenant, args.org, args.repeat), args.json)
+        elif args.command == "whoami":
+            client = services.dataverse.for_org(args.tenant, args.org)
+            who = client.whoami(caller_object_id=args.as_user)
+            _print(
+                {
+                    "org_url": client.org_url,
+                    "tenant_id": client.tenant_id,
+                    "user_id": who.user_id,
+                    "business_unit_id": who.business_unit_id,
+                    "organization_id": who.organization_id,
+                    "impersonating": args.as_user,
+                },
+                args.json,
+            )
         else:
             _print(services.tokens.assertion_source.describe(), args.json)
-    except ConfigurationError as exc:
+    except (ConfigurationError, InvalidOrgUrlError, InvalidTenantError) as exc:
         _print({"error": exc.code, "message": exc.message}, args.json)
         return 2
     except S2SError as exc:

@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 def main() -> int:
     parser = argparse.ArgumentParser(
         prog="python -m sandbox",
-        description="Run the local cloud-in-a-box (Entra ID, Key Vault, managed identity) with the demo scenario "
+        description="Run the local cloud-in-a-box (Entra ID, Key Vault, managed identity, Dataverse behind an "
+        "HTTPS proxy) with the demo scenario "
         "until Ctrl-C; print the app settings that point at it and write them to .sandbox/sandbox.env.",
     )
     parser.parse_args()

@@ -17,6 +17,14 @@ Events the stand-ins record (labels in brackets):
 - vault_request [status]                    every Key Vault request, including 401 challenges
 - vault_get [name, version]                 secret values returned
 - vault_list [name]                         list calls (name only for version lists)
+- proxy_connect [host, status]              every CONNECT to the Dataverse proxy (200 tunnelled, 403 refused)
+- dataverse_request [org, status, method]   every HTTP request to a Dataverse org (a $batch counts once)
+- dataverse_operation [org, method]         every operation run, including each part of a $batch
+- dataverse_throttled [org, code]           429s: code 0x80072326 (concurrency) or 0x80072322 (request rate)
+- dataverse_request_in_retry_after [org]    requests that arrived while a Retry-After the same user was given
+                                            had not passed yet (a well-behaved client scores 0); arrivals in
+                                            the first 0.25 s after the 429 count as already in flight
+Peak Dataverse concurrency is a maximum, not a count: `SandboxState.dataverse_peak_concurrency(org_url)`.
 """
 
 from __future__ import annotations

@@ -76,5 +76,8 @@ def demo_settings(sandbox: Sandbox, seed: DemoSeed) -> dict[str, str]:
         "IDENTITY_HEADER": sandbox.identity_header,
         "REQUESTS_CA_BUNDLE": str(sandbox.ca_bundle_path),
         "SSL_CERT_FILE": str(sandbox.ca_bundle_path),
+        # Dataverse org URLs stay real (https://<org>.crm4.dynamics.com); the sandbox proxy serves them.
+        "HTTPS_PROXY": sandbox.https_proxy,
+        "NO_PROXY": "127.0.0.1,localhost",
         "SANDBOX_TENANTS": ",".join(seed.tenant_ids),
     }

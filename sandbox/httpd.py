@@ -142,6 +142,10 @@ class LoopbackServer(ThreadingHTTPServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         connection: socket.socket = request
+        # Headers and body leave in separate writes; without TCP_NODELAY, Nagle's algorithm holds the body
+        # until the client's delayed ACK (about 40 ms) on every keep-alive response.
+        with contextlib.suppress(OSError):
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self._tls is not None:
             connection.settimeout(_HANDSHAKE_TIMEOUT)
             try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Sequence
@@ -64,15 +65,17 @@ class CertificateBundle:
         """Key first, then certificate: the layout of a Key Vault PEM certificate secret (protocol §3)."""
         return self.key_pem + self.cert_pem
 
-    @property
+    # Parsed forms are cached: loading a PEM RSA key runs its consistency checks (tens of milliseconds), and
+    # the token-signing keys are read on every token issued or verified.
+    @functools.cached_property
     def certificate(self) -> x509.Certificate:
         return x509.load_pem_x509_certificate(self.cert_pem.encode("ascii"))
 
-    @property
+    @functools.cached_property
     def public_key(self) -> rsa.RSAPublicKey:
         return self.private_key.public_key()
 
-    @property
+    @functools.cached_property
     def private_key(self) -> rsa.RSAPrivateKey:
         key = serialization.load_pem_private_key(self.key_pem.encode("ascii"), password=None)
         if not isinstance(key, rsa.RSAPrivateKey):

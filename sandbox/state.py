@@ -1,5 +1,6 @@
 """In-memory model behind the stand-ins: directory (tenants, apps, service principals, managed identities),
-vault (secret versions, RBAC grants), redeemed assertions and counters. Every method takes the one lock.
+vault (secret versions, RBAC grants), redeemed assertions, Dataverse orgs and counters. Every method takes the
+one lock; each Dataverse org's rows and users sit behind that org's own lock (sandbox.dataverse_org).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from dataclasses import dataclass, field, replace
 from cryptography import x509
 
 from sandbox.counters import Counters
+from sandbox.dataverse_org import Actor, Org, OrgStore, SystemUser, canonical_org_url
+from sandbox.dataverse_schema import TABLES
+from sandbox.dataverse_throttle import DataverseLimits
 from sandbox.pki import CertificateBundle, certificate_thumbprints, pem_to_pfx
 from sandbox.signing import SigningKeyRing
 
@@ -155,6 +159,7 @@ class SandboxState:
         self._vault_readers: set[str] = set()
         self._secrets: dict[str, list[SecretVersion]] = {}
         self._redeemed: dict[tuple[str, str, str], float] = {}
+        self._orgs: dict[str, OrgStore] = {}  # by host name
         self.home_tenant_id = self.add_tenant(display_name=home_tenant_name)
 
     # -- counters -------------------------------------------------------------------------------
@@ -443,3 +448,167 @@ class SandboxState:
                 return False
             self._redeemed[key] = expires_at
             return True
+
+    # -- Dataverse orgs (protocol §1, §4) -------------------------------------------------------------
+
+    def add_org(self, tenant_id: str, url: str, *, name: str | None = None) -> Org:
+        """Create an org at `url` (https://<org>.crm<N>.dynamics.com) belonging to an existing tenant.
+
+        Raises ValueError for a URL the sandbox's certificate cannot cover or an org that exists already.
+        """
+        canonical = canonical_org_url(url)
+        tid = normalize_guid(tenant_id)
+        host = canonical.removeprefix("https://")
+        org = Org(
+            url=canonical,
+            org_id=str(uuid.uuid4()),
+            tenant_id=tid,
+            root_business_unit_id=str(uuid.uuid4()),
+            name=name or host.split(".")[0],
+        )
+        with self._lock:
+            self._require_tenant(tid)
+            if host in self._orgs:
+                raise ValueError(f"org {canonical} already exists")
+            self._orgs[host] = OrgStore(org)
+        return org
+
+    def get_org(self, url: str) -> Org:
+        return self._org_store(url).org
+
+    def find_org_store(self, host: str) -> OrgStore | None:
+        """The org served at `host` (no scheme, no port), for the Dataverse stand-in and its proxy."""
+        with self._lock:
+            return self._orgs.get(host.lower())
+
+    def _org_store(self, url: str) -> OrgStore:
+        host = canonical_org_url(url).removeprefix("https://")
+        with self._lock:
+            store = self._orgs.get(host)
+        if store is None:
+            raise SandboxLookupError(f"no Dataverse org at {url}")
+        return store
+
+    def add_application_user(
+        self,
+        org_url: str,
+        app_client_id: str,
+        *,
+        enabled: bool = True,
+        act_on_behalf: bool = False,
+        roles: tuple[str, ...] = ("S2S Integration",),
+    ) -> str:
+        """Create the app's application user (one per app per org, protocol §1); returns its systemuserid.
+
+        `act_on_behalf` grants prvActOnBehalfOfAnotherUser (impersonation). Raises ValueError when the app
+        already has an application user in the org.
+        """
+        store = self._org_store(org_url)
+        client_id = normalize_guid(app_client_id)
+        app = self.find_application(client_id)
+        principal = self.find_service_principal(store.org.tenant_id, client_id)
+        user = SystemUser(
+            systemuserid=str(uuid.uuid4()),
+            full_name=f"# {app.display_name if app else client_id}",
+            enabled=enabled,
+            application_id=client_id,
+            object_id=principal.object_id if principal else None,
+            act_on_behalf=act_on_behalf,
+            roles=tuple(roles),
+        )
+        store.add_user(user)
+        return user.systemuserid
+
+    def set_application_user(
+        self,
+        org_url: str,
+        app_client_id: str,
+        *,
+        enabled: bool | None = None,
+        act_on_behalf: bool | None = None,
+    ) -> None:
+        store = self._org_store(org_url)
+        user = self._require_application_user(store, app_client_id)
+        store.replace_user(
+            replace(
+                user,
+                enabled=user.enabled if enabled is None else enabled,
+                act_on_behalf=user.act_on_behalf if act_on_behalf is None else act_on_behalf,
+            )
+        )
+
+    def remove_application_user(self, org_url: str, app_client_id: str) -> None:
+        store = self._org_store(org_url)
+        store.remove_user(self._require_application_user(store, app_client_id).systemuserid)
+
+    @staticmethod
+    def _require_application_user(store: OrgStore, app_client_id: str) -> SystemUser:
+        user = store.find_application_user(app_client_id)
+        if user is None:
+            raise SandboxLookupError(f"app {app_client_id} has no application user in {store.org.url}")
+        return user
+
+    def add_org_user(self, org_url: str, object_id: str, full_name: str, *, enabled: bool = True) -> str:
+        """A licensed user known by its Entra object id (for CallerObjectId impersonation); returns its
+        systemuserid.
+        """
+        store = self._org_store(org_url)
+        user = SystemUser(str(uuid.uuid4()), full_name, enabled=enabled, object_id=normalize_guid(object_id))
+        store.add_user(user)
+        return user.systemuserid
+
+    def seed_rows(self, org_url: str, table: str, count: int, *, prefix: str = "Row") -> list[str]:
+        """Insert `count` rows into "accounts" or "contacts", owned by the org's SYSTEM user; returns their ids."""
+        store = self._org_store(org_url)
+        schema = TABLES.get(table)
+        if schema is None:
+            raise ValueError(f"table must be one of {', '.join(TABLES)}, not {table!r}")
+        if table == "accounts":
+            values = (
+                {"name": f"{prefix} {n}", "revenue": float(n * 100), "telephone1": f"555-{n % 10000:04d}"}
+                for n in range(1, count + 1)
+            )
+        else:
+            values = (
+                {"firstname": prefix, "lastname": str(n), "emailaddress1": f"{prefix.lower()}.{n}@example.com"}
+                for n in range(1, count + 1)
+            )
+        return store.bulk_insert(schema, values, Actor(store.system_user_id))
+
+    def rows(self, org_url: str, table: str) -> list[dict[str, object]]:
+        """A copy of every row of "accounts" or "contacts", for assertions."""
+        store = self._org_store(org_url)
+        if table not in TABLES:
+            raise ValueError(f"table must be one of {', '.join(TABLES)}, not {table!r}")
+        return [dict(row) for row in store.rows(table)]
+
+    def set_dataverse_limits(
+        self,
+        org_url: str,
+        *,
+        max_concurrent: int = 52,
+        max_requests: int = 6000,
+        window_seconds: float = 300,
+        retry_after_seconds: int | None = None,
+        latency_seconds: float = 0.0,
+        dop_hint: int | None = None,
+    ) -> None:
+        """Service protection and latency for the org, applied per user (protocol §4; one web server)."""
+        self._org_store(org_url).protection.configure(
+            DataverseLimits(
+                max_concurrent=max_concurrent,
+                max_requests=max_requests,
+                window_seconds=window_seconds,
+                retry_after_seconds=retry_after_seconds,
+                latency_seconds=latency_seconds,
+                dop_hint=dop_hint,
+            )
+        )
+
+    def expire_delta_tokens(self, org_url: str) -> None:
+        """Every delta token issued so far for the org becomes expired (the next delta asks for a full sync)."""
+        self._org_store(org_url).expire_delta_tokens()
+
+    def dataverse_peak_concurrency(self, org_url: str) -> int:
+        """The most requests the org has had in flight at once (all users)."""
+        return self._org_store(org_url).protection.peak_concurrency

@@ -236,6 +236,7 @@ class DataverseClient:
                 headers=headers,
                 idempotent=all(op.idempotent for op in chunk),
                 caller_object_id=caller_object_id,
+                multipart_errors=True,
             )
             try:
                 parts.extend(parse_batch_response(response.headers.get("Content-Type", ""), response.content))
@@ -345,6 +346,7 @@ class DataverseClient:
         headers: Mapping[str, str] | None = None,
         idempotent: bool,
         caller_object_id: str | None = None,
+        multipart_errors: bool = False,
     ) -> Any:
         import requests
 
@@ -414,6 +416,9 @@ class DataverseClient:
             self.governor.apply_dop_hint(response.headers.get("x-ms-dop-hint"))
             status = response.status_code
             if status < 400:
+                return response
+            if multipart_errors and status == 400 and _is_multipart(response.headers):
+                # A batch stopped by a failing operation answers 400 with the per-operation responses inside.
                 return response
             if status == 429:
                 retry_after = _retry_after_seconds(response.headers) or self._backoff(attempt)
@@ -503,6 +508,10 @@ def _page_size(page_size: int) -> int:
     if not 1 <= page_size <= MAX_PAGE_SIZE:
         raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
     return page_size
+
+
+def _is_multipart(headers: Any) -> bool:
+    return str(headers.get("Content-Type", "")).lower().startswith("multipart/mixed")
 
 
 def _is_deleted_entity(row: Mapping[str, Any]) -> bool:

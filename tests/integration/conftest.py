@@ -1,5 +1,5 @@
 """Fixtures for integration tests against the sandbox's stand-ins: one sandbox per session, per-test env vars,
-and factories that register fresh apps so tests never share directory state.
+and factories that register fresh apps and Dataverse orgs so tests never share directory or org state.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import msal
 import pytest
 
 from sandbox import Sandbox
+from sandbox.dataverse_org import Org
 from sandbox.demo import DemoSeed, seed_demo
 from sandbox.pki import CertificateBundle, make_certificate
 
@@ -32,7 +33,9 @@ def demo(sandbox: Sandbox) -> DemoSeed:
 
 @pytest.fixture
 def sandbox_env(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
-    """Point REQUESTS_CA_BUNDLE, SSL_CERT_FILE, IDENTITY_ENDPOINT and IDENTITY_HEADER at the sandbox."""
+    """Point REQUESTS_CA_BUNDLE, SSL_CERT_FILE, IDENTITY_ENDPOINT, IDENTITY_HEADER and HTTPS_PROXY/NO_PROXY
+    at the sandbox.
+    """
     for name, value in sandbox.env().items():
         monkeypatch.setenv(name, value)
     return sandbox
@@ -121,3 +124,55 @@ def assertion_factory(sandbox: Sandbox) -> Callable[..., str]:
         return craft_assertion(app, endpoint, **options)
 
     return build
+
+
+@dataclass(frozen=True)
+class DataverseOrg:
+    """A fresh org in a fresh customer tenant, an app consented there and (usually) its application user."""
+
+    org: Org
+    app: RegisteredApp
+    app_user_id: str | None
+    token: str  # an app-only access token for the org, from MSAL against the sandbox's Entra
+
+    @property
+    def url(self) -> str:
+        return self.org.url
+
+    @property
+    def api(self) -> str:
+        return f"{self.org.url}/api/data/v9.2"
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        """Authorization plus the OData headers Microsoft's samples send; `extra` adds or overrides."""
+        return {
+            "Authorization": f"Bearer {self.token}",
+            "Accept": "application/json",
+            "OData-MaxVersion": "4.0",
+            "OData-Version": "4.0",
+            **extra,
+        }
+
+
+@pytest.fixture
+def new_org(
+    sandbox_env: Sandbox,
+    new_app: Callable[..., RegisteredApp],
+    cca: Callable[..., msal.ConfidentialClientApplication],
+) -> Callable[..., DataverseOrg]:
+    """Create an org (https://org<random>.<suffix>) whose app gets a token through MSAL; HTTPS_PROXY is set,
+    so plain `requests` reaches the org URL unchanged.
+    """
+
+    def create(*, suffix: str = "crm4.dynamics.com", app_user: bool = True, **user_options: Any) -> DataverseOrg:
+        state = sandbox_env.state
+        app = new_app()
+        org = state.add_org(app.tenant_id, f"https://org{uuid.uuid4().hex[:12]}.{suffix}")
+        user_id = state.add_application_user(org.url, app.client_id, **user_options) if app_user else None
+        result = cca(app.client_id, app.tenant_id, app.pem_credential()).acquire_token_for_client(
+            [f"{org.url}/.default"]
+        )
+        assert "access_token" in result, result
+        return DataverseOrg(org, app, user_id, result["access_token"])
+
+    return create

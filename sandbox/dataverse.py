@@ -1,0 +1,189 @@
+"""Dataverse Web API stand-in, HTTP side: picks the org by Host header, authenticates the bearer token,
+finds the application user, resolves impersonation, applies service protection, then runs the operation.
+
+Checks run in the order Dataverse reports them (protocol §1, §4): token (401 + bearer challenge naming the
+org's tenant), application user (403 0x80072560), disabled user (403 0x80040225), impersonation privilege,
+service protection (429 + Retry-After).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import jwt
+
+from sandbox import dataverse_errors as errors
+from sandbox.dataverse_api import WebApi
+from sandbox.dataverse_batch import BatchFormatError, operation_count, parse_batch
+from sandbox.dataverse_errors import DataverseError
+from sandbox.dataverse_org import OrgStore, SystemUser
+from sandbox.dataverse_throttle import DEFAULT_DOP_HINT
+from sandbox.dataverse_wire import ApiRequest, ApiResponse, Caller, error_response, json_body
+from sandbox.httpd import HttpRequest, HttpResponse
+from sandbox.state import is_guid
+from sandbox.tokens import TokenMinter
+
+if TYPE_CHECKING:
+    from sandbox.state import SandboxState
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/api/data/"
+_API_VERSIONS = ("v9.0", "v9.1", "v9.2")
+_CLOCK_SKEW_SECONDS = 300
+
+
+def _disabled(user: SystemUser, store: OrgStore) -> DataverseError:
+    # protocol §4: the message is documented (plug-in troubleshooting); the Web API status for a disabled
+    # user is not verified (open item 1). 403 is the sandbox's choice.
+    return DataverseError(
+        403,
+        errors.USER_DISABLED,
+        f"The user with SystemUserId={user.systemuserid} in OrganizationContext={store.org.org_id} is disabled. "
+        "Disabled users cannot access the system. Consider enabling this user. Also, users are disabled if "
+        "they don't have a license assigned to them.",
+    )
+
+
+class DataverseService:
+    """Serves every org in the state, each at its own host name (reached through the CONNECT proxy)."""
+
+    def __init__(self, state: SandboxState, authority_host: str) -> None:
+        self._state = state
+        self._authority_host = authority_host.rstrip("/")
+        self._minter = TokenMinter(state.signing_keys, self._authority_host)
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        request_id = str(uuid.uuid4())
+        headers = {"OData-Version": "4.0", "REQ_ID": request_id, "x-ms-service-request-id": request_id}
+        if client_request_id := request.headers.get("x-ms-client-request-id"):
+            headers["x-ms-client-request-id"] = client_request_id
+        host = request.headers.get("host", "").split(":")[0].lower()
+        store = self._state.find_org_store(host)
+        if store is None:
+            payload = {"error": {"code": "0x80040217", "message": f"No Dataverse org is registered at {host!r}."}}
+            return self._reply(json_body(404, payload), headers)
+        limits = store.protection.limits
+        headers["x-ms-dop-hint"] = str(limits.dop_hint or DEFAULT_DOP_HINT)
+        try:
+            response = self._handle(request, store, headers)
+        except DataverseError as err:
+            response = error_response(err) if err.status != 401 else ApiResponse(401, err.headers)
+        self._state.counters.bump("dataverse_request", org=store.org.url, status=response.status, method=request.method)
+        logger.debug("dataverse %s %s %s -> %s", store.org.host, request.method, request.path, response.status)
+        return self._reply(response, headers)
+
+    @staticmethod
+    def _reply(response: ApiResponse, headers: dict[str, str]) -> HttpResponse:
+        return HttpResponse(response.status, response.body, {**headers, **response.headers})
+
+    def _handle(self, request: HttpRequest, store: OrgStore, headers: dict[str, str]) -> ApiResponse:
+        caller = self._impersonate(request, store, self._authenticate(request, store))
+        path = unquote(request.path)
+        version, _, resource = path.removeprefix(API_PREFIX).partition("/")
+        if not path.startswith(API_PREFIX) or version not in _API_VERSIONS:
+            raise DataverseError(404, errors.BAD_QUERY, f"Resource not found for the segment '{path}'.")
+        user = caller.app_user.systemuserid
+        # The app user is what service protection counts (protocol §4: "the app user counts as one"), also
+        # while it impersonates someone. A $batch counts each of its operations towards the window.
+        admission = store.protection.admit(user, self._weight(request, resource))
+        if admission.in_retry_after_window:
+            self._state.counters.bump("dataverse_request_in_retry_after", org=store.org.url)
+        if admission.refusal is not None:
+            refusal = admission.refusal
+            self._state.counters.bump("dataverse_throttled", org=store.org.url, code=refusal.code)
+            raise DataverseError(429, refusal.code, refusal.message, {"Retry-After": str(refusal.retry_after)})
+        try:
+            latency = store.protection.limits.latency_seconds
+            if latency > 0:
+                time.sleep(latency)  # no lock is held here, so concurrent requests overlap for real
+            headers["x-ms-ratelimit-burst-remaining-xrm-requests"] = str(store.protection.remaining_requests(user))
+            service_root = f"{store.org.url}/api/data/{version}"
+
+            def count_operation(method: str) -> None:
+                self._state.counters.bump("dataverse_operation", org=store.org.url, method=method)
+
+            api = WebApi(store, service_root, caller, count_operation)
+            query = dict(request.query)
+            return api.execute(ApiRequest(request.method, resource, query, request.headers, request.body))
+        finally:
+            store.protection.release(user)
+
+    @staticmethod
+    def _weight(request: HttpRequest, resource: str) -> int:
+        if resource != "$batch" or request.method != "POST":
+            return 1
+        try:
+            return max(1, operation_count(parse_batch(request.body, request.headers.get("content-type", ""))))
+        except BatchFormatError:
+            return 1
+
+    # -- authentication -------------------------------------------------------------------------
+
+    def _challenge(self, store: OrgStore, reason: str) -> DataverseError:
+        logger.debug("dataverse %s: 401 (%s)", store.org.host, reason)
+        challenge = (
+            f"Bearer authorization_uri={self._authority_host}/{store.org.tenant_id}/oauth2/authorize, "
+            f"resource_id={store.org.url}/"
+        )
+        return DataverseError(401, "0x80072560", reason, {"WWW-Authenticate": challenge})
+
+    def _authenticate(self, request: HttpRequest, store: OrgStore) -> SystemUser:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise self._challenge(store, "no bearer token")
+        try:
+            claims: dict[str, Any] = self._state.signing_keys.verify(token.strip(), leeway=_CLOCK_SKEW_SECONDS)
+        except jwt.InvalidTokenError as exc:
+            raise self._challenge(store, f"invalid token: {exc}") from None
+        audience = str(claims.get("aud", ""))
+        if audience.rstrip("/") != store.org.url:
+            raise self._challenge(store, f"audience {audience!r} is not this org")
+        tenant = str(claims.get("tid", ""))
+        if tenant != store.org.tenant_id:
+            raise self._challenge(store, f"token tenant {tenant!r} is not the org's tenant")
+        if claims.get("iss") not in (self._minter.v1_issuer(tenant), self._minter.v2_issuer(tenant)):
+            raise self._challenge(store, f"issuer {claims.get('iss')!r} is not the org tenant's")
+        client_id = str(claims.get("appid") or claims.get("azp") or "")
+        user = store.find_application_user(client_id) if client_id else None
+        if user is None:
+            raise DataverseError(403, errors.NOT_MEMBER, "The user is not a member of the organization.")
+        if not user.enabled:
+            raise _disabled(user, store)
+        return user
+
+    def _impersonate(self, request: HttpRequest, store: OrgStore, app_user: SystemUser) -> Caller:
+        """Resolve CallerObjectId (Entra object id, preferred) or legacy MSCRMCallerID (systemuserid)."""
+        object_id = request.headers.get("callerobjectid", "").strip()
+        caller_id = request.headers.get("mscrmcallerid", "").strip()
+        if not object_id and not caller_id:
+            return Caller(app_user, app_user)
+        if not app_user.act_on_behalf:
+            raise DataverseError(
+                403,
+                errors.MISSING_PRIVILEGE,
+                f"Principal user (Id={app_user.systemuserid}, type=8, roleCount={len(app_user.roles)}, "
+                "accessMode=4) is missing prvActOnBehalfOfAnotherUser privilege for entity 'systemuser'. "
+                "Only a user holding it (it is part of the Delegate role) can impersonate another user.",
+            )
+        header, value = ("CallerObjectId", object_id) if object_id else ("MSCRMCallerID", caller_id)
+        if not is_guid(value):
+            raise errors.bad_query(f"The {header} header value '{value}' is not a valid GUID.")
+        if object_id:
+            target = store.find_user_by_object_id(value)
+            if target is None:
+                # The service's code for an unknown CallerObjectId is not verified; "does not exist" is.
+                raise DataverseError(
+                    404, errors.NOT_FOUND, f"systemuser With AzureActiveDirectoryObjectId = {value} Does Not Exist"
+                )
+        else:
+            target = store.find_user(value)
+            if target is None:
+                raise errors.not_found("systemuser", value.lower())
+        if not target.enabled:
+            raise _disabled(target, store)
+        return Caller(app_user, target)

@@ -1,0 +1,70 @@
+"""Errors the Dataverse Web API stand-in answers with: `{"error":{"code":"0x…","message":"…"}}` (protocol §4).
+
+Codes and messages follow Microsoft's documented ones where protocol.md names them; the rest say so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+NOT_MEMBER = "0x80072560"
+USER_DISABLED = "0x80040225"
+NOT_FOUND = "0x80040217"
+DUPLICATE = "0x80040237"
+MISSING_PRIVILEGE = "0x80040220"
+BAD_QUERY = "0x80060888"
+BAD_PAYLOAD = "0x80048d19"
+VALIDATION = "0x80044331"
+VERSION_MISMATCH = "0x80060882"
+DELTA_TOKEN_EXPIRED = "0x80044352"
+RATE_LIMIT = "0x80072322"
+CONCURRENCY_LIMIT = "0x80072326"
+
+
+class DataverseError(Exception):
+    """A Web API error response: HTTP status, service error code, message and any extra headers."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+def bad_query(message: str) -> DataverseError:
+    """Query syntax the service (or this sandbox) does not accept."""
+    return DataverseError(400, BAD_QUERY, message)
+
+
+def bad_payload(message: str) -> DataverseError:
+    return DataverseError(400, BAD_PAYLOAD, message)
+
+
+def not_found(logical_name: str, record_id: str) -> DataverseError:
+    return DataverseError(404, NOT_FOUND, f"{logical_name} With Id = {record_id} Does Not Exist")
+
+
+def duplicate_key() -> DataverseError:
+    return DataverseError(412, DUPLICATE, "A record with matching key values already exists.")
+
+
+def version_mismatch() -> DataverseError:
+    return DataverseError(
+        412, VERSION_MISMATCH, "The version of the existing record doesn't match the RowVersion property provided."
+    )
+
+
+def delta_token_expired() -> DataverseError:
+    # protocol.md open item 6: the Web API status for an expired token is not verified; the message is the
+    # platform's "perform a full sync" text, and clients are expected to restart with a full sync either way.
+    return DataverseError(
+        400, DELTA_TOKEN_EXPIRED, "Version stamp associated with the client has expired. Please perform a full sync."
+    )
+
+
+def unknown_property(name: str, logical_name: str) -> DataverseError:
+    return bad_query(f"Could not find a property named '{name}' on type 'Microsoft.Dynamics.CRM.{logical_name}'.")

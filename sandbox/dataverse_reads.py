@@ -1,0 +1,167 @@
+"""Reading an entity set on the Dataverse stand-in: $select/$filter/$orderby/$top/$count queries with
+server-driven paging (page-results.md), and change tracking: `Prefer: odata.track-changes` full syncs and the
+deltas their `@odata.deltaLink` returns (protocol §4).
+
+Paging is keyset paging on the $orderby columns plus the primary key, so rows inserted or deleted between pages
+never make a page repeat or skip rows that were there all along.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+from sandbox import dataverse_errors as errors
+from sandbox.dataverse_org import OrgStore
+from sandbox.dataverse_query import (
+    MAX_PAGE_SIZE,
+    PagingCookie,
+    Preferences,
+    build_link,
+    parse_filter,
+    parse_orderby,
+    parse_prefer,
+    parse_select,
+    parse_top,
+    sort_key,
+    table_filter_kinds,
+)
+from sandbox.dataverse_schema import Table
+from sandbox.dataverse_wire import ApiRequest, ApiResponse, json_body, render, selection
+
+COUNT_LIMIT = 5000  # $count reports at most 5,000
+_QUERY_OPTIONS = frozenset({"$select", "$filter", "$orderby", "$top", "$count", "$skiptoken", "$deltatoken"})
+_NOT_WITH_TRACKING = ("$filter", "$orderby", "$expand", "$top")  # protocol §4, change tracking
+
+
+class CollectionReader:
+    """Answers GET <entity set> for one org."""
+
+    def __init__(self, store: OrgStore, service_root: str) -> None:
+        self._store = store
+        self._root = service_root
+
+    def query(self, table: Table, request: ApiRequest) -> ApiResponse:
+        """GET on an entity set: a page of rows, a change-tracked page, or a delta. Raises DataverseError."""
+        query = request.query
+        prefs = parse_prefer(request.headers.get("prefer", ""))
+        cookie = PagingCookie.decode(query["$skiptoken"], table.primary_id) if "$skiptoken" in query else None
+        tracking = prefs.track_changes or "$deltatoken" in query or bool(cookie and cookie.tracking)
+        if tracking:
+            for option in _NOT_WITH_TRACKING:
+                if option in query:
+                    raise errors.bad_query(f"The query option '{option}' cannot be used with change tracking.")
+        for option in query:
+            if option == "$skip":
+                raise errors.bad_query(
+                    "The query parameter $skip is not supported. Page with Prefer: odata.maxpagesize and "
+                    "@odata.nextLink instead."
+                )
+            if option not in _QUERY_OPTIONS:
+                raise errors.bad_query(f"The query option '{option}' is not supported by the sandbox.")
+        select = parse_select(query.get("$select"), table)
+        applied = []
+        if prefs.max_page_size is not None:
+            applied.append(f"odata.maxpagesize={prefs.max_page_size}")
+        if prefs.track_changes:
+            applied.append("odata.track-changes")
+        headers = {"Preference-Applied": ",".join(applied)} if applied else {}
+        if "$deltatoken" in query:
+            body = self._delta(table, select, query["$deltatoken"], cookie, prefs)
+        else:
+            body = self._page(table, request=request, select=select, cookie=cookie, prefs=prefs, tracking=tracking)
+        return json_body(200, body, headers)
+
+    @staticmethod
+    def _links_base(query: dict[str, str], *drop: str) -> list[tuple[str, str]]:
+        return [(name, value) for name, value in query.items() if name not in ("$skiptoken", *drop)]
+
+    def _page(
+        self,
+        table: Table,
+        *,
+        request: ApiRequest,
+        select: tuple[str, ...] | None,
+        cookie: PagingCookie | None,
+        prefs: Preferences,
+        tracking: bool,
+    ) -> dict[str, Any]:
+        query = request.query
+        predicate = parse_filter(query.get("$filter"), table_filter_kinds(table), table.logical_name)
+        order = parse_orderby(query.get("$orderby"), table)
+        top = parse_top(query.get("$top"))
+        with self._store.exclusive():
+            since = cookie.since if cookie and cookie.since is not None else self._store.version
+            rows = [row for row in self._store.rows(table.entity_set) if predicate(row)]
+        key = sort_key(order, table.primary_id)
+        rows.sort(key=key)
+        start = bisect.bisect_right(rows, key(cookie.last), key=key) if cookie else 0
+        size = prefs.max_page_size or MAX_PAGE_SIZE
+        if top is not None and prefs.max_page_size is None:
+            size = min(top, size)  # page-results.md: $top is ignored when odata.maxpagesize is sent
+        page = rows[start : start + size]
+        more = start + size < len(rows) and (top is None or prefs.max_page_size is not None)
+        body: dict[str, Any] = {"@odata.context": f"{self._root}/$metadata#{table.entity_set}{selection(select)}"}
+        if query.get("$count") == "true":
+            body["@odata.count"] = min(len(rows), COUNT_LIMIT)
+        body["value"] = [render(table, row, select) for row in page]
+        collection = f"{self._root}/{table.entity_set}"
+        if more:
+            last = {name: page[-1].get(name) for name, _ in order} | {table.primary_id: page[-1][table.primary_id]}
+            following = PagingCookie(
+                page=(cookie.page if cookie else 1) + 1,
+                last=last,
+                first_id=page[0][table.primary_id],
+                tracking=tracking,
+                since=since if tracking else None,
+            )
+            params = [*self._links_base(query), ("$skiptoken", following.encode(table.primary_id))]
+            body["@odata.nextLink"] = build_link(collection, params)
+        elif tracking:
+            token = self._store.issue_delta_token(table.entity_set, since)
+            params = [*self._links_base(query, "$count"), ("$deltatoken", token)]
+            body["@odata.deltaLink"] = build_link(collection, params)
+        return body
+
+    def _delta(
+        self,
+        table: Table,
+        select: tuple[str, ...] | None,
+        token: str,
+        cookie: PagingCookie | None,
+        prefs: Preferences,
+    ) -> dict[str, Any]:
+        """Rows created or changed since the token's version, and deletions, oldest first; paged."""
+        since = self._store.delta_token_version(token, table.entity_set)
+        upto = cookie.upto if cookie and cookie.upto is not None else self._store.version
+        after = int(cookie.last.get("versionnumber", since)) if cookie else since
+        changes = self._store.changes(table.entity_set, after, upto)
+        size = prefs.max_page_size or MAX_PAGE_SIZE
+        page = changes[:size]
+        deleted_context = f"{self._root}/$metadata#{table.entity_set}/$deletedEntity"
+        values = [
+            render(table, change.row, select)
+            if change.row is not None
+            else {"@odata.context": deleted_context, "id": change.record_id, "reason": "deleted"}
+            for change in page
+        ]
+        body: dict[str, Any] = {
+            "@odata.context": f"{self._root}/$metadata#{table.entity_set}{selection(select)}/$delta",
+            "value": values,
+        }
+        collection = f"{self._root}/{table.entity_set}"
+        base = [("$select", ",".join(select))] if select else []
+        if len(changes) > size:
+            following = PagingCookie(
+                page=(cookie.page if cookie else 1) + 1,
+                last={"versionnumber": page[-1].version},
+                tracking=True,
+                since=since,
+                upto=upto,
+            )
+            params = [*base, ("$deltatoken", token), ("$skiptoken", following.encode(table.primary_id))]
+            body["@odata.nextLink"] = build_link(collection, params)
+        else:
+            next_token = self._store.issue_delta_token(table.entity_set, upto)
+            body["@odata.deltaLink"] = build_link(collection, [*base, ("$deltatoken", next_token)])
+        return body

@@ -1,0 +1,73 @@
+"""Shapes shared by the Dataverse stand-in's modules: a request and response as the Web API operations see
+them, the calling user, and how a row is written in JSON (etag, selected columns, primary key).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandbox.dataverse_errors import DataverseError
+from sandbox.dataverse_org import Actor, Row, SystemUser
+from sandbox.dataverse_schema import Table
+
+JSON_TYPE = "application/json; odata.metadata=minimal"
+
+
+@dataclass(frozen=True)
+class ApiRequest:
+    method: str
+    path: str  # below the service root, percent-decoded: "accounts(…)", "WhoAmI", "$batch"
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-case names
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
+class ApiResponse:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+def json_body(status: int, payload: Any, headers: dict[str, str] | None = None) -> ApiResponse:
+    return ApiResponse(status, {"Content-Type": JSON_TYPE, **(headers or {})}, json.dumps(payload).encode("utf-8"))
+
+
+def error_response(error: DataverseError) -> ApiResponse:
+    return json_body(error.status, error.body(), error.headers)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated application user and the user it acts as (itself unless impersonating)."""
+
+    app_user: SystemUser
+    user: SystemUser
+
+    @property
+    def impersonating(self) -> bool:
+        return self.user.systemuserid != self.app_user.systemuserid
+
+    @property
+    def actor(self) -> Actor:
+        return Actor(self.user.systemuserid, self.app_user.systemuserid if self.impersonating else None)
+
+
+def etag(row: Row) -> str:
+    return f'W/"{row["versionnumber"]}"'
+
+
+def render(table: Table, row: Row, select: tuple[str, ...] | None) -> dict[str, Any]:
+    """A row as the Web API returns it: etag, the selected columns and always the primary key."""
+    names = select if select is not None else tuple(column.name for column in table.columns)
+    rendered: dict[str, Any] = {"@odata.etag": etag(row)}
+    for name in names:
+        rendered[name] = row.get(name)
+    rendered[table.primary_id] = row[table.primary_id]
+    return rendered
+
+
+def selection(select: tuple[str, ...] | None) -> str:
+    return f"({','.join(select)})" if select else ""
