@@ -32,6 +32,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/auth_bench.py
+	$(BIN)/python bench/dataverse_bench.py
 
 sandbox: $(STAMP)
 	$(BIN)/python -m sandbox

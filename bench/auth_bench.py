@@ -21,6 +21,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.figures import report, write  # noqa: E402
 from sandbox import Sandbox  # noqa: E402
 from sandbox.demo import demo_settings, seed_demo  # noqa: E402
 from shared.bootstrap import build_services  # noqa: E402
@@ -28,12 +29,6 @@ from shared.settings import Settings  # noqa: E402
 from shared.token_provider import TenantTokenProvider  # noqa: E402
 
 ORG = "https://contoso.crm.dynamics.com"
-results: list[dict[str, Any]] = []
-
-
-def report(name: str, value: float, unit: str, target: str, ok: bool) -> None:
-    results.append({"name": name, "value": value, "unit": unit, "target": target, "ok": ok})
-    print(f"{name:<62} {value:>12.3f} {unit:<6} target {target:<22} {'ok' if ok else 'MISSED'}")
 
 
 def rss_mb() -> float:
@@ -217,11 +212,7 @@ def main() -> int:
         concurrent_callers(sb, seed)
     memory_at_scale()
     import_time()
-    out = ROOT / "bench" / "results" / "auth.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    missed = [r["name"] for r in results if not r["ok"]]
-    print("-" * 110 + f"\n{len(results) - len(missed)} figures on target, {len(missed)} missed; written to {out}")
+    write(ROOT / "bench" / "results" / "auth.json")
     return 0
 
 

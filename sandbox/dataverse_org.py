@@ -123,6 +123,12 @@ class OrgStore:
         self._tokens: dict[str, _DeltaToken] = {}
         self._token_epoch = 0
         self._token_serial = itertools.count(1)
+        # Filtered, sorted rows per (entity set, $filter, $orderby), valid while `version` is unchanged: paging
+        # through a large table must not re-filter and re-sort it for every page, or the emulator rather than
+        # the client under test dominates every measurement. Used by sandbox.dataverse_reads.
+        self.sorted_rows_cache: dict[tuple[str, str, str], tuple[int, list[Any]]] = {}
+        # Pre-encoded rows per (entity set, $select): see sandbox.dataverse_wire.render_cached.
+        self.rendered_rows_cache: dict[Any, dict[str, Any]] = {}
         self.system_user_id = str(uuid.uuid4())
         self._users[self.system_user_id] = SystemUser(self.system_user_id, "SYSTEM")
 

@@ -27,7 +27,7 @@ from sandbox.dataverse_query import (
     table_filter_kinds,
 )
 from sandbox.dataverse_schema import Table
-from sandbox.dataverse_wire import ApiRequest, ApiResponse, json_body, render, selection
+from sandbox.dataverse_wire import ApiRequest, ApiResponse, json_body, render, render_cached, selection
 
 COUNT_LIMIT = 5000  # $count reports at most 5,000
 _QUERY_OPTIONS = frozenset({"$select", "$filter", "$orderby", "$top", "$count", "$skiptoken", "$deltatoken"})
@@ -90,11 +90,19 @@ class CollectionReader:
         predicate = parse_filter(query.get("$filter"), table_filter_kinds(table), table.logical_name)
         order = parse_orderby(query.get("$orderby"), table)
         top = parse_top(query.get("$top"))
+        key = sort_key(order, table.primary_id)
+        cache_key = (table.entity_set, query.get("$filter", ""), query.get("$orderby", ""))
         with self._store.exclusive():
             since = cookie.since if cookie and cookie.since is not None else self._store.version
-            rows = [row for row in self._store.rows(table.entity_set) if predicate(row)]
-        key = sort_key(order, table.primary_id)
-        rows.sort(key=key)
+            cached = self._store.sorted_rows_cache.get(cache_key)
+            if cached is not None and cached[0] == self._store.version:
+                rows = cached[1]
+            else:
+                rows = [row for row in self._store.rows(table.entity_set) if predicate(row)]
+                rows.sort(key=key)
+                if len(self._store.sorted_rows_cache) > 16:
+                    self._store.sorted_rows_cache.clear()
+                self._store.sorted_rows_cache[cache_key] = (self._store.version, rows)
         start = bisect.bisect_right(rows, key(cookie.last), key=key) if cookie else 0
         size = prefs.max_page_size or MAX_PAGE_SIZE
         if top is not None and prefs.max_page_size is None:
@@ -104,7 +112,8 @@ class CollectionReader:
         body: dict[str, Any] = {"@odata.context": f"{self._root}/$metadata#{table.entity_set}{selection(select)}"}
         if query.get("$count") == "true":
             body["@odata.count"] = min(len(rows), COUNT_LIMIT)
-        body["value"] = [render(table, row, select) for row in page]
+        cache = self._store.rendered_rows_cache
+        body["value"] = [render_cached(cache, table, row, select) for row in page]
         collection = f"{self._root}/{table.entity_set}"
         if more:
             last = {name: page[-1].get(name) for name, _ in order} | {table.primary_id: page[-1][table.primary_id]}

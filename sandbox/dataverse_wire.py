@@ -4,9 +4,10 @@ them, the calling user, and how a row is written in JSON (etag, selected columns
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from sandbox.dataverse_errors import DataverseError
 from sandbox.dataverse_org import Actor, Row, SystemUser
@@ -32,7 +33,8 @@ class ApiResponse:
 
 
 def json_body(status: int, payload: Any, headers: dict[str, str] | None = None) -> ApiResponse:
-    return ApiResponse(status, {"Content-Type": JSON_TYPE, **(headers or {})}, json.dumps(payload).encode("utf-8"))
+    # orjson: a 5,000-row page must cost the emulator little next to the latency it injects.
+    return ApiResponse(status, {"Content-Type": JSON_TYPE, **(headers or {})}, orjson.dumps(payload))
 
 
 def error_response(error: DataverseError) -> ApiResponse:
@@ -62,11 +64,29 @@ def etag(row: Row) -> str:
 def render(table: Table, row: Row, select: tuple[str, ...] | None) -> dict[str, Any]:
     """A row as the Web API returns it: etag, the selected columns and always the primary key."""
     names = select if select is not None else tuple(column.name for column in table.columns)
-    rendered: dict[str, Any] = {"@odata.etag": etag(row)}
-    for name in names:
-        rendered[name] = row.get(name)
+    get = row.get
+    rendered: dict[str, Any] = {"@odata.etag": etag(row), **{name: get(name) for name in names}}
     rendered[table.primary_id] = row[table.primary_id]
     return rendered
+
+
+def render_cached(
+    cache: dict[tuple[str, tuple[str, ...] | None], dict[str, tuple[object, orjson.Fragment]]],
+    table: Table,
+    row: Row,
+    select: tuple[str, ...] | None,
+) -> orjson.Fragment:
+    """``render`` pre-encoded and kept per row version and selection, so re-reading a large table (benchmark
+    warm-up, then the measured runs) costs the emulator a lookup instead of building every row again."""
+    rows = cache.setdefault((table.entity_set, select), {})
+    row_id = row[table.primary_id]
+    version = row["versionnumber"]
+    hit = rows.get(row_id)
+    if hit is not None and hit[0] == version:
+        return hit[1]
+    fragment = orjson.Fragment(orjson.dumps(render(table, row, select)))
+    rows[row_id] = (version, fragment)
+    return fragment
 
 
 def selection(select: tuple[str, ...] | None) -> str:

@@ -21,6 +21,8 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 from urllib.parse import quote
 
+import orjson
+
 from shared.dataverse_errors import (
     DataverseError,
     DataverseUnreachableError,
@@ -328,8 +330,9 @@ class DataverseClient:
     ) -> Any:
         response = self._send(method, url, headers=headers, idempotent=True, caller_object_id=caller_object_id)
         try:
-            return json.loads(response.content)
-        except ValueError as exc:
+            # orjson parses a 5,000-row page several times faster than json: pages are the sync's hot path.
+            return orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
             raise DataverseError(
                 "Dataverse answered with a body that is not JSON.",
                 org_url=self.org_url,
@@ -515,6 +518,8 @@ def _is_multipart(headers: Any) -> bool:
 
 
 def _is_deleted_entity(row: Mapping[str, Any]) -> bool:
+    if "id" not in row:  # fast path: every changed row of a 5,000-row page comes through here
+        return False
     context = row.get("@odata.context")
     if isinstance(context, str) and context.endswith("/$deletedEntity"):
         return True

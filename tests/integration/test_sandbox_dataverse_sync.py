@@ -172,7 +172,7 @@ def test_batch_with_change_set_and_references(new_org: Callable[..., DataverseOr
     assert response.headers["Content-Type"].startswith("multipart/mixed; boundary=batchresponse_")
     assert "Content-Type: multipart/mixed; boundary=changesetresponse_" in response.text
     assert _statuses(response) == ["HTTP/1.1 204 No Content"] * 3 + ["HTTP/1.1 200 OK"]
-    assert '"telephone1": "555-0199"' in response.text
+    assert '"telephone1":"555-0199"' in response.text
     (account,) = sandbox_env.state.rows(org.url, "accounts")
     (contact,) = sandbox_env.state.rows(org.url, "contacts")
     assert contact["_parentcustomerid_value"] == account["accountid"]
