@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 
 import pytest
 
@@ -94,3 +95,21 @@ def test_bad_configuration_names_the_setting_with_exit_2(tmp_path, capsys, monke
     empty.write_text("")
     assert main(["--env-file", str(empty), "--json", "certificate"]) == 2
     assert "ENTRA_CLIENT_ID" in json.loads(capsys.readouterr().out)["message"]
+
+
+def test_whoami_shows_the_application_user_or_why_not(env_file, sandbox, capsys):
+    path, tenant, client_id, _, _ = env_file
+    org = f"https://cli{uuid.uuid4().hex[:8]}.crm.dynamics.com"
+    sandbox.state.add_org(tenant, org)
+    user_id = sandbox.state.add_application_user(org, client_id)
+    assert main(["--env-file", str(path), "--json", "whoami", "--tenant", tenant, "--org", org]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["user_id"] == user_id
+    assert shown["organization_id"] == sandbox.state.get_org(org).org_id
+    sandbox.state.remove_application_user(org, client_id)
+    assert main(["--env-file", str(path), "--json", "whoami", "--tenant", tenant, "--org", org]) == 1
+    failed = json.loads(capsys.readouterr().out)
+    assert failed["code"] == "application_user_missing"
+    assert failed["error_code"] == "0x80072560"
+    assert main(["--env-file", str(path), "--json", "whoami", "--tenant", tenant, "--org", "https://evil.example"]) == 2
+    assert json.loads(capsys.readouterr().out)["error"] == "invalid_org_url"
