@@ -7,10 +7,10 @@ the worker's life, because MSAL apps and their token caches must be long-lived. 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shared.certificate_sources import (
     CertificateProvider,
@@ -23,19 +23,87 @@ from shared.client_assertions import (
     ClientAssertionSource,
     ManagedIdentityAssertionSource,
 )
+from shared.consent_states import CONSENT_STATES_TABLE, ConsentStateStore
 from shared.dataverse_clients import DataverseClients
+from shared.onboarding import VERIFY_QUEUE, OnboardingService
 from shared.settings import CredentialSource, Settings
+from shared.storage import StorageClients
+from shared.tenant_registry import HISTORY_TABLE, TENANTS_TABLE, TenantRegistry
 from shared.token_provider import TenantTokenProvider
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
 
-@dataclass
 class Services:
-    settings: Settings
-    tokens: TenantTokenProvider
-    dataverse: DataverseClients
+    """Everything the functions use, built once per worker. Storage-backed parts are built on first use, so a
+    function that does not need storage works without storage settings."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        tokens: TenantTokenProvider,
+        dataverse: DataverseClients,
+        storage: StorageClients | None = None,
+    ) -> None:
+        self.settings = settings
+        self.tokens = tokens
+        self.dataverse = dataverse
+        self._storage = storage
+        self._lock = threading.Lock()
+        self._registry: TenantRegistry | None = None
+        self._states: ConsentStateStore | None = None
+        self._onboarding: OnboardingService | None = None
+
+    @property
+    def storage(self) -> StorageClients:
+        with self._lock:
+            if self._storage is None:
+                self._storage = StorageClients(self.settings)
+            return self._storage
+
+    @property
+    def registry(self) -> TenantRegistry:
+        if self._registry is None:
+            storage = self.storage
+            registry = TenantRegistry(storage.table(TENANTS_TABLE), storage.table(HISTORY_TABLE))
+            registry.create_tables()
+            self._registry = registry
+        return self._registry
+
+    @property
+    def consent_states(self) -> ConsentStateStore:
+        if self._states is None:
+            states = ConsentStateStore(
+                self.storage.table(CONSENT_STATES_TABLE), self.settings.consent_state_ttl_seconds
+            )
+            states.create_table()
+            self._states = states
+        return self._states
+
+    @property
+    def onboarding(self) -> OnboardingService:
+        if self._onboarding is None:
+            self._onboarding = OnboardingService(
+                self.settings,
+                self.registry,
+                self.consent_states,
+                self.dataverse,
+                self.tokens,
+                enqueue_verification=self.enqueue_verification,
+            )
+        return self._onboarding
+
+    def enqueue_verification(self, message: dict[str, Any], delay_seconds: int) -> None:
+        """Durably schedule a tenant re-verification (the queue-triggered function picks it up)."""
+        import json
+
+        from azure.core.exceptions import ResourceExistsError
+
+        queue = self.storage.queue(VERIFY_QUEUE)
+        with contextlib.suppress(ResourceExistsError):
+            queue.create_queue()
+        queue.send_message(json.dumps(message), visibility_timeout=delay_seconds)
 
 
 def azure_credential(settings: Settings) -> TokenCredential:
@@ -77,7 +145,11 @@ def build_assertion_source(
     return CertificateAssertionSource(provider, send_certificate_chain=settings.send_certificate_chain)
 
 
-def build_services(settings: Settings, assertion_source: ClientAssertionSource | None = None) -> Services:
+def build_services(
+    settings: Settings,
+    assertion_source: ClientAssertionSource | None = None,
+    storage: StorageClients | None = None,
+) -> Services:
     tokens = TenantTokenProvider(
         client_id=settings.entra_client_id,
         authority_host=settings.entra_authority_host,
@@ -85,7 +157,7 @@ def build_services(settings: Settings, assertion_source: ClientAssertionSource |
         max_tenants=settings.token_client_cache_size,
         http_timeout=settings.http_timeout_seconds,
     )
-    return Services(settings=settings, tokens=tokens, dataverse=DataverseClients(settings, tokens))
+    return Services(settings, tokens, DataverseClients(settings, tokens), storage)
 
 
 _services: Services | None = None

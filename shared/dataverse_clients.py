@@ -4,14 +4,24 @@ per org, so every caller of an org in this worker honours the same Retry-After w
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
+from urllib.parse import urlsplit
 
 from shared.dataverse_client import DataverseClient, RetryPolicy, TokenSource
-from shared.errors import InvalidTenantError
+from shared.errors import InvalidTenantError, S2SError
 from shared.org_governor import GovernorRegistry
 from shared.org_url import validate_org_url
 from shared.settings import Settings, is_guid
+
+_AUTHORIZATION_URI = re.compile(r'authorization_uri="?([^",\s]+)"?', re.IGNORECASE)
+
+
+class OrgDiscoveryError(S2SError):
+    """The org's owning tenant could not be learned; ``message`` is safe to show to the administrator."""
+
+    code = "org_discovery_failed"
 
 
 def _pooled_session(*, keep_cookies: bool) -> Any:
@@ -67,6 +77,33 @@ class DataverseClients:
                 )
                 self._clients[key] = client
             return client
+
+    def discover_tenant(self, org_url: str) -> str:
+        """The tenant that owns an org, from the bearer challenge of an unauthenticated request
+        (pad/authenticate-oauth, "bearer challenge"). Raises InvalidOrgUrlError or OrgDiscoveryError."""
+        import requests
+
+        canonical = validate_org_url(org_url, self._settings.dataverse_domain_suffixes)
+        try:
+            response = self._session_for(False).get(
+                f"{canonical}/api/data/v9.2/",
+                timeout=min(self._settings.dataverse_timeout_seconds, 15.0),
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            raise OrgDiscoveryError(
+                f"{canonical} could not be reached. Check the address of your Dataverse environment."
+            ) from exc
+        challenge = response.headers.get("WWW-Authenticate", "")
+        match = _AUTHORIZATION_URI.search(challenge)
+        if response.status_code != 401 or not match:
+            raise OrgDiscoveryError(f"{canonical} did not answer like a Dataverse environment.")
+        authority = urlsplit(match.group(1))
+        expected = urlsplit(self._settings.entra_authority_host)
+        tenant = authority.path.strip("/").split("/")[0]
+        if authority.netloc.lower() != expected.netloc.lower() or not is_guid(tenant):
+            raise OrgDiscoveryError(f"{canonical} belongs to a tenant outside this app's cloud.")
+        return tenant.lower()
 
     def _session_for(self, bulk: bool) -> Any:
         if bulk:

@@ -41,6 +41,7 @@ class CloudPreset:
     # The audience a managed identity token must carry to be exchanged through a federated identity
     # credential differs per cloud (entra: workload-identity-federation-config-app-trust-managed-identity).
     federation_audience: str
+    storage_suffix: str = "core.windows.net"
 
 
 # Dataverse regional hosts: crm.dynamics.com (NAM), crm2 (SAM), crm3 (CAN), crm4 (EUR), crm5 (APJ), crm6 (OCE),
@@ -64,9 +65,14 @@ CLOUD_PRESETS: dict[str, CloudPreset] = {
         "https://login.microsoftonline.us",
         ("crm.microsoftdynamics.us", "crm.appsplatform.us"),
         "api://AzureADTokenExchangeUSGov",
+        "core.usgovcloudapi.net",
     ),
     "china": CloudPreset(
-        "china", "https://login.chinacloudapi.cn", ("crm.dynamics.cn",), "api://AzureADTokenExchangeChina"
+        "china",
+        "https://login.chinacloudapi.cn",
+        ("crm.dynamics.cn",),
+        "api://AzureADTokenExchangeChina",
+        "core.chinacloudapi.cn",
     ),
 }
 
@@ -98,6 +104,13 @@ class Settings:
     dataverse_timeout_seconds: float = 60.0
     dataverse_max_attempts: int = 6
     dataverse_retry_budget_seconds: float = 300.0
+    storage_connection_string: str | None = field(default=None, repr=False)
+    storage_account_name: str | None = None
+    storage_suffix: str = "core.windows.net"
+    onboarding_redirect_uri: str | None = None
+    consent_state_ttl_seconds: int = 600
+    app_display_name: str = "Dataverse S2S integration"
+    verification_retry_delays: tuple[int, ...] = (30, 60, 120, 300)
 
     def __post_init__(self) -> None:
         _require_guid("ENTRA_CLIENT_ID", self.entra_client_id)
@@ -134,6 +147,12 @@ class Settings:
             raise ConfigurationError("DATAVERSE_MAX_ATTEMPTS", "must be at least 1")
         if self.dataverse_retry_budget_seconds <= 0:
             raise ConfigurationError("DATAVERSE_RETRY_BUDGET_SECONDS", "must be greater than 0")
+        if not 60 <= self.consent_state_ttl_seconds <= 600:
+            raise ConfigurationError("CONSENT_STATE_TTL_SECONDS", "must be between 60 and 600 (at most 10 minutes)")
+        if self.onboarding_redirect_uri is not None:
+            _require_redirect_uri("ONBOARDING_REDIRECT_URI", self.onboarding_redirect_uri)
+        if self.storage_account_name is not None and not re.match(r"^[a-z0-9]{3,24}$", self.storage_account_name):
+            raise ConfigurationError("STORAGE_ACCOUNT_NAME", "must be 3-24 lower-case letters and digits")
         if not self.dataverse_domain_suffixes:
             raise ConfigurationError("DATAVERSE_DOMAIN_SUFFIXES", "must name at least one domain suffix")
 
@@ -194,6 +213,13 @@ class Settings:
             dataverse_timeout_seconds=parsed("DATAVERSE_TIMEOUT_SECONDS", float, 60.0),
             dataverse_max_attempts=parsed("DATAVERSE_MAX_ATTEMPTS", int, 6),
             dataverse_retry_budget_seconds=parsed("DATAVERSE_RETRY_BUDGET_SECONDS", float, 300.0),
+            storage_connection_string=get("STORAGE_CONNECTION_STRING"),
+            storage_account_name=get("STORAGE_ACCOUNT_NAME"),
+            storage_suffix=get("STORAGE_SUFFIX") or preset.storage_suffix,
+            onboarding_redirect_uri=get("ONBOARDING_REDIRECT_URI"),
+            consent_state_ttl_seconds=parsed("CONSENT_STATE_TTL_SECONDS", int, 600),
+            app_display_name=get("APP_DISPLAY_NAME") or "Dataverse S2S integration",
+            verification_retry_delays=parsed("VERIFICATION_RETRY_DELAYS", _parse_delays, (30, 60, 120, 300)),
         )
 
 
@@ -211,6 +237,22 @@ def _require_https_base(name: str, value: str) -> None:
     parts = urlsplit(value)
     if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment or parts.username:
         raise ConfigurationError(name, "must be an https URL with no query, fragment or credentials")
+
+
+def _require_redirect_uri(name: str, value: str) -> None:
+    parts = urlsplit(value)
+    local = parts.hostname in {"localhost", "127.0.0.1"}
+    if parts.scheme not in ("https", "http") or (parts.scheme == "http" and not local) or not parts.hostname:
+        raise ConfigurationError(name, "must be an https URL (http only for localhost)")
+    if parts.query or parts.fragment or parts.username:
+        raise ConfigurationError(name, "must have no query, fragment or credentials")
+
+
+def _parse_delays(raw: str) -> tuple[int, ...]:
+    delays = tuple(int(part) for part in raw.split(",") if part.strip())
+    if not delays or any(d < 1 or d > 3600 for d in delays):
+        raise ValueError("expected comma-separated seconds between 1 and 3600")
+    return delays
 
 
 def _parse_bool(raw: str) -> bool:

@@ -1,0 +1,224 @@
+"""HTTP and queue functions of consent onboarding: the form, the consent callback, the customer's re-check, the
+administrators' re-verification, and the queued re-checks of a fresh consent.
+
+Each function only translates: parse the request, call the onboarding service, map the result or error to a page.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from http.cookies import CookieError, SimpleCookie
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
+
+import azure.functions as func
+
+from functions import onboarding_pages as pages
+from functions.http_errors import json_error, request_id
+
+if TYPE_CHECKING:
+    from shared.bootstrap import Services
+    from shared.onboarding import VerificationResult
+    from shared.settings import Settings
+
+
+def get_services() -> Services:
+    """Imported on call: the composition root pulls in cryptography and the SDKs, which indexing must not."""
+    from shared.bootstrap import get_services as services
+
+    return services()
+
+
+logger = logging.getLogger(__name__)
+bp = func.Blueprint()
+
+COOKIE = "s2s_onboarding"
+_MAX_FORM_BYTES = 4096
+
+
+def _form(req: func.HttpRequest) -> dict[str, str]:
+    body = req.get_body() or b""
+    if len(body) > _MAX_FORM_BYTES:
+        raise ValueError("form too large")
+    return dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True, max_num_fields=10))
+
+
+def _cookie(req: func.HttpRequest) -> str | None:
+    raw = req.headers.get("cookie")
+    if not raw:
+        return None
+    try:
+        jar = SimpleCookie(raw)
+    except CookieError:
+        return None
+    morsel = jar.get(COOKIE)
+    return morsel.value if morsel else None
+
+
+@bp.route(route="onboard", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def onboard_form(req: func.HttpRequest) -> func.HttpResponse:
+    settings = get_services().settings
+    return pages.onboard_form(settings.app_display_name, settings.entra_client_id)
+
+
+@bp.route(route="onboard", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def onboard_start(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.dataverse_clients import OrgDiscoveryError
+    from shared.onboarding import TenantNotAllowedError
+    from shared.org_url import InvalidOrgUrlError
+
+    services = get_services()
+    settings = services.settings
+    try:
+        form = _form(req)
+    except ValueError:
+        return pages.onboard_form(
+            settings.app_display_name, settings.entra_client_id, error="The form could not be read.", status=400
+        )
+    org_url = form.get("org_url", "")[:300]
+    contact = form.get("contact", "").strip()[:200]
+    try:
+        started = services.onboarding.start(org_url, contact or None)
+    except (InvalidOrgUrlError, OrgDiscoveryError) as exc:
+        return pages.onboard_form(
+            settings.app_display_name,
+            settings.entra_client_id,
+            org_url=org_url,
+            contact=contact,
+            error=exc.message,
+            status=400,
+        )
+    except TenantNotAllowedError as exc:
+        return pages.refused_page(exc.message)
+    max_age = max(1, int(started.expires_at - time.time()))
+    cookie = f"{COOKIE}={started.browser_nonce}; Max-Age={max_age}; Path=/api; Secure; HttpOnly; SameSite=Lax"
+    # The only redirect target is the configured authority's admin-consent endpoint, built by the service.
+    return func.HttpResponse(
+        status_code=302,
+        headers={
+            "Location": started.redirect_url,
+            "Set-Cookie": cookie,
+            **pages.SECURITY_HEADERS,
+        },
+    )
+
+
+@bp.route(route="consent/callback", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def consent_callback(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.consent_states import ConsentStateError
+    from shared.onboarding import ConsentDeniedError, TenantNotAllowedError
+
+    services = get_services()
+    settings = services.settings
+    params = {k: str(v)[:2000] for k, v in req.params.items()}
+    clear_cookie = {"Set-Cookie": f"{COOKIE}=; Max-Age=0; Path=/api; Secure; HttpOnly; SameSite=Lax"}
+    try:
+        result = services.onboarding.complete(params, _cookie(req))
+    except ConsentDeniedError as exc:
+        return pages.consent_error_page(exc.error, exc.description)
+    except ConsentStateError as exc:
+        logger.warning("Consent callback refused: %s", exc.reason)
+        return pages.invalid_state_page(exc.reason)
+    except TenantNotAllowedError as exc:
+        return pages.refused_page(exc.message)
+    response = _result_page(settings, result)
+    response.headers.update(clear_cookie)
+    return response
+
+
+def _result_page(settings: Settings, result: VerificationResult) -> func.HttpResponse:
+    from shared.tenant_registry import TenantStatus
+
+    app_name = settings.app_display_name
+    if result.status is TenantStatus.ACTIVE:
+        return pages.active_page(app_name, result.tenant_id, result.org_urls)
+    if result.status is TenantStatus.AWAITING_APPLICATION_USER:
+        return pages.awaiting_page(
+            app_name,
+            settings.entra_client_id,
+            result.tenant_id,
+            result.org_urls,
+            detail=result.message or "",
+            ticket=result.recheck_ticket,
+        )
+    if result.status is TenantStatus.PENDING_CONSENT:
+        return pages.pending_page(result.message or "")
+    return pages.failed_page(result.message or "")
+
+
+@bp.route(route="onboard/recheck", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def recheck_form(req: func.HttpRequest) -> func.HttpResponse:
+    tenant = req.params.get("tenant", "")[:64]
+    ticket = req.params.get("ticket", "")[:64]
+    if not tenant or not ticket:
+        return pages.invalid_state_page("missing")
+    return pages.recheck_page(tenant, ticket)
+
+
+@bp.route(route="onboard/recheck", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def recheck(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.settings import is_guid
+
+    services = get_services()
+    try:
+        form = _form(req)
+    except ValueError:
+        return pages.invalid_state_page("missing")
+    tenant, ticket = form.get("tenant", ""), form.get("ticket", "")
+    if not is_guid(tenant) or not ticket or not services.registry.check_recheck_ticket(tenant, ticket):
+        return pages.invalid_state_page("unknown")
+    result = services.onboarding.verify(tenant, actor="customer re-check")
+    return _result_page(services.settings, result)
+
+
+@bp.route(route="tenants/{tenant_id}/verify", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
+def verify_tenant(req: func.HttpRequest) -> func.HttpResponse:
+    """Operators only (the host's master key): re-verify a tenant now and return the outcome as JSON."""
+    from shared.settings import is_guid
+    from shared.tenant_registry import TenantNotFoundError
+
+    tenant_id = req.route_params.get("tenant_id", "")
+    if not is_guid(tenant_id):
+        return json_error(400, "invalid_tenant", "The tenant id must be a GUID.", req)
+    services = get_services()
+    try:
+        result = services.onboarding.verify(tenant_id, actor="admin API")
+    except TenantNotFoundError as exc:
+        return json_error(404, exc.code, exc.message, req)
+    body = {
+        "tenant_id": result.tenant_id,
+        "status": result.status.value,
+        "org_urls": list(result.org_urls),
+        "error_code": result.error_code,
+        "message": result.message,
+        "request_id": request_id(req),
+    }
+    return func.HttpResponse(json.dumps(body), status_code=200, mimetype="application/json")
+
+
+@bp.queue_trigger(arg_name="msg", queue_name="tenant-verification", connection="AzureWebJobsStorage")
+def verify_tenant_from_queue(msg: func.QueueMessage) -> None:
+    """Re-checks a fresh consent that Entra had not replicated yet; re-enqueues itself while attempts remain."""
+    from shared.settings import is_guid
+    from shared.tenant_registry import TenantNotFoundError
+
+    try:
+        payload = json.loads(msg.get_body().decode("utf-8"))
+        tenant_id = str(payload["tenant_id"])
+        attempt = int(payload.get("attempt", 1))
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        logger.error("Dropping malformed tenant-verification message %s", msg.id)
+        return
+    if not is_guid(tenant_id):
+        logger.error("Dropping tenant-verification message %s: tenant id is not a GUID", msg.id)
+        return
+    try:
+        result = get_services().onboarding.verify(
+            tenant_id, actor=f"queued re-check {attempt}", fresh_consent=True, attempt=attempt
+        )
+    except TenantNotFoundError:
+        logger.warning("Tenant %s vanished before its queued re-check", tenant_id)
+        return
+    logger.info("Queued re-check %d of tenant %s: %s", attempt, tenant_id, result.status)

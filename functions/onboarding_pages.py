@@ -1,0 +1,191 @@
+"""The HTML pages of the onboarding flow: plain, accessible, and every value escaped.
+
+Pages are built from small templates with ``html.escape`` applied to every inserted value; nothing from a
+request is ever written unescaped, and nothing but our own pages and the authority is ever linked or redirected to.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from urllib.parse import urlencode
+
+import azure.functions as func
+
+# No scripts at all; inline styles only; forms post only to ourselves; never framed; no referrer leaks the state.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:42rem;margin:2rem auto;padding:0 1rem;line-height:1.5;"
+    "color:#1b1b1b}label{display:block;font-weight:600;margin-top:1rem}input{font-size:1rem;padding:.4rem;"
+    "width:100%;box-sizing:border-box}button{margin-top:1rem;font-size:1rem;padding:.5rem 1rem}"
+    ".error{border-left:4px solid #b00020;padding:.5rem 1rem;background:#fdecee}"
+    ".ok{border-left:4px solid #107c10;padding:.5rem 1rem;background:#e9f5e9}"
+    "code{background:#f3f3f3;padding:0 .2rem}pre{background:#f3f3f3;padding:.5rem;overflow-x:auto}"
+)
+
+
+def page(title: str, body_html: str, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    """``body_html`` must already be safe (built with ``e``); ``title`` is escaped here."""
+    document = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{_STYLE}</style></head>"
+        f"<body><main><h1>{escape(title)}</h1>{body_html}</main></body></html>"
+    )
+    return func.HttpResponse(
+        document,
+        status_code=status,
+        mimetype="text/html",
+        charset="utf-8",
+        headers={**SECURITY_HEADERS, **(headers or {})},
+    )
+
+
+def e(value: object) -> str:
+    return escape(str(value), quote=True)
+
+
+def onboard_form(
+    app_name: str, client_id: str, *, org_url: str = "", contact: str = "", error: str | None = None, status: int = 200
+) -> func.HttpResponse:
+    error_html = f'<p class="error" id="org-error" role="alert">{e(error)}</p>' if error else ""
+    described = ' aria-describedby="org-error" aria-invalid="true"' if error else ""
+    body = f"""
+<p>This page connects your organisation's Microsoft Dataverse (Dynamics 365) environment to
+<strong>{e(app_name)}</strong>. It takes three steps:</p>
+<ol>
+  <li>Enter the address of your environment below.</li>
+  <li>Sign in to Microsoft as an administrator of your organisation and <strong>grant admin consent</strong> to
+      <strong>{e(app_name)}</strong> (application ID <code>{e(client_id)}</code>). It asks for the permission
+      <em>Access Dynamics 365 as organization users</em> for the whole organisation; no user password or
+      licence is involved.</li>
+  <li>Create an <strong>application user</strong> for that application ID in the environment, with a custom
+      security role that grants only what the integration needs. We show you how after consent.</li>
+</ol>
+{error_html}
+<form method="post" action="/api/onboard">
+  <label for="org_url">Environment URL</label>
+  <input id="org_url" name="org_url" type="url" required maxlength="300" autocomplete="url"
+         placeholder="https://yourorg.crm.dynamics.com" value="{e(org_url)}"{described}>
+  <label for="contact">Your email address (optional, so we can reach you about this connection)</label>
+  <input id="contact" name="contact" type="email" maxlength="200" autocomplete="email" value="{e(contact)}">
+  <button type="submit">Continue to Microsoft sign-in</button>
+</form>"""
+    return page(f"Connect Dataverse to {app_name}", body, status)
+
+
+def active_page(app_name: str, tenant_id: str, org_urls: tuple[str, ...]) -> func.HttpResponse:
+    orgs = "".join(f"<li><code>{e(o)}</code></li>" for o in org_urls)
+    body = f"""
+<p class="ok" role="status">Your environment is connected. {e(app_name)} can now reach:</p>
+<ul>{orgs}</ul>
+<p>Tenant <code>{e(tenant_id)}</code>. You can close this page.</p>"""
+    return page("Connected", body)
+
+
+def awaiting_page(
+    app_name: str, client_id: str, tenant_id: str, org_urls: tuple[str, ...], *, detail: str, ticket: str | None
+) -> func.HttpResponse:
+    org = org_urls[0] if org_urls else "https://yourorg.crm.dynamics.com"
+    recheck = ""
+    if ticket:
+        recheck = f"""
+<form method="post" action="/api/onboard/recheck">
+  <input type="hidden" name="tenant" value="{e(tenant_id)}">
+  <input type="hidden" name="ticket" value="{e(ticket)}">
+  <button type="submit">I have created the application user — check again</button>
+</form>
+<p>You can also come back later: <a href="/api/onboard/recheck?{e(urlencode({"tenant": tenant_id, "ticket": ticket}))}">
+re-check link</a> (valid for 7 days).</p>"""
+    body = f"""
+<p class="ok" role="status">Consent was granted. One step is left: {e(app_name)} has no application user in
+<code>{e(org)}</code> yet.</p>
+<p class="error" role="alert">Dataverse said: {e(detail)}</p>
+<h2>Create the application user</h2>
+<ol>
+  <li>Open the <strong>Power Platform admin center</strong> → Environments → your environment → Settings →
+      Users + permissions → <strong>Application users</strong> → <strong>New app user</strong>.</li>
+  <li>Add the app with application ID <code>{e(client_id)}</code>, pick the business unit.</li>
+  <li>Assign a <strong>custom security role</strong> (application users cannot be given the default roles) with
+      the privileges the integration needs.</li>
+</ol>
+<h2>Or with the Web API, for administrators who script it</h2>
+<pre>GET {e(org)}/api/data/v9.2/businessunits?$filter=_parentbusinessunitid_value eq null&amp;$select=businessunitid
+POST {e(org)}/api/data/v9.2/systemusers
+{{"applicationid": "{e(client_id)}",
+ "businessunitid@odata.bind": "/businessunits(&lt;root business unit id&gt;)"}}
+POST {e(org)}/api/data/v9.2/systemusers(&lt;new user id&gt;)/systemuserroles_association/$ref
+{{"@odata.id": "{e(org)}/api/data/v9.2/roles(&lt;your custom role id&gt;)"}}</pre>
+{recheck}"""
+    return page("Almost there: create the application user", body)
+
+
+def pending_page(detail: str) -> func.HttpResponse:
+    body = f"""
+<p role="status">Your consent was received. Microsoft Entra ID can take a few minutes to make it effective
+everywhere; we will keep checking automatically and finish the connection then.</p>
+<p>{e(detail)}</p>"""
+    return page("Confirming your consent", body, status=202)
+
+
+def consent_error_page(error: str, description: str) -> func.HttpResponse:
+    first_line = description.split("\r\n", maxsplit=1)[0].split("\n", maxsplit=1)[0]
+    cancelled = error in {"access_denied", "permission_denied", "consent_required"}
+    advice = (
+        "Consent was not granted, so nothing was connected. If that was not intended, start again and choose "
+        "<strong>Accept</strong>; if you are not an administrator, ask one to do it."
+        if cancelled
+        else "Nothing was connected. Start again; if it keeps failing, send us the message above."
+    )
+    body = f"""
+<p class="error" role="alert">Microsoft sign-in returned <code>{e(error)}</code>: {e(first_line)}</p>
+<p>{advice}</p>
+<p><a href="/api/onboard">Start again</a></p>"""
+    return page("Consent was not granted", body, status=400)
+
+
+_STATE_ADVICE = {
+    "missing": "The answer from Microsoft sign-in was incomplete.",
+    "unknown": "We did not start this sign-in, or it is too old to recognise.",
+    "expired": "More than ten minutes passed between the form and the consent.",
+    "replayed": "This sign-in answer was already used.",
+    "other_browser": "This sign-in was started in a different browser (or cookies are blocked).",
+    "tenant_mismatch": "Consent was given in a different Microsoft tenant from the one that owns the environment.",
+}
+
+
+def invalid_state_page(reason: str) -> func.HttpResponse:
+    body = f"""
+<p class="error" role="alert">{e(_STATE_ADVICE.get(reason, "The sign-in answer could not be used."))}
+Nothing was recorded.</p>
+<p><a href="/api/onboard">Start again</a> in this browser, and finish within ten minutes.</p>"""
+    return page("This sign-in cannot be completed", body, status=400)
+
+
+def refused_page(message: str) -> func.HttpResponse:
+    body = f'<p class="error" role="alert">{e(message)} Nothing was recorded.</p>'
+    return page("This environment cannot be connected", body, status=403)
+
+
+def failed_page(detail: str) -> func.HttpResponse:
+    body = f"""
+<p class="error" role="alert">The connection could not be verified: {e(detail)}</p>
+<p><a href="/api/onboard">Start again</a>, or contact us with the time of this attempt.</p>"""
+    return page("The connection could not be verified", body, status=502)
+
+
+def recheck_page(tenant_id: str, ticket: str) -> func.HttpResponse:
+    body = f"""
+<p>Check whether the application user now exists and finish the connection.</p>
+<form method="post" action="/api/onboard/recheck">
+  <input type="hidden" name="tenant" value="{e(tenant_id)}">
+  <input type="hidden" name="ticket" value="{e(ticket)}">
+  <button type="submit">Check again</button>
+</form>"""
+    return page("Check the connection again", body)

@@ -1,0 +1,60 @@
+"""Azure Storage clients (tables, queues) for the app's own state, from one place.
+
+Production reaches the account by name with the managed identity (identity-first storage, no shared keys);
+local work and tests use a connection string (Azurite).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.errors import ConfigurationError
+from shared.settings import Settings
+
+
+class StorageClients:
+    """Builds table and queue clients on first use; table and queue names are fixed by the app."""
+
+    def __init__(self, settings: Settings, credential_factory: Any = None) -> None:
+        if not settings.storage_connection_string and not settings.storage_account_name:
+            raise ConfigurationError(
+                "STORAGE_CONNECTION_STRING",
+                "or STORAGE_ACCOUNT_NAME is required for the tenant registry and queues",
+            )
+        self._settings = settings
+        self._credential_factory = credential_factory
+        self._credential: Any = None
+
+    def _get_credential(self) -> Any:
+        if self._credential is None:
+            if self._credential_factory is not None:
+                self._credential = self._credential_factory()
+            else:
+                from shared.bootstrap import azure_credential
+
+                self._credential = azure_credential(self._settings)
+        return self._credential
+
+    def table(self, name: str) -> Any:
+        from azure.data.tables import TableServiceClient
+
+        settings = self._settings
+        if settings.storage_connection_string:
+            service = TableServiceClient.from_connection_string(settings.storage_connection_string)
+        else:
+            endpoint = f"https://{settings.storage_account_name}.table.{settings.storage_suffix}"
+            service = TableServiceClient(endpoint, credential=self._get_credential())
+        return service.get_table_client(name)
+
+    def queue(self, name: str) -> Any:
+        from azure.storage.queue import QueueClient, TextBase64EncodePolicy
+
+        settings = self._settings
+        # The Functions queue trigger expects base64 message bodies.
+        policy = TextBase64EncodePolicy()
+        if settings.storage_connection_string:
+            return QueueClient.from_connection_string(
+                settings.storage_connection_string, name, message_encode_policy=policy
+            )
+        endpoint = f"https://{settings.storage_account_name}.queue.{settings.storage_suffix}"
+        return QueueClient(endpoint, name, credential=self._get_credential(), message_encode_policy=policy)

@@ -1,0 +1,344 @@
+"""The tenant registry: which customer tenants onboarded, their orgs, where each stands, and how it got there.
+
+Stored in Azure Table Storage: ``tenants`` (one row per tenant) and ``tenanthistory`` (one row per transition,
+newest first). Every write is conditional on the ETag read (optimistic concurrency), retried a bounded number
+of times, so concurrent writers never lose each other's updates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.errors import S2SError
+
+logger = logging.getLogger(__name__)
+
+TENANTS_TABLE = "tenants"
+HISTORY_TABLE = "tenanthistory"
+_PARTITION = "tenant"
+_MAX_CONFLICT_RETRIES = 8
+
+
+class TenantStatus(enum.StrEnum):
+    PENDING_CONSENT = "pending_consent"
+    CONSENTED = "consented"
+    AWAITING_APPLICATION_USER = "awaiting_application_user"
+    ACTIVE = "active"
+    FAILED = "failed"
+    CONSENT_REVOKED = "consent_revoked"
+    OFFBOARDED = "offboarded"
+
+
+_S = TenantStatus
+# A status may always be re-entered (a re-verification records its result without a change); offboarding is
+# reachable from anywhere, and an offboarded tenant comes back only through a new consent.
+ALLOWED_TRANSITIONS: dict[TenantStatus, frozenset[TenantStatus]] = {
+    _S.PENDING_CONSENT: frozenset({_S.CONSENTED, _S.FAILED}),
+    _S.CONSENTED: frozenset({_S.AWAITING_APPLICATION_USER, _S.ACTIVE, _S.FAILED, _S.CONSENT_REVOKED}),
+    _S.AWAITING_APPLICATION_USER: frozenset({_S.ACTIVE, _S.FAILED, _S.CONSENT_REVOKED}),
+    _S.ACTIVE: frozenset({_S.AWAITING_APPLICATION_USER, _S.CONSENT_REVOKED, _S.FAILED}),
+    _S.FAILED: frozenset(
+        {_S.PENDING_CONSENT, _S.CONSENTED, _S.AWAITING_APPLICATION_USER, _S.ACTIVE, _S.CONSENT_REVOKED}
+    ),
+    _S.CONSENT_REVOKED: frozenset({_S.PENDING_CONSENT, _S.CONSENTED, _S.AWAITING_APPLICATION_USER, _S.ACTIVE}),
+    _S.OFFBOARDED: frozenset({_S.PENDING_CONSENT}),
+}
+
+
+def transition_allowed(current: TenantStatus, target: TenantStatus) -> bool:
+    return target == current or target is _S.OFFBOARDED or target in ALLOWED_TRANSITIONS[current]
+
+
+class TenantNotFoundError(S2SError):
+    code = "tenant_not_found"
+
+
+class TransitionNotAllowedError(S2SError):
+    code = "transition_not_allowed"
+
+
+class RegistryConflictError(S2SError):
+    """Too many concurrent writers on one tenant; nothing was written by this call."""
+
+    code = "registry_conflict"
+
+
+@dataclass(frozen=True)
+class Verification:
+    at: str
+    outcome: str  # the status it led to, or "error"
+    error_code: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Tenant:
+    tenant_id: str
+    status: TenantStatus
+    org_urls: tuple[str, ...]
+    created_at: str
+    updated_at: str
+    onboarded_by: str | None = None
+    last_verification: Verification | None = None
+    etag: str | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tenant_id": self.tenant_id,
+            "status": self.status.value,
+            "org_urls": list(self.org_urls),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "onboarded_by": self.onboarded_by,
+            "last_verification": None if self.last_verification is None else vars(self.last_verification),
+        }
+
+
+@dataclass(frozen=True)
+class Transition:
+    tenant_id: str
+    from_status: str | None
+    to_status: str
+    reason: str
+    actor: str
+    at: str
+
+
+@dataclass(frozen=True)
+class TenantPage:
+    tenants: list[Tenant]
+    continuation: str | None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _hash(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+class TenantRegistry:
+    def __init__(self, tenants_table: Any, history_table: Any, clock: Callable[[], float] = time.time) -> None:
+        self._tenants = tenants_table
+        self._history = history_table
+        self._clock = clock
+
+    def create_tables(self) -> None:
+        """Idempotent: creates the two tables if missing (local work and first deployment)."""
+        from azure.core.exceptions import ResourceExistsError
+
+        for table in (self._tenants, self._history):
+            with contextlib.suppress(ResourceExistsError):
+                table.create_table()
+
+    # -- reads ---------------------------------------------------------------------------------------------
+
+    def find_tenant(self, tenant_id: str) -> Tenant | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            entity = self._tenants.get_entity(_PARTITION, tenant_id.lower())
+        except ResourceNotFoundError:
+            return None
+        return _to_tenant(entity)
+
+    def get_tenant(self, tenant_id: str) -> Tenant:
+        """Raises TenantNotFoundError."""
+        tenant = self.find_tenant(tenant_id)
+        if tenant is None:
+            raise TenantNotFoundError(f"Tenant {tenant_id[:64]} is not in the registry.")
+        return tenant
+
+    def list_tenants(
+        self, *, status: TenantStatus | None = None, page_size: int = 500, continuation: str | None = None
+    ) -> TenantPage:
+        """One page of tenants (ordered by id) and the token for the next page; cheap at 10,000 tenants since
+        each page is one partition range read of at most ``page_size`` rows."""
+        query = "PartitionKey eq @pk" + (" and Status eq @status" if status else "")
+        parameters = {"pk": _PARTITION, **({"status": status.value} if status else {})}
+        pages = self._tenants.query_entities(query, parameters=parameters, results_per_page=page_size).by_page(
+            continuation_token=json.loads(continuation) if continuation else None
+        )
+        page: list[Any] = list(next(pages, []))
+        tenants = [_to_tenant(e) for e in page]
+        token = pages.continuation_token
+        return TenantPage(tenants, json.dumps(token) if token else None)
+
+    def iter_tenants(self, *, status: TenantStatus | None = None, page_size: int = 500) -> Iterator[Tenant]:
+        continuation: str | None = None
+        while True:
+            page = self.list_tenants(status=status, page_size=page_size, continuation=continuation)
+            yield from page.tenants
+            if page.continuation is None:
+                return
+            continuation = page.continuation
+
+    def history(self, tenant_id: str, limit: int = 100) -> list[Transition]:
+        entities = self._history.query_entities(
+            "PartitionKey eq @pk", parameters={"pk": tenant_id.lower()}, results_per_page=limit
+        )
+        out: list[Transition] = []
+        for entity in entities:
+            out.append(
+                Transition(
+                    tenant_id=entity["PartitionKey"],
+                    from_status=entity.get("FromStatus") or None,
+                    to_status=entity["ToStatus"],
+                    reason=entity.get("Reason", ""),
+                    actor=entity.get("Actor", ""),
+                    at=entity["At"],
+                )
+            )
+            if len(out) >= limit:
+                break
+        return out
+
+    # -- writes --------------------------------------------------------------------------------------------
+
+    def record(
+        self,
+        tenant_id: str,
+        status: TenantStatus,
+        *,
+        reason: str,
+        actor: str,
+        org_url: str | None = None,
+        onboarded_by: str | None = None,
+        verification: Verification | None = None,
+        require_from: frozenset[TenantStatus] | None = None,
+    ) -> Tenant:
+        """Move a tenant to ``status`` (creating it on first sight), adding
+        ``org_url`` to its orgs and storing ``verification``. Safe under concurrent writers.
+
+        Raises TransitionNotAllowedError (nothing written) and RegistryConflictError after repeated conflicts.
+        """
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        key = tenant_id.lower()
+        for _ in range(_MAX_CONFLICT_RETRIES):
+            now = _now()
+            try:
+                entity = self._tenants.get_entity(_PARTITION, key)
+            except ResourceNotFoundError:
+                entity = None
+            current = TenantStatus(entity["Status"]) if entity is not None else None
+            if require_from is not None and (current is None or current not in require_from):
+                raise TransitionNotAllowedError(
+                    f"Tenant {key} is {current or 'not registered'}; this step needs "
+                    f"{', '.join(sorted(s.value for s in require_from))}."
+                )
+            if current is not None and not transition_allowed(current, status):
+                raise TransitionNotAllowedError(f"Tenant {key} cannot go from {current} to {status}.")
+            orgs = json.loads(entity["OrgUrls"]) if entity is not None else []
+            if org_url and org_url not in orgs:
+                orgs.append(org_url)
+            new = {
+                "PartitionKey": _PARTITION,
+                "RowKey": key,
+                "Status": status.value,
+                "OrgUrls": json.dumps(orgs),
+                "CreatedAt": entity["CreatedAt"] if entity is not None else now,
+                "UpdatedAt": now,
+                "OnboardedBy": (onboarded_by or (entity or {}).get("OnboardedBy") or ""),
+                "LastVerification": json.dumps(vars(verification))
+                if verification is not None
+                else (entity or {}).get("LastVerification", ""),
+                "RecheckTicketHash": (entity or {}).get("RecheckTicketHash", ""),
+                "RecheckTicketExpires": (entity or {}).get("RecheckTicketExpires", 0),
+            }
+            try:
+                if entity is None:
+                    self._tenants.create_entity(new)
+                else:
+                    self._tenants.update_entity(
+                        new,
+                        mode=UpdateMode.REPLACE,
+                        etag=entity.metadata["etag"],
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+            except (ResourceModifiedError, ResourceExistsError):
+                continue  # someone else wrote first: read again and re-decide
+            if current != status:
+                self._add_history(key, current, status, reason=reason, actor=actor, now=now)
+                log = logger.warning if status in (_S.CONSENT_REVOKED, _S.FAILED) else logger.info
+                log("Tenant %s: %s -> %s (%s)", key, current or "new", status, reason)
+            found = self.find_tenant(key)
+            assert found is not None
+            return found
+        raise RegistryConflictError(f"Tenant {key} is being updated by many writers; try again.")
+
+    def issue_recheck_ticket(self, tenant_id: str, ttl_seconds: int = 7 * 86400) -> str:
+        """A secret for the customer's re-check link; only its hash is stored. Replaces any earlier ticket."""
+        from azure.data.tables import UpdateMode
+
+        ticket = secrets.token_urlsafe(24)
+        self._tenants.update_entity(
+            {
+                "PartitionKey": _PARTITION,
+                "RowKey": tenant_id.lower(),
+                "RecheckTicketHash": _hash(ticket),
+                "RecheckTicketExpires": int(self._clock()) + ttl_seconds,
+            },
+            mode=UpdateMode.MERGE,
+        )
+        return ticket
+
+    def check_recheck_ticket(self, tenant_id: str, ticket: str) -> bool:
+        import hmac
+
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            entity = self._tenants.get_entity(_PARTITION, tenant_id.lower())
+        except ResourceNotFoundError:
+            return False
+        stored = entity.get("RecheckTicketHash") or ""
+        expires = int(entity.get("RecheckTicketExpires") or 0)
+        return bool(stored) and expires > self._clock() and hmac.compare_digest(stored, _hash(ticket))
+
+    def _add_history(
+        self, key: str, current: TenantStatus | None, status: TenantStatus, *, reason: str, actor: str, now: str
+    ) -> None:
+        # Newest first: Table Storage returns rows in RowKey order within a partition.
+        inverted = 10**13 - int(self._clock() * 1000)
+        self._history.create_entity(
+            {
+                "PartitionKey": key,
+                "RowKey": f"{inverted:013d}-{uuid.uuid4().hex[:8]}",
+                "FromStatus": current.value if current else "",
+                "ToStatus": status.value,
+                "Reason": reason[:1000],
+                "Actor": actor[:200],
+                "At": now,
+            }
+        )
+
+
+def _to_tenant(entity: Any) -> Tenant:
+    verification = None
+    if entity.get("LastVerification"):
+        verification = Verification(**json.loads(entity["LastVerification"]))
+    return Tenant(
+        tenant_id=entity["RowKey"],
+        status=TenantStatus(entity["Status"]),
+        org_urls=tuple(json.loads(entity.get("OrgUrls") or "[]")),
+        created_at=entity["CreatedAt"],
+        updated_at=entity["UpdatedAt"],
+        onboarded_by=entity.get("OnboardedBy") or None,
+        last_verification=verification,
+        etag=getattr(entity, "metadata", {}).get("etag"),
+    )

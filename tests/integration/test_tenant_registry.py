@@ -1,0 +1,209 @@
+"""The tenant registry and consent states on Azurite, with the real azure-data-tables SDK."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+from azure.data.tables import TableServiceClient
+
+from shared.consent_states import ConsentStateError, ConsentStateStore
+from shared.tenant_registry import (
+    TenantNotFoundError,
+    TenantRegistry,
+    TenantStatus,
+    TransitionNotAllowedError,
+    Verification,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def registry(azurite):
+    service = TableServiceClient.from_connection_string(azurite.connection_string)
+    suffix = uuid.uuid4().hex[:8]
+    reg = TenantRegistry(service.get_table_client(f"tenants{suffix}"), service.get_table_client(f"history{suffix}"))
+    reg.create_tables()
+    reg.create_tables()  # idempotent
+    return reg
+
+
+def tid() -> str:
+    return str(uuid.uuid4())
+
+
+def test_lifecycle_is_recorded_with_history(registry):
+    t = tid()
+    registry.record(
+        t,
+        TenantStatus.PENDING_CONSENT,
+        reason="callback",
+        actor="test",
+        org_url="https://a.crm.dynamics.com",
+        onboarded_by="admin@fabrikam.example",
+    )
+    registry.record(t, TenantStatus.CONSENTED, reason="token", actor="test")
+    registry.record(
+        t,
+        TenantStatus.AWAITING_APPLICATION_USER,
+        reason="0x80072560",
+        actor="test",
+        verification=Verification(
+            "2026-11-21T00:00:00+00:00", "awaiting_application_user", "0x80072560", "no app user"
+        ),
+    )
+    tenant = registry.record(
+        t, TenantStatus.ACTIVE, reason="whoami ok", actor="test", org_url="https://b.crm4.dynamics.com"
+    )
+    assert tenant.status is TenantStatus.ACTIVE
+    assert tenant.org_urls == ("https://a.crm.dynamics.com", "https://b.crm4.dynamics.com")
+    assert tenant.onboarded_by == "admin@fabrikam.example"
+    assert tenant.last_verification.error_code == "0x80072560"
+    history = registry.history(t)
+    assert [h.to_status for h in history] == ["active", "awaiting_application_user", "consented", "pending_consent"]
+    assert history[-1].from_status is None
+
+
+def test_disallowed_transition_writes_nothing(registry):
+    t = tid()
+    registry.record(t, TenantStatus.PENDING_CONSENT, reason="r", actor="a")
+    with pytest.raises(TransitionNotAllowedError):
+        registry.record(t, TenantStatus.ACTIVE, reason="skip", actor="a")
+    assert registry.get_tenant(t).status is TenantStatus.PENDING_CONSENT
+    assert len(registry.history(t)) == 1
+
+
+def test_offboarded_tenant_returns_only_through_consent(registry):
+    t = tid()
+    registry.record(t, TenantStatus.PENDING_CONSENT, reason="r", actor="a")
+    registry.record(t, TenantStatus.OFFBOARDED, reason="customer left", actor="operator")
+    with pytest.raises(TransitionNotAllowedError):
+        registry.record(t, TenantStatus.ACTIVE, reason="x", actor="a")
+    assert (
+        registry.record(t, TenantStatus.PENDING_CONSENT, reason="consent again", actor="a").status
+        is TenantStatus.PENDING_CONSENT
+    )
+
+
+def test_unknown_tenant(registry):
+    assert registry.find_tenant(tid()) is None
+    with pytest.raises(TenantNotFoundError):
+        registry.get_tenant(tid())
+
+
+def test_concurrent_writers_lose_nothing(registry):
+    t = tid()
+    registry.record(t, TenantStatus.PENDING_CONSENT, reason="r", actor="a")
+    orgs = [f"https://org{i}.crm.dynamics.com" for i in range(12)]
+    barrier = threading.Barrier(len(orgs))
+    errors = []
+
+    def add(org):
+        barrier.wait()
+        try:
+            registry.record(t, TenantStatus.PENDING_CONSENT, reason="add org", actor="a", org_url=org)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add, args=(o,)) for o in orgs]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    assert sorted(registry.get_tenant(t).org_urls) == sorted(orgs)
+
+
+def test_listing_is_paged_and_filterable(registry):
+    created = []
+    for i in range(130):
+        t = tid()
+        registry.record(t, TenantStatus.PENDING_CONSENT, reason="r", actor="a")
+        if i % 2 == 0:
+            registry.record(t, TenantStatus.CONSENTED, reason="r", actor="a")
+        created.append(t)
+    first = registry.list_tenants(page_size=50)
+    assert len(first.tenants) == 50 and first.continuation
+    second = registry.list_tenants(page_size=50, continuation=first.continuation)
+    assert {x.tenant_id for x in first.tenants}.isdisjoint({x.tenant_id for x in second.tenants})
+    assert len(list(registry.iter_tenants(page_size=50))) == 130
+    assert len(list(registry.iter_tenants(status=TenantStatus.CONSENTED, page_size=20))) == 65
+
+
+def test_recheck_ticket_is_single_secret_and_expires(registry):
+    t = tid()
+    registry.record(t, TenantStatus.PENDING_CONSENT, reason="r", actor="a")
+    ticket = registry.issue_recheck_ticket(t)
+    assert registry.check_recheck_ticket(t, ticket)
+    assert not registry.check_recheck_ticket(t, ticket + "x")
+    assert not registry.check_recheck_ticket(tid(), ticket)
+    newer = registry.issue_recheck_ticket(t)
+    assert not registry.check_recheck_ticket(t, ticket) and registry.check_recheck_ticket(t, newer)
+    expired = TenantRegistry(registry._tenants, registry._history, clock=lambda: 10**12)
+    assert not expired.check_recheck_ticket(t, newer)
+
+
+@pytest.fixture
+def states(azurite):
+    service = TableServiceClient.from_connection_string(azurite.connection_string)
+    store = ConsentStateStore(service.get_table_client(f"states{uuid.uuid4().hex[:8]}"), ttl_seconds=600)
+    store.create_table()
+    return store
+
+
+def test_consent_state_round_trip_is_single_use(states):
+    tenant = tid()
+    issued = states.issue("https://a.crm.dynamics.com", tenant, "admin@example")
+    consent = states.redeem(issued.state, issued.browser_nonce, tenant.upper())
+    assert consent.org_url == "https://a.crm.dynamics.com" and consent.onboarded_by == "admin@example"
+    with pytest.raises(ConsentStateError) as replay:
+        states.redeem(issued.state, issued.browser_nonce, tenant)
+    assert replay.value.reason == "replayed"
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("missing", "missing"),
+        ("unknown", "unknown"),
+        ("tampered", "unknown"),
+        ("other_browser", "other_browser"),
+        ("no_cookie", "other_browser"),
+        ("tenant", "tenant_mismatch"),
+        ("huge", "unknown"),
+    ],
+)
+def test_bad_states_are_refused(states, case, reason):
+    tenant = tid()
+    issued = states.issue("https://a.crm.dynamics.com", tenant, None)
+    args = {
+        "missing": (None, issued.browser_nonce, tenant),
+        "unknown": ("x" * 43, issued.browser_nonce, tenant),
+        "tampered": (issued.state[:-1] + ("A" if issued.state[-1] != "A" else "B"), issued.browser_nonce, tenant),
+        "other_browser": (issued.state, "someone-elses-cookie", tenant),
+        "no_cookie": (issued.state, None, tenant),
+        "tenant": (issued.state, issued.browser_nonce, tid()),
+        "huge": ("s" * 5000, issued.browser_nonce, tenant),
+    }[case]
+    with pytest.raises(ConsentStateError) as info:
+        states.redeem(*args)
+    assert info.value.reason == reason
+
+
+def test_other_browser_does_not_burn_the_state(states):
+    tenant = tid()
+    issued = states.issue("https://a.crm.dynamics.com", tenant, None)
+    with pytest.raises(ConsentStateError):
+        states.redeem(issued.state, "attacker", tenant)
+    assert states.redeem(issued.state, issued.browser_nonce, tenant).expected_tenant == tenant
+
+
+def test_expired_state_is_refused(states, azurite):
+    tenant = tid()
+    issued = states.issue("https://a.crm.dynamics.com", tenant, None)
+    later = ConsentStateStore(states._table, ttl_seconds=600, clock=lambda: issued.expires_at + 1)
+    with pytest.raises(ConsentStateError) as info:
+        later.redeem(issued.state, issued.browser_nonce, tenant)
+    assert info.value.reason == "expired"
