@@ -164,6 +164,13 @@ _services: Services | None = None
 _services_lock = threading.Lock()
 
 
+def use_services(services: Services | None) -> None:
+    """Install the worker's services (tests and the development host); ``None`` resets to build-on-first-use."""
+    global _services  # noqa: PLW0603
+    with _services_lock:
+        _services = services
+
+
 def get_services() -> Services:
     """The worker's services, built from the environment on first call. Raises ConfigurationError."""
     global _services  # noqa: PLW0603 - the worker-lifetime singleton is the point

@@ -1,0 +1,218 @@
+"""Onboarding HTTP functions with a fake onboarding service: escaping, cookies, redirects, error pages."""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass, field
+
+import azure.functions as func
+import pytest
+
+from functions import onboarding as fn
+from shared.bootstrap import use_services
+from shared.consent_states import ConsentStateError
+from shared.dataverse_clients import OrgDiscoveryError
+from shared.onboarding import ConsentDeniedError, OnboardingStart, TenantNotAllowedError, VerificationResult
+from shared.org_url import InvalidOrgUrlError
+from shared.settings import Settings
+from shared.tenant_registry import TenantStatus
+
+CLIENT = "11111111-2222-3333-4444-555555555555"
+TENANT = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+XSS = '"><script>alert(1)</script><img src=x onerror=alert(2)>'
+AUTHORITY_REDIRECT = f"https://login.microsoftonline.com/{TENANT}/adminconsent?client_id={CLIENT}&state=s"
+
+
+@dataclass
+class FakeOnboarding:
+    start_error: Exception | None = None
+    complete_result: VerificationResult | None = None
+    complete_error: Exception | None = None
+    calls: list = field(default_factory=list)
+
+    def start(self, org_url, onboarded_by):
+        self.calls.append(("start", org_url, onboarded_by))
+        if self.start_error:
+            raise self.start_error
+        return OnboardingStart(AUTHORITY_REDIRECT, "nonce-123", 9e12)
+
+    def complete(self, params, nonce):
+        self.calls.append(("complete", dict(params), nonce))
+        if self.complete_error:
+            raise self.complete_error
+        return self.complete_result
+
+    def verify(self, tenant_id, actor):
+        self.calls.append(("verify", tenant_id, actor))
+        return self.complete_result
+
+
+class FakeRegistry:
+    def __init__(self, valid=True):
+        self.valid = valid
+
+    def check_recheck_ticket(self, tenant, ticket):
+        return self.valid
+
+
+class FakeServices:
+    def __init__(self, onboarding, registry=None):
+        self.settings = Settings(
+            entra_client_id=CLIENT,
+            entra_home_tenant_id=TENANT,
+            key_vault_url="https://kv.vault.azure.net",
+            key_vault_certificate_name="c",
+            app_display_name="Contoso <Sync>",
+        )
+        self.onboarding = onboarding
+        self.registry = registry or FakeRegistry()
+
+
+@pytest.fixture
+def fake():
+    onboarding = FakeOnboarding()
+    use_services(FakeServices(onboarding))
+    yield onboarding
+    use_services(None)
+
+
+def request(method, path, *, params=None, body=b"", headers=None):
+    return func.HttpRequest(
+        method, f"http://localhost/api/{path}", params=params or {}, body=body, headers=headers or {}
+    )
+
+
+def text(resp):
+    return resp.get_body().decode()
+
+
+def test_form_page_is_accessible_and_locked_down(fake):
+    resp = fn.onboard_form(request("GET", "onboard"))
+    body = text(resp)
+    assert resp.status_code == 200 and resp.mimetype == "text/html"
+    assert '<label for="org_url">' in body and 'lang="en"' in body
+    assert "Contoso &lt;Sync&gt;" in body and "Contoso <Sync>" not in body
+    assert CLIENT in body
+    assert "script-src" not in resp.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+
+
+def test_bad_org_url_is_shown_back_escaped_with_the_reason(fake):
+    fake.start_error = InvalidOrgUrlError("The organisation URL must start with https://.")
+    resp = fn.onboard_start(request("POST", "onboard", body=f"org_url={XSS}&contact={XSS}".encode()))
+    body = text(resp)
+    assert resp.status_code == 400
+    assert "must start with https://" in body and 'role="alert"' in body
+    assert "<script" not in body and "<img" not in body
+    assert html.escape(XSS, quote=True) in body
+    assert "Location" not in resp.headers
+
+
+def test_unreachable_org_and_other_tenant_are_explained(fake):
+    fake.start_error = OrgDiscoveryError("https://x.crm.dynamics.com could not be reached.")
+    assert fn.onboard_start(request("POST", "onboard", body=b"org_url=https://x.crm.dynamics.com")).status_code == 400
+    fake.start_error = TenantNotAllowedError("This application serves only its own organisation's tenant.")
+    resp = fn.onboard_start(request("POST", "onboard", body=b"org_url=https://x.crm.dynamics.com"))
+    assert resp.status_code == 403 and "Nothing was recorded" in text(resp)
+
+
+def test_start_redirects_only_to_the_authority_with_a_locked_cookie(fake):
+    resp = fn.onboard_start(
+        request("POST", "onboard", body=b"org_url=https://fab.crm.dynamics.com&contact=a@b.example")
+    )
+    assert resp.status_code == 302
+    assert resp.headers["Location"] == AUTHORITY_REDIRECT
+    cookie = resp.headers["Set-Cookie"]
+    assert cookie.startswith("s2s_onboarding=nonce-123;")
+    for attribute in ("Secure", "HttpOnly", "SameSite=Lax", "Path=/api", "Max-Age="):
+        assert attribute in cookie
+    assert fake.calls[0] == ("start", "https://fab.crm.dynamics.com", "a@b.example")
+
+
+def test_oversized_form_is_refused(fake):
+    resp = fn.onboard_start(request("POST", "onboard", body=b"org_url=" + b"a" * 10_000))
+    assert resp.status_code == 400 and fake.calls == []
+
+
+def test_callback_passes_the_cookie_and_shows_success(fake):
+    fake.complete_result = VerificationResult(TENANT, TenantStatus.ACTIVE, ("https://fab.crm.dynamics.com",))
+    resp = fn.consent_callback(
+        request(
+            "GET",
+            "consent/callback",
+            params={"tenant": TENANT, "state": "s", "admin_consent": "True"},
+            headers={"cookie": "other=1; s2s_onboarding=nonce-123"},
+        )
+    )
+    assert resp.status_code == 200 and "is connected" in text(resp)
+    assert fake.calls[0][2] == "nonce-123"
+    assert "Max-Age=0" in resp.headers["Set-Cookie"]
+    assert "Location" not in resp.headers
+
+
+def test_awaiting_page_tells_exactly_what_to_do(fake):
+    fake.complete_result = VerificationResult(
+        TENANT, TenantStatus.AWAITING_APPLICATION_USER, ("https://fab.crm.dynamics.com",), "0x80072560", XSS, "ticket-1"
+    )
+    body = text(fn.consent_callback(request("GET", "consent/callback", params={"state": "s"})))
+    assert "Application users" in body and "custom security role" in body and CLIENT in body
+    assert "/api/data/v9.2/systemusers" in body
+    assert 'action="/api/onboard/recheck"' in body and "ticket-1" in body
+    assert "<script" not in body and "<img" not in body
+
+
+@pytest.mark.parametrize("reason", ["missing", "unknown", "expired", "replayed", "other_browser", "tenant_mismatch"])
+def test_each_invalid_state_gets_a_clear_400(fake, reason):
+    fake.complete_error = ConsentStateError(reason, "x")
+    resp = fn.consent_callback(request("GET", "consent/callback", params={"state": XSS, "tenant": XSS}))
+    assert resp.status_code == 400 and "Nothing was recorded" in text(resp)
+    assert "<script" not in text(resp)
+
+
+def test_entra_error_is_shown_escaped_in_plain_words(fake):
+    fake.complete_error = ConsentDeniedError("access_denied", f"AADSTS65004: User declined {XSS}\r\nTrace ID: t")
+    resp = fn.consent_callback(
+        request("GET", "consent/callback", params={"error": "access_denied", "admin_consent": "True"})
+    )
+    body = text(resp)
+    assert resp.status_code == 400 and "AADSTS65004" in body and "Accept" in body
+    assert "Trace ID" not in body
+    assert "<script" not in body and "<img" not in body
+
+
+def test_no_callback_answer_redirects_anywhere(fake):
+    fake.complete_result = VerificationResult(TENANT, TenantStatus.ACTIVE, ("https://fab.crm.dynamics.com",))
+    for params in ({"redirect_uri": "https://evil.example"}, {"next": "//evil.example"}, {"state": "https://evil"}):
+        resp = fn.consent_callback(request("GET", "consent/callback", params=params))
+        assert "Location" not in resp.headers
+        assert not re.search(r'href="(https?:)?//', text(resp))
+
+
+def test_recheck_needs_a_valid_ticket(fake):
+    use_services(FakeServices(fake, FakeRegistry(valid=False)))
+    resp = fn.recheck(request("POST", "onboard/recheck", body=f"tenant={TENANT}&ticket=nope".encode()))
+    assert resp.status_code == 400 and fake.calls == []
+    use_services(FakeServices(fake, FakeRegistry(valid=True)))
+    fake.complete_result = VerificationResult(TENANT, TenantStatus.ACTIVE, ("https://fab.crm.dynamics.com",))
+    resp = fn.recheck(request("POST", "onboard/recheck", body=f"tenant={TENANT}&ticket=good".encode()))
+    assert resp.status_code == 200 and fake.calls == [("verify", TENANT, "customer re-check")]
+    bad = fn.recheck(request("POST", "onboard/recheck", body=b"tenant=../../etc&ticket=good"))
+    assert bad.status_code == 400
+
+
+def test_admin_verify_is_admin_level_and_validates_the_id(fake):
+    import json
+
+    app = func.FunctionApp()
+    app.register_functions(fn.bp)
+    triggers = {f.get_function_name(): json.loads(f.get_function_json())["bindings"][0] for f in app.get_functions()}
+    assert triggers["verify_tenant"]["authLevel"] == "ADMIN"
+    assert triggers["verify_tenant"]["route"] == "tenants/{tenant_id}/verify"
+    assert all(
+        triggers[name]["authLevel"] == "ANONYMOUS" for name in ("onboard_form", "onboard_start", "consent_callback")
+    )
+    resp = fn.verify_tenant(
+        func.HttpRequest("POST", "/api/tenants/x/verify", body=b"", route_params={"tenant_id": "x"})
+    )
+    assert resp.status_code == 400 and json.loads(resp.get_body())["error"]["code"] == "invalid_tenant"
