@@ -43,7 +43,58 @@ def _build_parser() -> argparse.ArgumentParser:
     whoami.add_argument("--tenant", required=True, help="customer tenant id (GUID)")
     whoami.add_argument("--org", required=True, help="Dataverse org URL")
     whoami.add_argument("--as-user", metavar="OBJECT_ID", help="impersonate this Entra object id (CallerObjectId)")
+    tenants = commands.add_parser("tenants", help="the tenant registry: list, show, verify, offboard")
+    tenant_commands = tenants.add_subparsers(dest="tenants_command", required=True)
+    listing = tenant_commands.add_parser("list", help="list tenants, page by page")
+    listing.add_argument("--status", help="only tenants in this status (e.g. active)")
+    listing.add_argument("--page-size", type=int, default=100)
+    listing.add_argument("--continuation", help="the token printed with the previous page")
+    for name, text in (
+        ("show", "a tenant with its history"),
+        ("verify", "re-verify now: token + WhoAmI"),
+        ("offboard", "stop serving a tenant"),
+    ):
+        sub = tenant_commands.add_parser(name, help=text)
+        sub.add_argument("tenant_id")
+        if name == "offboard":
+            sub.add_argument("--reason", default="offboarded by an operator")
     return parser
+
+
+_REVOKE_ADVICE = (
+    "Jobs no longer run for this tenant and its tokens were dropped. To withdraw consent, the customer's "
+    "administrator deletes the enterprise application (application id {client_id}) in the Microsoft Entra admin "
+    "center > Enterprise applications, and removes its application user from each environment in the Power "
+    "Platform admin center > Environments > Settings > Application users."
+)
+
+
+def _tenants(services: Any, args: argparse.Namespace) -> Any:
+    from shared.tenant_registry import TenantStatus
+
+    registry = services.registry
+    if args.tenants_command == "list":
+        status = TenantStatus(args.status) if args.status else None
+        page = registry.list_tenants(status=status, page_size=args.page_size, continuation=args.continuation)
+        return {"tenants": [t.to_dict() for t in page.tenants], "continuation": page.continuation}
+    if args.tenants_command == "show":
+        tenant = registry.get_tenant(args.tenant_id)
+        return {**tenant.to_dict(), "history": [vars(h) for h in registry.history(args.tenant_id)]}
+    if args.tenants_command == "verify":
+        result = services.onboarding.verify(args.tenant_id, actor="operator CLI")
+        return {
+            "tenant_id": result.tenant_id,
+            "status": result.status.value,
+            "org_urls": list(result.org_urls),
+            "error_code": result.error_code,
+            "message": result.message,
+        }
+    result = services.onboarding.offboard(args.tenant_id, actor="operator CLI", reason=args.reason)
+    return {
+        "tenant_id": result.tenant_id,
+        "status": result.status.value,
+        "next_steps": _REVOKE_ADVICE.format(client_id=services.settings.entra_client_id),
+    }
 
 
 def _token_report(services: Any, tenant: str, org: str, repeat: int) -> list[dict[str, Any]]:
@@ -108,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 },
                 args.json,
             )
+        elif args.command == "tenants":
+            _print(_tenants(services, args), args.json)
         else:
             _print(services.tokens.assertion_source.describe(), args.json)
     except (ConfigurationError, InvalidOrgUrlError, InvalidTenantError) as exc:
