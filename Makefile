@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install lint test unit integration demo bench sandbox cli clean
+.PHONY: install lint test unit integration e2e demo bench sandbox devhost cli clean chromium
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,12 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
 	touch $(NODE_STAMP)
 
+# Browser tests drive Debian's chromium (environment.md); install it once if missing (CI runs as root).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 install: $(STAMP) $(NODE_STAMP)
 
 lint: $(STAMP)
@@ -23,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint $(NODE_STAMP)
+test: lint $(NODE_STAMP) chromium
 	$(BIN)/pytest
 
 unit: $(STAMP)
@@ -31,6 +37,9 @@ unit: $(STAMP)
 
 integration: $(STAMP) $(NODE_STAMP)
 	$(BIN)/pytest tests/integration
+
+e2e: $(STAMP) $(NODE_STAMP) chromium
+	$(BIN)/pytest tests/e2e
 
 demo: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m demo
@@ -41,6 +50,9 @@ bench: $(STAMP)
 
 sandbox: $(STAMP)
 	$(BIN)/python -m sandbox
+
+devhost: $(STAMP)
+	$(BIN)/python -m devhost
 
 clean:
 	rm -rf $(VENV) node_modules .sandbox .pytest_cache .mypy_cache .ruff_cache

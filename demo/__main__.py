@@ -94,7 +94,8 @@ def main() -> int:
         print(f"   certificate in use now: version {str(cert['version'])[:8]}…  picked up without restart: {picked}")
         print(f"\n   totals: token requests {st.count('token')}, Key Vault reads {st.count('vault_get')}")
         dataverse_ok = dataverse_part(sb, seed, services, tenants)
-        return 0 if picked and dataverse_ok else 1
+        onboarding_ok = onboarding_part(sb, seed, app_settings)
+        return 0 if picked and dataverse_ok and onboarding_ok else 1
 
 
 def dataverse_part(sb: Sandbox, seed: object, services: object, tenants: dict[str, str]) -> bool:
@@ -147,6 +148,93 @@ def dataverse_part(sb: Sandbox, seed: object, services: object, tenants: dict[st
         f"requests sent inside a Retry-After window: {inside}"
     )
     return not failures and inside == 0 and total == 20_000
+
+
+def onboarding_part(sb: Sandbox, seed: object, app_settings: dict[str, str]) -> bool:
+    """Two new customer tenants onboard through the real flow: form, admin consent page, callback, registry."""
+    import re
+
+    import requests
+
+    from devhost import DevHost
+    from sandbox.azurite import Azurite
+    from sandbox.consent_page import read_consent_form
+    from shared.bootstrap import build_services, use_services
+    from shared.tenant_registry import TenantStatus
+
+    st = sb.state
+    client_id = seed.client_id  # type: ignore[attr-defined]
+    step("Onboarding: Azurite for the registry, the function app on the local development host")
+    azurite = Azurite()
+    import function_app
+
+    host = DevHost(function_app.app).start()
+    try:
+        redirect_uri = f"{host.url}/api/consent/callback"
+        st.add_redirect_uri(client_id, redirect_uri)
+        settings = Settings.from_env(
+            {
+                **app_settings,
+                "STORAGE_CONNECTION_STRING": azurite.connection_string,
+                "ONBOARDING_REDIRECT_URI": redirect_uri,
+                "APP_DISPLAY_NAME": "Contoso Sync",
+                "CREDENTIAL_SOURCE": "key_vault",
+            }
+        )
+        services = build_services(settings)
+        use_services(services)
+        print(f"   function app at {host.url}/api/onboard; redirect URI registered: {redirect_uri}")
+        customers = {
+            "Adatum": ("https://adatum.crm.dynamics.com", True),
+            "Woodgrove": ("https://woodgrove.crm11.dynamics.com", False),
+        }
+        results = {}
+        for name, (org, with_app_user) in customers.items():
+            tenant = st.add_tenant(display_name=name)
+            st.add_org(tenant, org, name=name)
+            if with_app_user:
+                st.add_application_user(org, client_id)
+            step(f"{name}: the administrator onboards {org}")
+            form = requests.post(f"{host.url}/api/onboard", data={"org_url": org}, allow_redirects=False, timeout=30)
+            cookie = re.match(r"s2s_onboarding=([^;]+);", form.headers["Set-Cookie"]).group(1)  # type: ignore[union-attr]
+            consent_url = form.headers["Location"]
+            print(f"   POST /api/onboard -> 302 to {consent_url.split('?')[0]} (v1 admin consent, org's tenant)")
+            page = requests.get(consent_url, timeout=30)
+            answer = requests.post(
+                consent_url, data=read_consent_form(page.text).submission("accept"), allow_redirects=False, timeout=30
+            )
+            callback = answer.headers["Location"]
+            print(
+                f"   administrator clicks Accept -> 302 to {callback.split('?')[0]}?tenant=…&state=…&admin_consent=True"
+            )
+            done = requests.get(callback, headers={"Cookie": f"s2s_onboarding={cookie}"}, timeout=30)
+            heading = re.search(r"<h1>(.*?)</h1>", done.text)
+            tenant_row = services.registry.get_tenant(tenant)
+            title = heading.group(1) if heading else ""
+            print(f'   callback -> {done.status_code} page "{title}"; registry: {tenant_row.status}')
+            results[name] = (tenant, org, done.text)
+        tenant, org, page_text = results["Woodgrove"]
+        step("Woodgrove: the customer creates the application user, then clicks 'check again'")
+        st.add_application_user(org, client_id)
+        fields = dict(re.findall(r'name="(tenant|ticket)" value="([^"]+)"', page_text))
+        again = requests.post(f"{host.url}/api/onboard/recheck", data=fields, timeout=30)
+        heading = re.search(r"<h1>(.*?)</h1>", again.text)
+        print(
+            f'   re-check -> {again.status_code} page "{heading.group(1) if heading else ""}"; '
+            f"registry: {services.registry.get_tenant(tenant).status}"
+        )
+        step("Registry: tenants and their history")
+        ok = True
+        for name, (tenant, _org, _text) in results.items():
+            row = services.registry.get_tenant(tenant)
+            trail = " -> ".join(h.to_status for h in reversed(services.registry.history(tenant)))
+            print(f"   {name:<10} {row.status:<10} {', '.join(row.org_urls)}   history: {trail}")
+            ok = ok and row.status is TenantStatus.ACTIVE
+        return ok
+    finally:
+        use_services(None)
+        host.stop()
+        azurite.stop()
 
 
 if __name__ == "__main__":

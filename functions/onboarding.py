@@ -60,7 +60,7 @@ def _cookie(req: func.HttpRequest) -> str | None:
 @bp.route(route="onboard", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def onboard_form(req: func.HttpRequest) -> func.HttpResponse:
     settings = get_services().settings
-    return pages.onboard_form(settings.app_display_name, settings.entra_client_id)
+    return pages.onboard_form(settings.app_display_name, settings.entra_client_id, settings.entra_authority_host)
 
 
 @bp.route(route="onboard", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -75,7 +75,11 @@ def onboard_start(req: func.HttpRequest) -> func.HttpResponse:
         form = _form(req)
     except ValueError:
         return pages.onboard_form(
-            settings.app_display_name, settings.entra_client_id, error="The form could not be read.", status=400
+            settings.app_display_name,
+            settings.entra_client_id,
+            settings.entra_authority_host,
+            error="The form could not be read.",
+            status=400,
         )
     org_url = form.get("org_url", "")[:300]
     contact = form.get("contact", "").strip()[:200]
@@ -85,6 +89,7 @@ def onboard_start(req: func.HttpRequest) -> func.HttpResponse:
         return pages.onboard_form(
             settings.app_display_name,
             settings.entra_client_id,
+            settings.entra_authority_host,
             org_url=org_url,
             contact=contact,
             error=exc.message,

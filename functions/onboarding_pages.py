@@ -11,10 +11,14 @@ from urllib.parse import urlencode
 
 import azure.functions as func
 
-# No scripts at all; inline styles only; forms post only to ourselves; never framed; no referrer leaks the state.
+# No scripts at all; inline styles only; forms post only to ourselves (and, for the onboarding form, on to the
+# authority its answer redirects to: Chromium applies form-action to the redirect too); never framed; no
+# referrer leaks the state.
+_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'{extra}; frame-ancestors 'none'; base-uri 'none'"
+)
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'",
+    "Content-Security-Policy": _CSP.format(extra=""),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
@@ -30,7 +34,9 @@ _STYLE = (
 )
 
 
-def page(title: str, body_html: str, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
+def page(
+    title: str, body_html: str, status: int = 200, headers: dict[str, str] | None = None, *, form_target: str = ""
+) -> func.HttpResponse:
     """``body_html`` must already be safe (built with ``e``); ``title`` is escaped here."""
     document = (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
@@ -43,7 +49,11 @@ def page(title: str, body_html: str, status: int = 200, headers: dict[str, str] 
         status_code=status,
         mimetype="text/html",
         charset="utf-8",
-        headers={**SECURITY_HEADERS, **(headers or {})},
+        headers={
+            **SECURITY_HEADERS,
+            "Content-Security-Policy": _CSP.format(extra=f" {form_target}" if form_target else ""),
+            **(headers or {}),
+        },
     )
 
 
@@ -52,7 +62,14 @@ def e(value: object) -> str:
 
 
 def onboard_form(
-    app_name: str, client_id: str, *, org_url: str = "", contact: str = "", error: str | None = None, status: int = 200
+    app_name: str,
+    client_id: str,
+    authority_host: str,
+    *,
+    org_url: str = "",
+    contact: str = "",
+    error: str | None = None,
+    status: int = 200,
 ) -> func.HttpResponse:
     error_html = f'<p class="error" id="org-error" role="alert">{e(error)}</p>' if error else ""
     described = ' aria-describedby="org-error" aria-invalid="true"' if error else ""
@@ -77,7 +94,7 @@ def onboard_form(
   <input id="contact" name="contact" type="email" maxlength="200" autocomplete="email" value="{e(contact)}">
   <button type="submit">Continue to Microsoft sign-in</button>
 </form>"""
-    return page(f"Connect Dataverse to {app_name}", body, status)
+    return page(f"Connect Dataverse to {app_name}", body, status, form_target=authority_host)
 
 
 def active_page(app_name: str, tenant_id: str, org_urls: tuple[str, ...]) -> func.HttpResponse:

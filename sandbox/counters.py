@@ -12,6 +12,9 @@ Events the stand-ins record (labels in brackets):
 - token_error [tenant, code]                code = the AADSTS number
 - client_assertion [client_id, kind, alg, thumbprint]  assertions that validated; kind certificate|federated,
                                             thumbprint "x5t#S256" or "x5t"
+- admin_consent_page [client_id, version]  consent pages shown (version 1.0|2.0)
+- admin_consent [tenant, client_id, decision]  decisions posted with a valid nonce; decision accept|cancel
+- admin_consent_error [code]                error pages shown; code = the AADSTS number, or "page" for a bad form
 - msi_request []                            every call to the managed identity endpoint
 - msi_token [client_id, resource]           managed identity tokens issued
 - vault_request [status]                    every Key Vault request, including 401 challenges

@@ -11,6 +11,11 @@ from sandbox.server import Sandbox
 from sandbox.state import ManagedIdentity, SandboxState
 
 CERTIFICATE_NAME = "s2s-client"
+# The onboarding callback as served by `python -m devhost` on its default port (local.settings.example.json).
+DEMO_REDIRECT_URIS = (
+    "http://localhost:7071/api/consent/callback",
+    "http://127.0.0.1:7071/api/consent/callback",
+)
 
 
 @dataclass(frozen=True)
@@ -25,8 +30,9 @@ class DemoSeed:
     certificate_name: str = CERTIFICATE_NAME
 
 
-def seed_demo(state: SandboxState) -> DemoSeed:
-    """Register the demo scenario in `state` and describe it.
+def seed_demo(state: SandboxState, redirect_uris: tuple[str, ...] = DEMO_REDIRECT_URIS) -> DemoSeed:
+    """Register the demo scenario in `state` and describe it; `redirect_uris` are registered on the app for
+    the admin-consent page.
 
     Call it once the sandbox runs (the federated credential names the running authority host).
     Raises RuntimeError before that.
@@ -37,6 +43,8 @@ def seed_demo(state: SandboxState) -> DemoSeed:
     client_id = state.register_application(home_tenant=home, display_name="Contoso Sync")
     certificate = make_certificate("contoso-s2s")
     state.add_application_certificate(client_id, certificate.cert_pem)
+    for uri in redirect_uris:
+        state.add_redirect_uri(client_id, uri)
     state.create_certificate(CERTIFICATE_NAME, certificate)
 
     identity = state.add_managed_identity(tenant_id=home, name="id-contoso-sync")

@@ -1,4 +1,5 @@
-"""Entra ID stand-in: OIDC discovery (v1 and v2), JWKS, and the client-credentials token endpoint.
+"""Entra ID stand-in: OIDC discovery (v1 and v2), JWKS, the client-credentials token endpoint, and the
+admin-consent page (sandbox.entra_consent).
 
 Checks run in the order the project relies on (protocol §1-2): tenant, scope, app, service principal,
 consent, app enabled, credential form, then the assertion itself.
@@ -12,6 +13,7 @@ from typing import Any
 
 from sandbox import entra_errors
 from sandbox.client_assertion import JWT_BEARER, ClientAssertionValidator
+from sandbox.entra_consent import AdminConsentEndpoint
 from sandbox.entra_errors import EntraError
 from sandbox.httpd import HttpRequest, HttpResponse, json_response
 from sandbox.state import SandboxState, Tenant
@@ -49,6 +51,7 @@ class EntraService:
         self._host = authority_host.rstrip("/")
         self._minter = TokenMinter(state.signing_keys, self._host)
         self._assertions = ClientAssertionValidator(state.signing_keys)
+        self._admin_consent = AdminConsentEndpoint(state)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         trace_id = str(uuid.uuid4())
@@ -74,6 +77,10 @@ class EntraService:
                 return self._token(request, tenant, v2=True, trace_id=trace_id)
             case ("POST", [tenant, "oauth2", "token"]):
                 return self._token(request, tenant, v2=False, trace_id=trace_id)
+            case ("GET" | "POST", [tenant, "v2.0", "adminconsent"]):
+                return self._admin_consent(request, tenant, v2=True)
+            case ("GET" | "POST", [tenant, "adminconsent"]):
+                return self._admin_consent(request, tenant, v2=False)
         return json_response(404, {"error": "not_found", "error_description": f"No route for {request.path}"})
 
     # -- discovery ------------------------------------------------------------------------------

@@ -239,3 +239,29 @@ def no_matching_federated_credential(issuer: str, subject: str, audience: str) -
         f"No matching federated identity record found for presented assertion. Assertion Issuer: '{issuer}'. "
         f"Assertion Subject: '{subject}'. Assertion Audience: '{audience}'. {_FIC_DOCS}",
     )
+
+
+# -- admin consent (protocol §1): shown on an error page, never sent to a redirect URI -------------------
+
+
+def redirect_uri_mismatch(redirect_uri: str, client_id: str) -> EntraError:
+    return EntraError(
+        400,
+        "invalid_request",
+        50011,
+        f"The redirect URI '{redirect_uri}' specified in the request does not match the redirect URIs "
+        f"configured for the application '{client_id}'. Make sure the redirect URI sent in the request matches "
+        "one added to your application in the Azure portal.",
+    )
+
+
+def admin_consent_common_not_allowed() -> EntraError:
+    # protocol §1: the v2 endpoint takes a GUID, a domain or `organizations` ("Do not use 'common'"). Entra's
+    # exact answer is not verified; 50059 is its code for a request that names no usable tenant.
+    return EntraError(
+        400,
+        "invalid_request",
+        50059,
+        "The v2.0 admin consent endpoint does not accept the tenant 'common': personal accounts cannot give "
+        "admin consent. Use 'organizations', the tenant ID or one of its domains.",
+    )

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit
 
 from cryptography import x509
 
@@ -93,6 +94,7 @@ class Application:
     enabled: bool = True
     certificates: tuple[RegisteredCertificate, ...] = ()
     federated_credentials: tuple[FederatedCredential, ...] = ()
+    redirect_uris: tuple[str, ...] = ()  # the app registration's Web redirect URIs, matched exactly
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,25 @@ class SecretVersion:
 
 
 _SECRET_NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
+_REDIRECT_URI_MAX = 256
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _check_redirect_uri(uri: str) -> None:
+    """Entra's rules for a Web redirect URI (ValueError when broken); the admin-consent stand-in relies on them
+    to build the Location header safely.
+    """
+    if len(uri) > _REDIRECT_URI_MAX:
+        raise ValueError(f"redirect URI longer than {_REDIRECT_URI_MAX} characters")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in uri):
+        raise ValueError("redirect URI contains whitespace or control characters")
+    parts = urlsplit(uri)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"redirect URI must be an absolute http(s) URI: {uri!r}")
+    if parts.fragment or "#" in uri:
+        raise ValueError("redirect URI must not contain a fragment")
+    if parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:
+        raise ValueError("http:// redirect URIs are allowed only for localhost and 127.0.0.1")
 
 
 class SandboxState:
@@ -200,6 +221,11 @@ class SandboxState:
                 return self._tenants.get(normalize_guid(name))
             lowered = name.lower()
             return next((t for t in self._tenants.values() if lowered in t.domains), None)
+
+    def list_tenants(self) -> list[Tenant]:
+        """Every tenant, by display name (the admin-consent page offers them at /common and /organizations)."""
+        with self._lock:
+            return sorted(self._tenants.values(), key=lambda t: (t.display_name.lower(), t.tenant_id))
 
     def get_tenant(self, tenant_id: str) -> Tenant:
         with self._lock:
@@ -275,6 +301,18 @@ class SandboxState:
         with self._lock:
             app = self._require_app(client_id)
             self._update_app(client_id, federated_credentials=(*app.federated_credentials, credential))
+
+    def add_redirect_uri(self, client_id: str, uri: str) -> None:
+        """Register a Web redirect URI on the app (admin consent redirects only to these, matched exactly).
+
+        Raises ValueError for what Entra's portal refuses: not absolute, a fragment, more than 256 characters,
+        whitespace or control characters, or http:// anywhere but localhost/127.0.0.1. Adding one twice is a no-op.
+        """
+        _check_redirect_uri(uri)
+        with self._lock:
+            app = self._require_app(client_id)
+            if uri not in app.redirect_uris:
+                self._update_app(client_id, redirect_uris=(*app.redirect_uris, uri))
 
     def set_application_enabled(self, client_id: str, enabled: bool) -> None:
         self._update_app(client_id, enabled=enabled)

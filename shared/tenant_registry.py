@@ -12,6 +12,7 @@ import enum
 import hashlib
 import json
 import logging
+import random
 import secrets
 import time
 import uuid
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 TENANTS_TABLE = "tenants"
 HISTORY_TABLE = "tenanthistory"
 _PARTITION = "tenant"
-_MAX_CONFLICT_RETRIES = 8
+_MAX_CONFLICT_RETRIES = 20
 
 
 class TenantStatus(enum.StrEnum):
@@ -271,7 +272,10 @@ class TenantRegistry:
                         match_condition=MatchConditions.IfNotModified,
                     )
             except (ResourceModifiedError, ResourceExistsError):
-                continue  # someone else wrote first: read again and re-decide
+                # Someone else wrote first: read again and re-decide, after a short random pause so a crowd of
+                # writers does not collide again in lock-step.
+                time.sleep(random.uniform(0.005, 0.05))  # noqa: S311 - jitter, not security
+                continue
             if current != status:
                 self._add_history(key, current, status, reason=reason, actor=actor, now=now)
                 log = logger.warning if status in (_S.CONSENT_REVOKED, _S.FAILED) else logger.info

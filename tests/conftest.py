@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.azurite import Azurite
+from sandbox.azurite import Azurite
 
 
 @pytest.fixture(scope="session")

@@ -96,6 +96,8 @@ def test_form_page_is_accessible_and_locked_down(fake):
     assert CLIENT in body
     assert "script-src" not in resp.headers["Content-Security-Policy"]
     assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+    # The form posts to us and its answer redirects to the authority: both are allowed form targets, nothing else.
+    assert "form-action 'self' https://login.microsoftonline.com;" in resp.headers["Content-Security-Policy"]
 
 
 def test_bad_org_url_is_shown_back_escaped_with_the_reason(fake):

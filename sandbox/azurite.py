@@ -1,4 +1,5 @@
-"""Starts Azurite (the Azure Storage emulator, installed by `npm ci`) on free loopback ports for a test session."""
+"""Azurite, the Azure Storage emulator (installed by `npm ci`), on free loopback ports: the storage part of the
+cloud-in-a-box, for tests and the demo."""
 
 from __future__ import annotations
 
