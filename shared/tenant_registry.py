@@ -261,6 +261,9 @@ class TenantRegistry:
                 "RecheckTicketHash": (entity or {}).get("RecheckTicketHash", ""),
                 "RecheckTicketExpires": (entity or {}).get("RecheckTicketExpires", 0),
             }
+            # Stamped before the write: a writer that loses a race re-reads after the winner wrote, so stamps
+            # (and the history's order) follow the order in which updates actually landed.
+            stamp = self._clock()
             try:
                 if entity is None:
                     self._tenants.create_entity(new)
@@ -277,7 +280,7 @@ class TenantRegistry:
                 time.sleep(random.uniform(0.005, 0.05))  # noqa: S311 - jitter, not security
                 continue
             if current != status:
-                self._add_history(key, current, status, reason=reason, actor=actor, now=now)
+                self._add_history(key, current, status, reason=reason, actor=actor, now=now, stamp=stamp)
                 log = logger.warning if status in (_S.CONSENT_REVOKED, _S.FAILED) else logger.info
                 log("Tenant %s: %s -> %s (%s)", key, current or "new", status, reason)
             found = self.find_tenant(key)
@@ -315,14 +318,22 @@ class TenantRegistry:
         return bool(stored) and expires > self._clock() and hmac.compare_digest(stored, _hash(ticket))
 
     def _add_history(
-        self, key: str, current: TenantStatus | None, status: TenantStatus, *, reason: str, actor: str, now: str
+        self,
+        key: str,
+        current: TenantStatus | None,
+        status: TenantStatus,
+        *,
+        reason: str,
+        actor: str,
+        now: str,
+        stamp: float,
     ) -> None:
         # Newest first: Table Storage returns rows in RowKey order within a partition.
-        inverted = 10**13 - int(self._clock() * 1000)
+        inverted = 10**17 - int(stamp * 1_000_000)  # microseconds: quick successive transitions keep their order
         self._history.create_entity(
             {
                 "PartitionKey": key,
-                "RowKey": f"{inverted:013d}-{uuid.uuid4().hex[:8]}",
+                "RowKey": f"{inverted:017d}-{uuid.uuid4().hex[:8]}",
                 "FromStatus": current.value if current else "",
                 "ToStatus": status.value,
                 "Reason": reason[:1000],
