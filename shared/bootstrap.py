@@ -26,10 +26,14 @@ from shared.client_assertions import (
 from shared.consent_states import CONSENT_STATES_TABLE, ConsentStateStore
 from shared.dataverse_clients import DataverseClients
 from shared.onboarding import VERIFY_QUEUE, OnboardingService
+from shared.org_index import ORG_INDEX_TABLE, OrgIndex
 from shared.settings import CredentialSource, Settings
 from shared.storage import StorageClients
 from shared.tenant_registry import HISTORY_TABLE, TENANTS_TABLE, TenantRegistry
 from shared.token_provider import TenantTokenProvider
+from shared.webhook_intake import WebhookIntake
+from shared.webhook_processing import CHANGES_TABLE, WebhookProcessor
+from shared.webhook_store import EVENTS_QUEUE, EVENTS_TABLE, PAYLOAD_CONTAINER, POISON_QUEUE, WebhookStore
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -54,6 +58,10 @@ class Services:
         self._registry: TenantRegistry | None = None
         self._states: ConsentStateStore | None = None
         self._onboarding: OnboardingService | None = None
+        self._org_index: OrgIndex | None = None
+        self._webhook_store: WebhookStore | None = None
+        self._webhook_intake: WebhookIntake | None = None
+        self._webhook_processor: WebhookProcessor | None = None
 
     @property
     def storage(self) -> StorageClients:
@@ -82,6 +90,56 @@ class Services:
         return self._states
 
     @property
+    def org_index(self) -> OrgIndex:
+        if self._org_index is None:
+            index = OrgIndex(self.storage.table(ORG_INDEX_TABLE))
+            index.create_table()
+            self._org_index = index
+        return self._org_index
+
+    @property
+    def webhook_store(self) -> WebhookStore:
+        if self._webhook_store is None:
+            storage = self.storage
+            store = WebhookStore(
+                queue=storage.queue(EVENTS_QUEUE),
+                poison_queue=storage.queue(POISON_QUEUE),
+                table=storage.table(EVENTS_TABLE),
+                container=storage.container(PAYLOAD_CONTAINER),
+            )
+            store.create_resources()
+            self._webhook_store = store
+        return self._webhook_store
+
+    @property
+    def webhook_intake(self) -> WebhookIntake:
+        if self._webhook_intake is None:
+            self._webhook_intake = WebhookIntake(
+                store=self.webhook_store,
+                org_index=self.org_index,
+                registry=self.registry,
+                max_body_bytes=self.settings.webhook_max_body_bytes,
+                header_secret_name=self.settings.webhook_secret_header,
+                header_secrets=self.registry.webhook_secret_hash,
+            )
+        return self._webhook_intake
+
+    @property
+    def webhook_processor(self) -> WebhookProcessor:
+        if self._webhook_processor is None:
+            changes = self.storage.table(CHANGES_TABLE)
+            with contextlib.suppress(Exception):
+                changes.create_table()
+            self._webhook_processor = WebhookProcessor(
+                store=self.webhook_store,
+                dataverse=self.dataverse,
+                changes_table=changes,
+                impersonate_initiating_user=self.settings.webhook_impersonate_initiating_user,
+                max_dequeue_count=self.settings.webhook_max_dequeue_count,
+            )
+        return self._webhook_processor
+
+    @property
     def onboarding(self) -> OnboardingService:
         if self._onboarding is None:
             self._onboarding = OnboardingService(
@@ -91,6 +149,7 @@ class Services:
                 self.dataverse,
                 self.tokens,
                 enqueue_verification=self.enqueue_verification,
+                org_index=self.org_index,
             )
         return self._onboarding
 

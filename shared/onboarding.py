@@ -31,6 +31,7 @@ from shared.dataverse_errors import (
     DataverseError,
 )
 from shared.errors import ConfigurationError, CredentialError, S2SError, TokenAcquisitionError
+from shared.org_index import OrgIndex
 from shared.org_url import validate_org_url
 from shared.settings import Settings
 from shared.tenant_registry import TenantRegistry, TenantStatus, Verification
@@ -93,6 +94,7 @@ class OnboardingService:
         tokens: TenantTokenProvider,
         *,
         enqueue_verification: QueueSender | None = None,
+        org_index: OrgIndex | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._settings = settings
@@ -101,6 +103,7 @@ class OnboardingService:
         self._dataverse = dataverse
         self._tokens = tokens
         self._enqueue = enqueue_verification
+        self._org_index = org_index
         self._sleep = sleep
 
     # -- the flow ------------------------------------------------------------------------------------------
@@ -187,7 +190,10 @@ class OnboardingService:
         message = "WhoAmI succeeded on every organisation."
         for org in orgs:
             try:
-                self._dataverse.for_org(tenant.tenant_id, org).whoami()
+                who = self._dataverse.for_org(tenant.tenant_id, org).whoami()
+                if self._org_index is not None:
+                    # Webhooks from this org are accepted only for the organisation id WhoAmI reported.
+                    self._org_index.record(org, tenant.tenant_id, who.organization_id)
             except (ApplicationUserMissingError, ApplicationUserDisabledError) as exc:
                 status, error_code = TenantStatus.AWAITING_APPLICATION_USER, exc.error_code
                 message = f"{org}: {exc.message}"

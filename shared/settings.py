@@ -111,6 +111,10 @@ class Settings:
     consent_state_ttl_seconds: int = 600
     app_display_name: str = "Dataverse S2S integration"
     verification_retry_delays: tuple[int, ...] = (30, 60, 120, 300)
+    webhook_max_body_bytes: int = 512 * 1024
+    webhook_secret_header: str = "x-s2s-webhook-secret"  # noqa: S105 - a header name, not a secret
+    webhook_impersonate_initiating_user: bool = False
+    webhook_max_dequeue_count: int = 5
 
     def __post_init__(self) -> None:
         _require_guid("ENTRA_CLIENT_ID", self.entra_client_id)
@@ -153,6 +157,12 @@ class Settings:
             _require_redirect_uri("ONBOARDING_REDIRECT_URI", self.onboarding_redirect_uri)
         if self.storage_account_name is not None and not re.match(r"^[a-z0-9]{3,24}$", self.storage_account_name):
             raise ConfigurationError("STORAGE_ACCOUNT_NAME", "must be 3-24 lower-case letters and digits")
+        if not 1024 <= self.webhook_max_body_bytes <= 16 * 1024 * 1024:
+            raise ConfigurationError("WEBHOOK_MAX_BODY_BYTES", "must be between 1024 and 16777216")
+        if not re.match(r"^[A-Za-z0-9-]{1,64}$", self.webhook_secret_header):
+            raise ConfigurationError("WEBHOOK_SECRET_HEADER", "must be a header name (letters, digits, dashes)")
+        if not 1 <= self.webhook_max_dequeue_count <= 100:
+            raise ConfigurationError("WEBHOOK_MAX_DEQUEUE_COUNT", "must be between 1 and 100")
         if not self.dataverse_domain_suffixes:
             raise ConfigurationError("DATAVERSE_DOMAIN_SUFFIXES", "must name at least one domain suffix")
 
@@ -220,6 +230,10 @@ class Settings:
             consent_state_ttl_seconds=parsed("CONSENT_STATE_TTL_SECONDS", int, 600),
             app_display_name=get("APP_DISPLAY_NAME") or "Dataverse S2S integration",
             verification_retry_delays=parsed("VERIFICATION_RETRY_DELAYS", _parse_delays, (30, 60, 120, 300)),
+            webhook_max_body_bytes=parsed("WEBHOOK_MAX_BODY_BYTES", int, 512 * 1024),
+            webhook_secret_header=get("WEBHOOK_SECRET_HEADER") or "x-s2s-webhook-secret",
+            webhook_impersonate_initiating_user=parsed("WEBHOOK_IMPERSONATE_INITIATING_USER", _parse_bool, False),
+            webhook_max_dequeue_count=parsed("WEBHOOK_MAX_DEQUEUE_COUNT", int, 5),
         )
 
 

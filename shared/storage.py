@@ -47,14 +47,29 @@ class StorageClients:
         return service.get_table_client(name)
 
     def queue(self, name: str) -> Any:
-        from azure.storage.queue import QueueClient, TextBase64EncodePolicy
+        from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
         settings = self._settings
         # The Functions queue trigger expects base64 message bodies.
-        policy = TextBase64EncodePolicy()
+        encode, decode = TextBase64EncodePolicy(), TextBase64DecodePolicy()
         if settings.storage_connection_string:
             return QueueClient.from_connection_string(
-                settings.storage_connection_string, name, message_encode_policy=policy
+                settings.storage_connection_string, name, message_encode_policy=encode, message_decode_policy=decode
             )
         endpoint = f"https://{settings.storage_account_name}.queue.{settings.storage_suffix}"
-        return QueueClient(endpoint, name, credential=self._get_credential(), message_encode_policy=policy)
+        return QueueClient(
+            endpoint,
+            name,
+            credential=self._get_credential(),
+            message_encode_policy=encode,
+            message_decode_policy=decode,
+        )
+
+    def container(self, name: str) -> Any:
+        from azure.storage.blob import ContainerClient
+
+        settings = self._settings
+        if settings.storage_connection_string:
+            return ContainerClient.from_connection_string(settings.storage_connection_string, name)
+        endpoint = f"https://{settings.storage_account_name}.blob.{settings.storage_suffix}"
+        return ContainerClient(endpoint, name, credential=self._get_credential())

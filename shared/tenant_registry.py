@@ -260,6 +260,7 @@ class TenantRegistry:
                 else (entity or {}).get("LastVerification", ""),
                 "RecheckTicketHash": (entity or {}).get("RecheckTicketHash", ""),
                 "RecheckTicketExpires": (entity or {}).get("RecheckTicketExpires", 0),
+                "WebhookSecretHash": (entity or {}).get("WebhookSecretHash", ""),
             }
             # Stamped before the write: a writer that loses a race re-reads after the winner wrote, so stamps
             # (and the history's order) follow the order in which updates actually landed.
@@ -303,6 +304,27 @@ class TenantRegistry:
             mode=UpdateMode.MERGE,
         )
         return ticket
+
+    def set_webhook_secret(self, tenant_id: str) -> str:
+        """A new secret for the tenant's webhook registration (HttpHeader auth type); only its hash is kept."""
+        from azure.data.tables import UpdateMode
+
+        self.get_tenant(tenant_id)
+        secret = secrets.token_urlsafe(32)
+        self._tenants.update_entity(
+            {"PartitionKey": _PARTITION, "RowKey": tenant_id.lower(), "WebhookSecretHash": _hash(secret)},
+            mode=UpdateMode.MERGE,
+        )
+        return secret
+
+    def webhook_secret_hash(self, tenant_id: str) -> str | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            entity = self._tenants.get_entity(_PARTITION, tenant_id.lower())
+        except ResourceNotFoundError:
+            return None
+        return entity.get("WebhookSecretHash") or None
 
     def check_recheck_ticket(self, tenant_id: str, ticket: str) -> bool:
         import hmac

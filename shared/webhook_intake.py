@@ -1,0 +1,167 @@
+"""Accepting a Dataverse webhook delivery: check it, store it durably, and only then acknowledge.
+
+Dataverse waits 60 s for a 2xx and retries once, only on 502/503/504 (protocol.md §5). So the answer is fast
+(checks are point reads, cached briefly), a 2xx is given only after the event is in the queue, and storage
+trouble answers 503 so Dataverse tries again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from shared.org_index import OrgEntry, OrgIndex
+from shared.remote_context import ExecutionContext, InvalidContextError, parse_context
+from shared.tenant_registry import TenantRegistry, TenantStatus
+from shared.webhook_store import StorageUnavailableError, WebhookStore
+
+logger = logging.getLogger(__name__)
+
+TRUNCATED_HEADER = "x-ms-dynamics-msg-size-exceeded"
+ORG_HEADER = "x-ms-dynamics-organization"
+_CACHE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    status: int
+    code: str
+    message: str
+    duplicate: bool = False
+    key: str | None = None
+
+
+def event_key(org_id: str, context: ExecutionContext) -> str:
+    """The identity of one delivery: org + operation/request/correlation + message + stage + row. A retry of the
+    same delivery has the same key; a different step or change does not."""
+    parts = [
+        org_id,
+        context.operation_id or "",
+        context.request_id or "",
+        context.correlation_id or "",
+        context.message_name,
+        str(context.stage),
+        context.primary_entity_name,
+        context.primary_entity_id,
+    ]
+    return hashlib.sha256("|".join(parts).lower().encode("utf-8")).hexdigest()
+
+
+class WebhookIntake:
+    def __init__(
+        self,
+        *,
+        store: WebhookStore,
+        org_index: OrgIndex,
+        registry: TenantRegistry,
+        max_body_bytes: int,
+        header_secret_name: str | None = None,
+        header_secrets: Callable[[str], str | None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._org_index = org_index
+        self._registry = registry
+        self._max_body = max_body_bytes
+        self._secret_header = header_secret_name.lower() if header_secret_name else None
+        self._secrets = header_secrets
+        self._clock = clock
+        self._cache: dict[str, tuple[float, OrgEntry | None, bool]] = {}
+        self._lock = threading.Lock()
+
+    def accept(self, body: bytes, headers: Mapping[str, str]) -> IntakeResult:
+        """Never raises for bad input: every outcome is an IntakeResult with a status and a code."""
+        if len(body) > self._max_body:
+            return IntakeResult(413, "payload_too_large", f"The body exceeds {self._max_body} bytes.")
+        try:
+            decoded = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return IntakeResult(400, "invalid_json", "The body is not JSON.")
+        try:
+            context = parse_context(decoded)
+        except InvalidContextError as exc:
+            return IntakeResult(400, exc.code, exc.message)
+        host = (headers.get(ORG_HEADER) or "").strip().lower()
+        if not host:
+            return IntakeResult(403, "unknown_organization", f"The {ORG_HEADER} header is missing.")
+        try:
+            entry, active = self._lookup(host)
+        except Exception:
+            logger.exception("Webhook: organisation lookup failed for %s", host)
+            return IntakeResult(503, "storage_unavailable", "Storage is unavailable; retry later.")
+        if entry is None or not active:
+            return IntakeResult(403, "unknown_organization", "The organisation is not an active onboarded tenant's.")
+        if entry.organization_id != context.organization_id:
+            return IntakeResult(
+                403, "organization_mismatch", f"The body's OrganizationId does not match the {ORG_HEADER} header."
+            )
+        if not self._secret_ok(entry.tenant_id, headers):
+            return IntakeResult(401, "invalid_webhook_secret", "The webhook secret header is missing or wrong.")
+        key = event_key(entry.organization_id, context)
+        log_fields = (entry.tenant_id, entry.org_url, context.correlation_id, context.operation_id)
+        try:
+            if self._store.seen(key):
+                logger.info("Webhook duplicate acknowledged: tenant %s org %s correlation %s operation %s", *log_fields)
+                return IntakeResult(200, "duplicate", "Already received.", duplicate=True, key=key)
+            envelope = {
+                "v": 1,
+                "key": key,
+                "tenant_id": entry.tenant_id,
+                "org_url": entry.org_url,
+                "organization_id": entry.organization_id,
+                "message": context.message_name,
+                "entity": context.primary_entity_name,
+                "row_id": context.primary_entity_id,
+                "correlation_id": context.correlation_id,
+                "operation_id": context.operation_id,
+                "truncated": (headers.get(TRUNCATED_HEADER) or "").lower() in {"true", "1", "yes"},
+            }
+            self._store.enqueue(key, envelope, body)
+        except StorageUnavailableError:
+            logger.exception(
+                "Webhook not stored (answering 503): tenant %s org %s correlation %s operation %s", *log_fields
+            )
+            return IntakeResult(503, "storage_unavailable", "The event could not be stored; retry later.")
+        logger.info("Webhook queued: tenant %s org %s correlation %s operation %s", *log_fields)
+        return IntakeResult(202, "accepted", "Queued.", key=key)
+
+    def _lookup(self, host: str) -> tuple[OrgEntry | None, bool]:
+        now = self._clock()
+        with self._lock:
+            cached = self._cache.get(host)
+        if cached is not None and cached[0] > now:
+            return cached[1], cached[2]
+        entry = self._org_index.find(host)
+        active = False
+        if entry is not None:
+            tenant = self._registry.find_tenant(entry.tenant_id)
+            active = tenant is not None and tenant.status is TenantStatus.ACTIVE and entry.org_url in tenant.org_urls
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[host] = (now + _CACHE_SECONDS, entry, active)
+        return entry, active
+
+    def _secret_ok(self, tenant_id: str, headers: Mapping[str, str]) -> bool:
+        if self._secret_header is None or self._secrets is None:
+            return True
+        expected = self._secrets(tenant_id)
+        if expected is None:
+            return True  # no per-tenant secret configured: the function key alone guards the endpoint
+        given = headers.get(self._secret_header) or ""
+        return hmac.compare_digest(hashlib.sha256(given.encode()).hexdigest(), expected)
+
+
+def envelope_from_message(text: str) -> dict[str, Any]:
+    """Decode a work-queue message. Raises ValueError for anything that is not our envelope."""
+    message = json.loads(text)
+    if not isinstance(message, dict) or message.get("v") != 1 or "key" not in message:
+        raise ValueError("not a webhook event envelope")
+    return message

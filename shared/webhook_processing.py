@@ -1,0 +1,211 @@
+"""Processing queued webhook events: claim once, dispatch by (table, message) to handlers, retry what is
+transient, and send what cannot succeed to the poison queue with its reason.
+
+Handlers are plain functions registered in code::
+
+    @handlers.on("account", "Update")
+    def push_account_to_erp(event: WebhookEvent, tools: HandlerTools) -> None: ...
+
+``"*"`` matches any table or message. Handlers run in registration order and must be idempotent: an event is
+processed once in the normal course, but a crash after a handler's side effect and before completion means the
+retry runs the handlers again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.dataverse_client import DataverseClient
+from shared.dataverse_clients import DataverseClients
+from shared.dataverse_errors import DataverseError
+from shared.errors import CredentialError, S2SError, TokenAcquisitionError
+from shared.remote_context import ExecutionContext, InvalidContextError, parse_context
+from shared.webhook_intake import envelope_from_message
+from shared.webhook_store import StorageUnavailableError, WebhookStore
+
+logger = logging.getLogger(__name__)
+
+CHANGES_TABLE = "processedchanges"
+# Entity set names of the tables the shipped handlers know; others fall back to the logical name + "s".
+ENTITY_SETS = {"account": "accounts", "contact": "contacts", "opportunity": "opportunities", "lead": "leads"}
+
+
+class TransientProcessingError(S2SError):
+    code = "transient_processing_error"
+
+
+@dataclass
+class WebhookEvent:
+    tenant_id: str
+    org_url: str
+    key: str
+    context: ExecutionContext
+    truncated: bool
+    row: dict[str, Any] | None = None  # the full row, when a handler re-read it
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class HandlerTools:
+    """What handlers may use: a Dataverse client for the event's org (impersonating the initiating user when
+    configured) and the table for processed-change records."""
+
+    dataverse: DataverseClient
+    caller_object_id: str | None
+    changes_table: Any
+
+
+Handler = Callable[[WebhookEvent, HandlerTools], None]
+
+
+class HandlerRegistry:
+    def __init__(self) -> None:
+        self._handlers: list[tuple[str, str, Handler]] = []
+
+    def on(self, table: str, message: str) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self._handlers.append((table.lower(), message.lower(), handler))
+            return handler
+
+        return register
+
+    def for_event(self, table: str, message: str) -> list[Handler]:
+        t, m = table.lower(), message.lower()
+        return [h for ht, hm, h in self._handlers if ht in ("*", t) and hm in ("*", m)]
+
+
+handlers = HandlerRegistry()
+
+
+@handlers.on("*", "*")
+def reread_truncated_row(event: WebhookEvent, tools: HandlerTools) -> None:
+    """Over 256 KB Dataverse strips parameters and images (protocol.md §5): read the row itself instead."""
+    if not event.truncated or event.context.message_name.lower() == "delete":
+        return
+    entity_set = ENTITY_SETS.get(event.context.primary_entity_name, event.context.primary_entity_name + "s")
+    event.row = tools.dataverse.get_row(
+        entity_set, event.context.primary_entity_id, caller_object_id=tools.caller_object_id
+    )
+    event.notes["reread"] = True
+
+
+@handlers.on("*", "*")
+def record_processed_change(event: WebhookEvent, tools: HandlerTools) -> None:
+    """Keep a per-tenant record of every processed change (the feed an integration builds on)."""
+    context = event.context
+    changed = sorted(event.row) if event.row is not None else context.changed_attributes
+    inverted = 10**17 - int(time.time() * 1_000_000)
+    tools.changes_table.upsert_entity(
+        {
+            "PartitionKey": event.tenant_id,
+            "RowKey": f"{inverted:017d}-{event.key[:16]}",
+            "EventKey": event.key,
+            "OrgUrl": event.org_url,
+            "Entity": context.primary_entity_name,
+            "Message": context.message_name,
+            "RowId": context.primary_entity_id,
+            "ChangedAttributes": json.dumps(changed)[:30000],
+            "CorrelationId": context.correlation_id or "",
+            "OperationId": context.operation_id or "",
+            "InitiatingUserObjectId": context.initiating_user_object_id or "",
+            "Truncated": event.truncated,
+            "ReRead": bool(event.notes.get("reread")),
+        }
+    )
+
+
+class WebhookProcessor:
+    def __init__(
+        self,
+        *,
+        store: WebhookStore,
+        dataverse: DataverseClients,
+        changes_table: Any,
+        registry: HandlerRegistry = handlers,
+        impersonate_initiating_user: bool = False,
+        max_dequeue_count: int = 5,
+    ) -> None:
+        self._store = store
+        self._dataverse = dataverse
+        self._changes = changes_table
+        self._registry = registry
+        self._impersonate = impersonate_initiating_user
+        self._max_dequeue = max_dequeue_count
+
+    def process(self, text: str, dequeue_count: int) -> str:
+        """Returns "done", "duplicate" or "poisoned"; raises TransientProcessingError to have the host retry."""
+        try:
+            envelope = envelope_from_message(text)
+        except ValueError:
+            self._store.to_poison(
+                {"key": f"malformed-{uuid.uuid4()}", "raw": text[:4000]},
+                "The message is not a webhook event envelope.",
+                dequeue_count,
+            )
+            return "poisoned"
+        key = envelope["key"]
+        fields = (
+            envelope.get("tenant_id"),
+            envelope.get("org_url"),
+            envelope.get("correlation_id"),
+            envelope.get("operation_id"),
+        )
+        claim = self._store.claim(key)
+        if not claim.granted:
+            if claim.reason == "done":
+                logger.info("Webhook event already processed: tenant %s org %s correlation %s operation %s", *fields)
+                return "duplicate"
+            raise TransientProcessingError("Another worker is processing this event.")
+        try:
+            event = self._event(envelope)
+            client = self._dataverse.for_org(event.tenant_id, event.org_url)
+            caller = event.context.initiating_user_object_id if self._impersonate else None
+            tools = HandlerTools(client, caller, self._changes)
+            for handler in self._registry.for_event(event.context.primary_entity_name, event.context.message_name):
+                handler(event, tools)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"[:1000]
+            self._store.release(key, reason)
+            if _is_transient(exc) and dequeue_count < self._max_dequeue:
+                logger.warning(
+                    "Webhook event failed (attempt %d, will retry): tenant %s org %s correlation %s operation %s: %s",
+                    dequeue_count,
+                    *fields,
+                    reason,
+                )
+                raise TransientProcessingError(reason) from exc
+            self._store.to_poison(envelope, reason, dequeue_count)
+            logger.error(
+                "Webhook event poisoned after %d attempt(s): tenant %s org %s correlation %s operation %s: %s",
+                dequeue_count,
+                *fields,
+                reason,
+            )
+            return "poisoned"
+        self._store.complete(key)
+        logger.info("Webhook event processed: tenant %s org %s correlation %s operation %s", *fields)
+        return "done"
+
+    def _event(self, envelope: dict[str, Any]) -> WebhookEvent:
+        payload = self._store.load_payload(envelope)
+        try:
+            context = parse_context(json.loads(payload))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidContextError("The stored payload is not JSON.") from exc
+        return WebhookEvent(
+            envelope["tenant_id"], envelope["org_url"], envelope["key"], context, bool(envelope.get("truncated"))
+        )
+
+
+def _is_transient(exc: BaseException) -> bool:
+    from azure.core.exceptions import AzureError
+
+    if isinstance(exc, DataverseError | TokenAcquisitionError | CredentialError):
+        return bool(exc.is_transient)
+    return isinstance(exc, StorageUnavailableError | AzureError | TransientProcessingError | ConnectionError)
