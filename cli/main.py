@@ -58,7 +58,27 @@ def _build_parser() -> argparse.ArgumentParser:
         sub.add_argument("tenant_id")
         if name == "offboard":
             sub.add_argument("--reason", default="offboarded by an operator")
+    secret = tenant_commands.add_parser("webhook-secret", help="issue a new webhook secret (HttpHeader auth type)")
+    secret.add_argument("tenant_id")
+    poison = commands.add_parser("poison", help="webhook events that could not be processed")
+    poison_commands = poison.add_subparsers(dest="poison_command", required=True)
+    poison_commands.add_parser("list", help="peek at up to 32 poison messages with their reasons")
+    for name, text in (("show", "one poison message in full"), ("replay", "send one back to the work queue")):
+        sub = poison_commands.add_parser(name, help=text)
+        sub.add_argument("message_id")
     return parser
+
+
+def _poison(services: Any, args: argparse.Namespace) -> Any:
+    store = services.webhook_store
+    try:
+        if args.poison_command == "list":
+            return {"messages": store.list_poison()}
+        if args.poison_command == "show":
+            return store.show_poison(args.message_id)
+        return {"replayed": store.replay_poison(args.message_id)}
+    except KeyError:
+        raise ValueError(f"no poison message with id {args.message_id}") from None
 
 
 _REVOKE_ADVICE = (
@@ -80,6 +100,14 @@ def _tenants(services: Any, args: argparse.Namespace) -> Any:
     if args.tenants_command == "show":
         tenant = registry.get_tenant(args.tenant_id)
         return {**tenant.to_dict(), "history": [vars(h) for h in registry.history(args.tenant_id)]}
+    if args.tenants_command == "webhook-secret":
+        secret = registry.set_webhook_secret(args.tenant_id)
+        return {
+            "tenant_id": args.tenant_id,
+            "header": services.settings.webhook_secret_header,
+            "secret": secret,
+            "next_steps": "Register the webhook with auth type HttpHeader and this header/value; it is shown once.",
+        }
     if args.tenants_command == "verify":
         result = services.onboarding.verify(args.tenant_id, actor="operator CLI")
         return {
@@ -136,13 +164,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.env_file:
         load_env_file(args.env_file)
-    from shared.bootstrap import build_services
+    from shared.bootstrap import build_services, installed_services
     from shared.errors import ConfigurationError, InvalidTenantError
     from shared.org_url import InvalidOrgUrlError
     from shared.settings import Settings
 
     try:
-        services = build_services(Settings.from_env())
+        services = installed_services() or build_services(Settings.from_env())
         if args.command == "token":
             _print(_token_report(services, args.tenant, args.org, args.repeat), args.json)
         elif args.command == "whoami":
@@ -161,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         elif args.command == "tenants":
             _print(_tenants(services, args), args.json)
+        elif args.command == "poison":
+            _print(_poison(services, args), args.json)
         else:
             _print(services.tokens.assertion_source.describe(), args.json)
     except (ConfigurationError, InvalidOrgUrlError, InvalidTenantError) as exc:

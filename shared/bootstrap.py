@@ -230,6 +230,11 @@ def use_services(services: Services | None) -> None:
         _services = services
 
 
+def installed_services() -> Services | None:
+    """The services already built or installed in this process, if any (the CLI reuses them in tests)."""
+    return _services
+
+
 def get_services() -> Services:
     """The worker's services, built from the environment on first call. Raises ConfigurationError."""
     global _services  # noqa: PLW0603 - the worker-lifetime singleton is the point

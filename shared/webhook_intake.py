@@ -73,7 +73,7 @@ class WebhookIntake:
         self._secret_header = header_secret_name.lower() if header_secret_name else None
         self._secrets = header_secrets
         self._clock = clock
-        self._cache: dict[str, tuple[float, OrgEntry | None, bool]] = {}
+        self._cache: dict[str, tuple[float, OrgEntry | None, bool, str | None]] = {}
         self._lock = threading.Lock()
 
     def accept(self, body: bytes, headers: Mapping[str, str]) -> IntakeResult:
@@ -92,7 +92,7 @@ class WebhookIntake:
         if not host:
             return IntakeResult(403, "unknown_organization", f"The {ORG_HEADER} header is missing.")
         try:
-            entry, active = self._lookup(host)
+            entry, active, secret_hash = self._lookup(host)
         except Exception:
             logger.exception("Webhook: organisation lookup failed for %s", host)
             return IntakeResult(503, "storage_unavailable", "Storage is unavailable; retry later.")
@@ -102,7 +102,7 @@ class WebhookIntake:
             return IntakeResult(
                 403, "organization_mismatch", f"The body's OrganizationId does not match the {ORG_HEADER} header."
             )
-        if not self._secret_ok(entry.tenant_id, headers):
+        if not self._secret_ok(secret_hash, headers):
             return IntakeResult(401, "invalid_webhook_secret", "The webhook secret header is missing or wrong.")
         key = event_key(entry.organization_id, context)
         log_fields = (entry.tenant_id, entry.org_url, context.correlation_id, context.operation_id)
@@ -132,27 +132,32 @@ class WebhookIntake:
         logger.info("Webhook queued: tenant %s org %s correlation %s operation %s", *log_fields)
         return IntakeResult(202, "accepted", "Queued.", key=key)
 
-    def _lookup(self, host: str) -> tuple[OrgEntry | None, bool]:
+    def _lookup(self, host: str) -> tuple[OrgEntry | None, bool, str | None]:
+        """Org entry, whether its tenant is active, and the tenant's webhook secret hash; cached briefly so an
+        acknowledgement costs no storage read in the common case (offboarding reaches the receiver within
+        _CACHE_SECONDS)."""
         now = self._clock()
         with self._lock:
             cached = self._cache.get(host)
         if cached is not None and cached[0] > now:
-            return cached[1], cached[2]
+            return cached[1], cached[2], cached[3]
         entry = self._org_index.find(host)
         active = False
+        secret_hash = None
         if entry is not None:
             tenant = self._registry.find_tenant(entry.tenant_id)
             active = tenant is not None and tenant.status is TenantStatus.ACTIVE and entry.org_url in tenant.org_urls
+            if active and self._secrets is not None:
+                secret_hash = self._secrets(entry.tenant_id)
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[host] = (now + _CACHE_SECONDS, entry, active)
-        return entry, active
+            self._cache[host] = (now + _CACHE_SECONDS, entry, active, secret_hash)
+        return entry, active, secret_hash
 
-    def _secret_ok(self, tenant_id: str, headers: Mapping[str, str]) -> bool:
-        if self._secret_header is None or self._secrets is None:
+    def _secret_ok(self, expected: str | None, headers: Mapping[str, str]) -> bool:
+        if self._secret_header is None:
             return True
-        expected = self._secrets(tenant_id)
         if expected is None:
             return True  # no per-tenant secret configured: the function key alone guards the endpoint
         given = headers.get(self._secret_header) or ""

@@ -1,0 +1,196 @@
+"""Webhook receiver and processor on Azurite with the real storage SDKs, calling the emulator back."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+
+import azure.functions as func
+import pytest
+
+from cli.main import main as cli_main
+from functions import webhooks as fn
+from sandbox.azurite import Azurite
+from sandbox.pki import make_certificate
+from shared.bootstrap import Services, build_services, use_services
+from shared.settings import CredentialSource, Settings
+from shared.tenant_registry import TenantStatus
+from tests.unit import webhook_samples as samples
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Hook:
+    sandbox: object
+    services: Services
+    tenant: str
+    org_url: str
+    org_id: str
+    client_id: str
+    host_name: str
+
+    def deliver(self, body: dict, **headers: str) -> func.HttpResponse:
+        req = func.HttpRequest(
+            "POST",
+            "/api/webhooks/dataverse",
+            body=json.dumps(body).encode(),
+            headers={"x-ms-dynamics-organization": self.host_name, **headers},
+        )
+        return fn.dataverse_webhook(req)
+
+    def context(self, **overrides) -> dict:
+        return samples.update_contact(
+            OrganizationId=self.org_id, CorrelationId=str(uuid.uuid4()), OperationId=str(uuid.uuid4()), **overrides
+        )
+
+    def drain(self, dequeue_count: int = 1) -> list[str]:
+        queue = self.services.storage.queue("webhook-events")
+        outcomes = []
+        for message in queue.receive_messages(max_messages=32, visibility_timeout=5):
+            try:
+                outcomes.append(self.services.webhook_processor.process(message.content, dequeue_count))
+            except Exception as exc:  # the host would retry later
+                outcomes.append(type(exc).__name__)
+                continue
+            queue.delete_message(message)
+        return outcomes
+
+    def changes(self) -> list[dict]:
+        table = self.services.storage.table("processedchanges")
+        return list(table.query_entities("PartitionKey eq @pk", parameters={"pk": self.tenant}))
+
+
+def make_hook(sandbox, connection_string, tmp_path) -> Hook:
+    st = sandbox.state
+    client_id = st.register_application(display_name="Webhook test")
+    bundle = make_certificate("webhook-test")
+    st.add_application_certificate(client_id, bundle.cert_pem)
+    tenant = st.add_tenant(display_name="Customer")
+    st.grant_consent(tenant, client_id)
+    host_name = f"hook{uuid.uuid4().hex[:8]}.crm.dynamics.com"
+    org_url = f"https://{host_name}"
+    org = st.add_org(tenant, org_url)
+    st.add_application_user(org_url, client_id)
+    cert = tmp_path / "client.pem"
+    cert.write_text(bundle.key_pem + bundle.cert_pem)
+    settings = Settings(
+        entra_client_id=client_id,
+        entra_home_tenant_id=st.home_tenant_id,
+        entra_authority_host=sandbox.authority_host,
+        credential_source=CredentialSource.CERTIFICATE_FILE,
+        certificate_path=str(cert),
+        storage_connection_string=connection_string,
+        dataverse_retry_budget_seconds=5,
+    )
+    services = build_services(settings)
+    registry = services.registry
+    for status in (TenantStatus.PENDING_CONSENT, TenantStatus.CONSENTED, TenantStatus.ACTIVE):
+        registry.record(tenant, status, reason="test", actor="test", org_url=org_url)
+    services.org_index.record(org_url, tenant, org.org_id)
+    use_services(services)
+    return Hook(sandbox, services, tenant, org_url, org.org_id, client_id, host_name)
+
+
+@pytest.fixture
+def hook(sandbox, sandbox_env, azurite, tmp_path):
+    created = make_hook(sandbox, azurite.connection_string, tmp_path)
+    yield created
+    use_services(None)
+
+
+def test_delivery_is_queued_processed_once_and_recorded(hook):
+    body = hook.context()
+    first = hook.deliver(body)
+    assert first.status_code == 202
+    assert hook.deliver(body).status_code == 200  # Dataverse's retry of the same delivery
+    assert hook.drain() == ["done"]
+    (change,) = hook.changes()
+    assert change["Entity"] == "contact" and change["Message"] == "Update" and change["RowId"] == samples.ROW_ID
+    assert "firstname" in json.loads(change["ChangedAttributes"])
+    assert change["CorrelationId"] == body["CorrelationId"]
+
+
+def test_a_duplicate_message_is_not_processed_twice(hook):
+    body = hook.context()
+    assert hook.deliver(body).status_code == 202
+    queue = hook.services.storage.queue("webhook-events")
+    (message,) = queue.receive_messages(max_messages=1, visibility_timeout=5)
+    assert hook.services.webhook_processor.process(message.content, 1) == "done"
+    assert hook.services.webhook_processor.process(message.content, 2) == "duplicate"
+    assert len(hook.changes()) == 1
+
+
+def test_truncated_event_rereads_the_row_from_dataverse(hook):
+    (row_id,) = hook.sandbox.state.seed_rows(hook.org_url, "contacts", 1)
+    body = samples.truncated(hook.context(PrimaryEntityId=row_id))
+    assert hook.deliver(body, **{"x-ms-dynamics-msg-size-exceeded": "true"}).status_code == 202
+    assert hook.drain() == ["done"]
+    (change,) = hook.changes()
+    assert change["Truncated"] is True and change["ReRead"] is True
+    assert "contactid" in json.loads(change["ChangedAttributes"])
+
+
+def test_large_payload_goes_through_a_blob(hook):
+    body = hook.context(SharedVariables=[{"key": "padding", "value": "x" * 60_000}])
+    assert hook.deliver(body).status_code == 202
+    blobs = list(hook.services.storage.container("webhook-payloads").list_blobs())
+    assert blobs
+    assert hook.drain() == ["done"]
+
+
+def test_permanent_failure_is_poisoned_with_its_reason_and_can_be_replayed(hook, capsys):
+    (row_id,) = hook.sandbox.state.seed_rows(hook.org_url, "contacts", 1)
+    hook.sandbox.state.remove_application_user(hook.org_url, hook.client_id)
+    body = samples.truncated(hook.context(PrimaryEntityId=row_id))
+    assert hook.deliver(body, **{"x-ms-dynamics-msg-size-exceeded": "true"}).status_code == 202
+    assert hook.drain() == ["poisoned"]
+    assert cli_main(["--json", "poison", "list"]) == 0
+    listed = json.loads(capsys.readouterr().out)["messages"]
+    mine = [m for m in listed if m.get("correlation_id") == body["CorrelationId"]]
+    assert mine and "ApplicationUserMissingError" in mine[0]["poison_reason"]
+    hook.sandbox.state.add_application_user(hook.org_url, hook.client_id)
+    assert cli_main(["--json", "poison", "replay", mine[0]["id"]]) == 0
+    capsys.readouterr()
+    assert hook.drain() == ["done"]
+    assert len(hook.changes()) == 1
+
+
+def test_transient_failures_retry_then_poison_at_the_dequeue_limit(hook, monkeypatch):
+    from shared.dataverse_errors import DataverseUnreachableError
+    from shared.webhook_processing import handlers
+
+    calls = []
+
+    def flaky(event, tools):
+        calls.append(event.key)
+        raise DataverseUnreachableError("down", org_url=hook.org_url, is_transient=True)
+
+    monkeypatch.setattr(handlers, "_handlers", [("*", "*", flaky)])
+    assert hook.deliver(hook.context()).status_code == 202
+    queue = hook.services.storage.queue("webhook-events")
+    (message,) = queue.receive_messages(max_messages=1, visibility_timeout=5)
+    processor = hook.services.webhook_processor
+    for attempt in range(1, 5):
+        with pytest.raises(Exception, match="down"):
+            processor.process(message.content, attempt)
+    assert processor.process(message.content, 5) == "poisoned"
+    assert len(calls) == 5
+
+
+def test_storage_down_answers_503_and_keeps_what_was_acknowledged(sandbox, sandbox_env, tmp_path):
+    private = Azurite()
+    try:
+        hook = make_hook(sandbox, private.connection_string, tmp_path)
+        acknowledged = [hook.context() for _ in range(3)]
+        assert [hook.deliver(b).status_code for b in acknowledged] == [202, 202, 202]
+        queue_before = hook.services.storage.queue("webhook-events").get_queue_properties().approximate_message_count
+        private.stop()
+        assert hook.deliver(hook.context()).status_code == 503
+        assert queue_before == 3
+    finally:
+        use_services(None)
+        private.stop()
+    assert os.environ.get("STORAGE_CONNECTION_STRING") is None
