@@ -44,9 +44,10 @@ e2e: $(STAMP) $(NODE_STAMP) chromium
 demo: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m demo
 
-bench: $(STAMP)
+bench: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python bench/auth_bench.py
 	$(BIN)/python bench/dataverse_bench.py
+	$(BIN)/python bench/webhook_bench.py
 
 sandbox: $(STAMP)
 	$(BIN)/python -m sandbox

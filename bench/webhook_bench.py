@@ -1,0 +1,150 @@
+"""Benchmark of the webhook receiver: 1,000 deliveries over HTTP through the function app (development host)
+into Azurite — acknowledgement median and p99, throughput, none lost — and a run with 10 % duplicates, none
+processed twice.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.figures import report, write  # noqa: E402
+
+DELIVERIES = 1000
+CONCURRENCY = 16
+
+
+def _context(org_id: str, row: int) -> dict[str, Any]:
+    from tests.unit.webhook_samples import update_contact
+
+    return update_contact(
+        OrganizationId=org_id,
+        CorrelationId=str(uuid.uuid4()),
+        OperationId=str(uuid.uuid4()),
+        PrimaryEntityId=str(uuid.UUID(int=row + 1)),
+    )
+
+
+def main() -> int:
+    import logging
+
+    import requests
+
+    from devhost import DevHost
+    from sandbox.azurite import Azurite
+    from shared.bootstrap import build_services, use_services
+    from shared.settings import CredentialSource, Settings
+    from shared.tenant_registry import TenantStatus
+
+    logging.basicConfig(level=logging.ERROR)
+    print(f"Webhook benchmark: {DELIVERIES} deliveries, {CONCURRENCY} concurrent senders\n" + "-" * 110)
+    azurite = Azurite()
+    workdir = tempfile.TemporaryDirectory()
+    try:
+        cert = Path(workdir.name) / "unused.pem"
+        cert.write_text("")  # the receiver and the shipped handlers never need a token here
+        settings = Settings(
+            entra_client_id=str(uuid.uuid4()),
+            entra_home_tenant_id=str(uuid.uuid4()),
+            credential_source=CredentialSource.CERTIFICATE_FILE,
+            certificate_path=str(cert),
+            storage_connection_string=azurite.connection_string,
+        )
+        services = build_services(settings)
+        use_services(services)
+        tenant, org_id, host_name = str(uuid.uuid4()), str(uuid.uuid4()), "benchorg.crm.dynamics.com"
+        for status in (TenantStatus.PENDING_CONSENT, TenantStatus.CONSENTED, TenantStatus.ACTIVE):
+            services.registry.record(tenant, status, reason="bench", actor="bench", org_url=f"https://{host_name}")
+        services.org_index.record(f"https://{host_name}", tenant, org_id)
+        services.webhook_store.create_resources()
+        services.webhook_processor  # noqa: B018 - build it (and its table) before timing
+
+        import function_app
+
+        with DevHost(function_app.app) as host:
+            url = f"{host.url}/api/webhooks/dataverse"
+            key = host.keys.function_keys.get("dataverse_webhook") or host.keys.host_key
+            session = requests.Session()
+            headers = {"x-ms-dynamics-organization": host_name, "Content-Type": "application/json"}
+
+            def send(body: bytes) -> tuple[int, float]:
+                started = time.perf_counter()
+                response = session.post(url, params={"code": key}, data=body, headers=headers, timeout=60)
+                return response.status_code, time.perf_counter() - started
+
+            bodies = [json.dumps(_context(org_id, i)).encode() for i in range(DELIVERIES)]
+            send(bodies[0])  # warm-up: first request builds the services' clients
+            started = time.perf_counter()
+            with ThreadPoolExecutor(CONCURRENCY) as pool:
+                results = list(pool.map(send, bodies[1:]))
+            elapsed = time.perf_counter() - started
+            latencies = sorted(r[1] for r in results)
+            statuses = [r[0] for r in results]
+            report(
+                "acknowledgements 202 / sent",
+                statuses.count(202),
+                "acks",
+                f"{len(bodies) - 1}",
+                statuses.count(202) == len(bodies) - 1,
+            )
+            report("ack latency median", statistics.median(latencies) * 1000, "ms", "(measured)", True)
+            report("ack latency p99", latencies[int(len(latencies) * 0.99) - 1] * 1000, "ms", "< 60,000 ms", True)
+            report("throughput", len(results) / elapsed, "req/s", "(measured)", True)
+            queued = services.storage.queue("webhook-events").get_queue_properties().approximate_message_count
+            report(
+                "messages in the queue / acknowledged", queued, "msgs", f"{DELIVERIES} (0 lost)", queued == DELIVERIES
+            )
+
+            # 10 % duplicates: Dataverse's retry of deliveries it thinks failed, sent concurrently with new ones.
+            fresh = [json.dumps(_context(org_id, DELIVERIES + i)).encode() for i in range(DELIVERIES)]
+            mixed = fresh + fresh[: DELIVERIES // 10]
+            with ThreadPoolExecutor(CONCURRENCY) as pool:
+                mixed_statuses = [s for s, _ in pool.map(send, mixed)]
+            report(
+                "deliveries with 10 % duplicates: all acknowledged",
+                sum(s in (200, 202) for s in mixed_statuses),
+                "acks",
+                f"{len(mixed)}",
+                all(s in (200, 202) for s in mixed_statuses),
+            )
+
+        queue = services.storage.queue("webhook-events")
+        outcomes: dict[str, int] = {}
+        while True:
+            batch = list(queue.receive_messages(max_messages=32, visibility_timeout=60))
+            if not batch:
+                break
+            for message in batch:
+                outcome = services.webhook_processor.process(message.content, 1)
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+                queue.delete_message(message)
+        changes = services.storage.table("processedchanges")
+        processed = list(changes.query_entities("PartitionKey eq @pk", parameters={"pk": tenant}, select=["EventKey"]))
+        keys = [row["EventKey"] for row in processed]
+        unique = 2 * DELIVERIES
+        report("events processed (unique events sent)", len(set(keys)), "events", f"{unique}", len(set(keys)) == unique)
+        twice = len(keys) - len(set(keys))
+        report("events processed twice", twice, "events", "0", twice == 0)
+        report(
+            "duplicate queue messages skipped by the processor", outcomes.get("duplicate", 0), "msgs", "(info)", True
+        )
+    finally:
+        use_services(None)
+        azurite.stop()
+        workdir.cleanup()
+    write(ROOT / "bench" / "results" / "webhooks.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
