@@ -27,6 +27,10 @@ Events the stand-ins record (labels in brackets):
 - dataverse_request_in_retry_after [org]    requests that arrived while a Retry-After the same user was given
                                             had not passed yet (a well-behaved client scores 0); arrivals in
                                             the first 0.25 s after the 429 count as already in flight
+- webhook_event [org, entity, message]      webhook events sent (one per matching webhook and change, retries
+                                            not counted)
+- webhook_delivery [org, status]            every webhook HTTP attempt; status is the HTTP status, or
+                                            "timeout" / "connection_error" when no response came
 Peak Dataverse concurrency is a maximum, not a count: `SandboxState.dataverse_peak_concurrency(org_url)`.
 """
 

@@ -4,6 +4,9 @@ finds the application user, resolves impersonation, applies service protection, 
 Checks run in the order Dataverse reports them (protocol §1, §4): token (401 + bearer challenge naming the
 org's tenant), application user (403 0x80072560), disabled user (403 0x80040225), impersonation privilege,
 service protection (429 + Retry-After).
+
+Writes go to the org's webhooks (sandbox.dataverse_webhooks) through a journal per request: synchronous steps
+run before the answer, asynchronous ones are queued once the answer is on the wire.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -19,6 +23,7 @@ import jwt
 from sandbox import dataverse_errors as errors
 from sandbox.dataverse_api import WebApi
 from sandbox.dataverse_batch import BatchFormatError, operation_count, parse_batch
+from sandbox.dataverse_context import ContextUser
 from sandbox.dataverse_errors import DataverseError
 from sandbox.dataverse_org import OrgStore, SystemUser
 from sandbox.dataverse_throttle import DEFAULT_DOP_HINT
@@ -69,19 +74,28 @@ class DataverseService:
             return self._reply(json_body(404, payload), headers)
         limits = store.protection.limits
         headers["x-ms-dop-hint"] = str(limits.dop_hint or DEFAULT_DOP_HINT)
+        after_sent: list[Callable[[], None]] = []
         try:
-            response = self._handle(request, store, headers)
+            response = self._handle(request, store, headers, after_sent)
         except DataverseError as err:
             response = error_response(err) if err.status != 401 else ApiResponse(401, err.headers)
+        except Exception:
+            for hook in after_sent:  # committed changes still get their webhooks (and wait_for_webhooks ends)
+                hook()
+            raise
         self._state.counters.bump("dataverse_request", org=store.org.url, status=response.status, method=request.method)
         logger.debug("dataverse %s %s %s -> %s", store.org.host, request.method, request.path, response.status)
-        return self._reply(response, headers)
+        return self._reply(response, headers, after_sent[0] if after_sent else None)
 
     @staticmethod
-    def _reply(response: ApiResponse, headers: dict[str, str]) -> HttpResponse:
-        return HttpResponse(response.status, response.body, {**headers, **response.headers})
+    def _reply(
+        response: ApiResponse, headers: dict[str, str], after_sent: Callable[[], None] | None = None
+    ) -> HttpResponse:
+        return HttpResponse(response.status, response.body, {**headers, **response.headers}, after_sent)
 
-    def _handle(self, request: HttpRequest, store: OrgStore, headers: dict[str, str]) -> ApiResponse:
+    def _handle(
+        self, request: HttpRequest, store: OrgStore, headers: dict[str, str], after_sent: list[Callable[[], None]]
+    ) -> ApiResponse:
         caller = self._impersonate(request, store, self._authenticate(request, store))
         path = unquote(request.path)
         version, _, resource = path.removeprefix(API_PREFIX).partition("/")
@@ -107,9 +121,15 @@ class DataverseService:
             def count_operation(method: str) -> None:
                 self._state.counters.bump("dataverse_operation", org=store.org.url, method=method)
 
-            api = WebApi(store, service_root, caller, count_operation)
+            user_context = ContextUser(caller.user.systemuserid, caller.user.object_id)
+            journal = self._state.webhooks.journal(store, user_context, str(uuid.uuid4()), headers["REQ_ID"])
+            api = WebApi(store, service_root, caller, count_operation, journal)
             query = dict(request.query)
-            return api.execute(ApiRequest(request.method, resource, query, request.headers, request.body))
+            try:
+                return api.execute(ApiRequest(request.method, resource, query, request.headers, request.body))
+            finally:
+                # Only committed changes are left in the journal, also when the request failed afterwards.
+                after_sent.append(journal.hand_over())
         finally:
             store.protection.release(user)
 

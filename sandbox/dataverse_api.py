@@ -2,16 +2,20 @@
 create / retrieve / update / upsert / delete, CreateMultiple / UpdateMultiple and `$batch` with atomic change
 sets (protocol §4). Entity-set reads live in sandbox.dataverse_reads, metadata in sandbox.dataverse_metadata;
 authentication, impersonation and service protection happen before this, in sandbox.dataverse.
+
+Every write is reported to a ChangeJournal (sandbox.dataverse_events) with the same transaction boundaries as
+the rows: what a change set or CreateMultiple rolls back is rolled back in the journal too.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from sandbox import dataverse_errors as errors
@@ -27,6 +31,7 @@ from sandbox.dataverse_batch import (
     write_batch_response,
 )
 from sandbox.dataverse_errors import DataverseError
+from sandbox.dataverse_events import ChangeJournal, NoJournal, RowChange
 from sandbox.dataverse_metadata import entity_definitions
 from sandbox.dataverse_org import OrgStore, Row
 from sandbox.dataverse_query import Preferences, parse_prefer, parse_select
@@ -47,6 +52,7 @@ from sandbox.state import is_guid
 
 logger = logging.getLogger(__name__)
 
+_Result = TypeVar("_Result", ApiResponse, OperationResponse)
 _RESOURCE = re.compile(r"^(?P<name>[A-Za-z_$][\w.]*)(?:\((?P<key>(?:[^()']|'(?:[^']|'')*')*)\))?(?:/(?P<rest>.*))?$")
 
 
@@ -69,17 +75,60 @@ class WebApi:
         service_root: str,
         caller: Caller,
         on_operation: Callable[[str], None] = lambda method: None,
+        journal: ChangeJournal | None = None,
     ) -> None:
         self._store = store
         self._root = service_root
         self._caller = caller
         self._on_operation = on_operation
+        self._journal: ChangeJournal = journal or NoJournal()
         self._reader = CollectionReader(store, service_root)
 
     # -- routing --------------------------------------------------------------------------------
 
     def execute(self, request: ApiRequest, references: dict[str, str] | None = None) -> ApiResponse:
-        """Run one operation. Raises DataverseError for every failure."""
+        """Run one operation: the request itself (`references` None), or a part of a `$batch`. Raises
+        DataverseError for every failure.
+        """
+        if references is None and request.method != "GET" and request.path != "$batch":
+            return self._atomic(lambda: self._execute(request, None))
+        return self._execute(request, references)
+
+    def _atomic(self, run: Callable[[], _Result]) -> _Result:
+        """Run one write as its own transaction while a synchronous webhook could fail it (protocol §5: the
+        step fails "the entire transaction"): rows and journal go back to where they were when it fails.
+
+        Only then: the snapshot copies the org's row index, which bulk writes should not pay for.
+        """
+        if not self._journal.has_sync_steps():
+            return run()
+        with self._store.exclusive():
+            snapshot = self._store.snapshot()
+            savepoint = self._journal.savepoint()
+            try:
+                result = run()
+            except DataverseError:
+                self._store.restore(snapshot)
+                self._journal.rollback(savepoint)
+                raise
+            if result.status >= 400:
+                self._store.restore(snapshot)
+                self._journal.rollback(savepoint)
+            return result
+
+    def _record(
+        self,
+        message: str,
+        table: Table,
+        record_id: str,
+        *,
+        before: Row | None,
+        after: Row | None,
+        values: dict[str, Any] | None = None,
+    ) -> None:
+        self._journal.record(RowChange(message, table, record_id, before, after, tuple(values or ())))
+
+    def _execute(self, request: ApiRequest, references: dict[str, str] | None) -> ApiResponse:
         self._on_operation(request.method)
         if request.path in ("", "/") and request.method == "GET":
             return self._service_document()
@@ -297,6 +346,7 @@ class WebApi:
         values = self._values(table, _json_payload(request.body), references)
         row = self._store.insert(table, values, self._caller.actor)
         logger.debug("created %s %s in %s", table.logical_name, row[table.primary_id], self._store.org.url)
+        self._record("Create", table, row[table.primary_id], before=None, after=row, values=values)
         return self._written(table, row, request, prefs, created=True)
 
     def _retrieve(self, table: Table, key: str, request: ApiRequest) -> ApiResponse:
@@ -337,6 +387,7 @@ class WebApi:
                 if values.get(table.primary_id, row[table.primary_id]) != row[table.primary_id]:
                     raise errors.bad_payload("The primary key in the body does not match the key in the URL.")
                 updated = self._store.update(table, row[table.primary_id], values, self._caller.actor)
+                self._record("Update", table, row[table.primary_id], before=row, after=updated, values=values)
                 return self._written(table, updated, request, prefs, created=False)
             if record_id is not None:
                 if values.get(table.primary_id, record_id) != record_id:
@@ -349,6 +400,7 @@ class WebApi:
                     raise errors.bad_payload(f"The {key_column} in the body does not match the key in the URL.")
                 values[key_column] = alternate
             created = self._store.insert(table, values, self._caller.actor)
+            self._record("Create", table, created[table.primary_id], before=None, after=created, values=values)
             return self._written(table, created, request, prefs, created=True)
 
     def _delete(self, table: Table, key: str, request: ApiRequest) -> ApiResponse:
@@ -358,6 +410,7 @@ class WebApi:
                 raise self._missing(table, key)
             self._check_if_match(row, request.headers.get("if-match"), table, key)
             self._store.delete(table, row[table.primary_id])
+            self._record("Delete", table, row[table.primary_id], before=row, after=None)
         return ApiResponse(204)
 
     def _property(self, table: Table, key: str, name: str, request: ApiRequest) -> ApiResponse:
@@ -377,7 +430,8 @@ class WebApi:
             if request.method in ("PUT", "DELETE") and column.writable:
                 value = _json_payload(request.body).get("value") if request.method == "PUT" else None
                 changes = {name: self._coerce(table, column, value)}
-                self._store.update(table, row[table.primary_id], changes, self._caller.actor)
+                updated = self._store.update(table, row[table.primary_id], changes, self._caller.actor)
+                self._record("Update", table, row[table.primary_id], before=row, after=updated, values=changes)
                 return ApiResponse(204)
         raise errors.bad_query(f"{request.method} of '{name}' is not supported by the sandbox.")
 
@@ -393,13 +447,18 @@ class WebApi:
         targets = self._targets(request)
         with self._store.exclusive():
             snapshot = self._store.snapshot()
+            savepoint = self._journal.savepoint()
+            ids = []
             try:
-                ids = [
-                    self._store.insert(table, self._values(table, t, None), self._caller.actor)[table.primary_id]
-                    for t in targets
-                ]
+                # Create and CreateMultiple share one pipeline: steps on Create run for every row.
+                for target in targets:
+                    values = self._values(table, target, None)
+                    row = self._store.insert(table, values, self._caller.actor)
+                    ids.append(row[table.primary_id])
+                    self._record("Create", table, row[table.primary_id], before=None, after=row, values=values)
             except DataverseError:
                 self._store.restore(snapshot)  # CreateMultiple is one transaction
+                self._journal.rollback(savepoint)
                 raise
         context = f"{self._root}/$metadata#Microsoft.Dynamics.CRM.CreateMultipleResponse"
         return json_body(200, {"@odata.context": context, "Ids": ids})
@@ -408,15 +467,19 @@ class WebApi:
         targets = self._targets(request)
         with self._store.exclusive():
             snapshot = self._store.snapshot()
+            savepoint = self._journal.savepoint()
             try:
                 for target in targets:
                     values = self._values(table, target, None)
                     record_id = values.pop(table.primary_id, None)
                     if record_id is None:
                         raise errors.bad_payload(f"Every target must carry {table.primary_id}.")
-                    self._store.update(table, record_id, values, self._caller.actor)
+                    before = self._store.get(table.entity_set, record_id)
+                    updated = self._store.update(table, record_id, values, self._caller.actor)
+                    self._record("Update", table, record_id, before=before, after=updated, values=values)
             except DataverseError:
                 self._store.restore(snapshot)
+                self._journal.rollback(savepoint)
                 raise
         return ApiResponse(204)
 
@@ -440,7 +503,8 @@ class WebApi:
                 failed = any(response.status >= 400 for response in change_set_responses)
                 responses.append(change_set_responses)
             else:
-                response = self._batch_operation(item, None)
+                run = functools.partial(self._batch_operation, item, None)
+                response = run() if item.method == "GET" else self._atomic(run)
                 failed = response.status >= 400
                 responses.append(response)
             if failed and not prefs.continue_on_error:
@@ -490,6 +554,7 @@ class WebApi:
         responses: list[OperationResponse] = []
         with self._store.exclusive():
             snapshot = self._store.snapshot()
+            savepoint = self._journal.savepoint()
             for operation in change_set.operations:
                 if operation.method == "GET":
                     error = errors.bad_query("GET requests are not allowed in a change set.")
@@ -503,6 +568,7 @@ class WebApi:
                     response = self._batch_operation(operation, references)
                 if response.status >= 400:
                     self._store.restore(snapshot)
+                    self._journal.rollback(savepoint)
                     return [response]
                 entity = response.headers.get("OData-EntityId", "")
                 if operation.content_id and entity.startswith(self._root + "/"):

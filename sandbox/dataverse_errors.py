@@ -68,3 +68,17 @@ def delta_token_expired() -> DataverseError:
 
 def unknown_property(name: str, logical_name: str) -> DataverseError:
     return bad_query(f"Could not find a property named '{name}' on type 'Microsoft.Dynamics.CRM.{logical_name}'.")
+
+
+# A synchronous webhook that fails aborts the operation like a failing plug-in. The plug-in failure code is the
+# sandbox's choice: the Web API's status and code for a failed synchronous webhook are not verified (protocol §5
+# documents only that "the entire transaction" fails).
+WEBHOOK_FAILED = "0x80040265"
+
+
+def webhook_failed(url: str, outcome: str) -> DataverseError:
+    return DataverseError(
+        400,
+        WEBHOOK_FAILED,
+        f"The synchronous webhook step failed: {url} answered {outcome}. The operation was rolled back.",
+    )

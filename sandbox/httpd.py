@@ -46,6 +46,8 @@ class HttpResponse:
     status: int
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    # Runs once the response is written (or the write failed): work the service does after answering.
+    after_sent: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
 
 def json_response(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> HttpResponse:
@@ -101,12 +103,20 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             logger.exception("%s %s failed", request.method, request.path)
             response = json_response(500, {"error": "sandbox_internal_error"})
-        self.send_response(response.status)
-        for name, value in response.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(response.body)))
-        self.end_headers()
-        self.wfile.write(response.body)
+        try:
+            self.send_response(response.status)
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(response.body)))
+            self.end_headers()
+            self.wfile.write(response.body)
+            self.wfile.flush()
+        finally:
+            if response.after_sent is not None:
+                try:
+                    response.after_sent()
+                except Exception:
+                    logger.exception("%s %s: work after the response failed", request.method, request.path)
 
     def log_message(self, format: str, *args: Any) -> None:
         # Paths never carry tokens here (they travel in bodies and headers), so DEBUG is safe.

@@ -89,6 +89,8 @@ class Sandbox:
         return self
 
     def stop(self) -> None:
+        # Queued webhook deliveries get a few seconds to finish; the state's hub restarts its workers on reuse.
+        self.state.webhooks.stop()
         if self._proxy is not None:
             self._proxy.stop()
             self._proxy = None

@@ -1,6 +1,7 @@
 """In-memory model behind the stand-ins: directory (tenants, apps, service principals, managed identities),
-vault (secret versions, RBAC grants), redeemed assertions, Dataverse orgs and counters. Every method takes the
-one lock; each Dataverse org's rows and users sit behind that org's own lock (sandbox.dataverse_org).
+vault (secret versions, RBAC grants), redeemed assertions, Dataverse orgs, their webhooks and counters. Every
+method takes the one lock; each Dataverse org's rows and users sit behind that org's own lock
+(sandbox.dataverse_org), webhooks and their deliveries behind the webhook hub's (sandbox.dataverse_webhooks).
 """
 
 from __future__ import annotations
@@ -20,11 +21,16 @@ from urllib.parse import urlsplit
 from cryptography import x509
 
 from sandbox.counters import Counters
+from sandbox.dataverse_context import ContextUser
+from sandbox.dataverse_events import MESSAGES
 from sandbox.dataverse_org import Actor, Org, OrgStore, SystemUser, canonical_org_url
-from sandbox.dataverse_schema import TABLES
+from sandbox.dataverse_schema import TABLES, TABLES_BY_LOGICAL_NAME
 from sandbox.dataverse_throttle import DataverseLimits
+from sandbox.dataverse_webhooks import WebhookHub
 from sandbox.pki import CertificateBundle, certificate_thumbprints, pem_to_pfx
 from sandbox.signing import SigningKeyRing
+from sandbox.webhook_delivery import DEFAULT_TIMEOUT_SECONDS, WebhookDelivery
+from sandbox.webhook_registration import WebhookRegistration, new_registration
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +187,7 @@ class SandboxState:
         self._secrets: dict[str, list[SecretVersion]] = {}
         self._redeemed: dict[tuple[str, str, str], float] = {}
         self._orgs: dict[str, OrgStore] = {}  # by host name
+        self.webhooks = WebhookHub(self.counters)
         self.home_tenant_id = self.add_tenant(display_name=home_tenant_name)
 
     # -- counters -------------------------------------------------------------------------------
@@ -650,3 +657,103 @@ class SandboxState:
     def dataverse_peak_concurrency(self, org_url: str) -> int:
         """The most requests the org has had in flight at once (all users)."""
         return self._org_store(org_url).protection.peak_concurrency
+
+    # -- Dataverse webhooks (protocol §5) -------------------------------------------------------------
+
+    def register_webhook(
+        self,
+        org_url: str,
+        url: str,
+        *,
+        auth_type: str = "WebhookKey",
+        auth_value: str | dict[str, str],
+        entity: str = "account",
+        messages: tuple[str, ...] = MESSAGES,
+        stage: int = 40,
+        mode: int = 1,
+        filtering_attributes: tuple[str, ...] | None = None,
+        include_pre_image: bool = False,
+        include_post_image: bool = True,
+    ) -> str:
+        """Register a webhook on the org: a serviceendpoint (contract 8) with one step per message. Returns the
+        serviceendpoint id, which `WebhookDelivery.webhook_id` carries; `get_webhook(...).step_id(message)` is
+        the body's OwningExtension.Id.
+
+        auth_type "WebhookKey" sends `?code=<auth_value>` (the key only); "HttpHeader" and "HttpQueryString"
+        take a dict sent as headers or query parameters. mode 1 is asynchronous (after the Web API answers),
+        0 synchronous (before it answers; a failure fails and rolls back the write). Filtering attributes apply
+        to Update. Raises SandboxLookupError for an unknown org and ValueError for a setting Dataverse refuses
+        (asynchronous steps run only at stage 40).
+        """
+        store = self._org_store(org_url)
+        registration = new_registration(
+            store.org.url,
+            url,
+            auth_type=auth_type,
+            auth_value=auth_value,
+            entity=entity,
+            messages=tuple(messages),
+            stage=stage,
+            mode=mode,
+            filtering_attributes=tuple(filtering_attributes) if filtering_attributes is not None else None,
+            include_pre_image=include_pre_image,
+            include_post_image=include_post_image,
+        )
+        self.webhooks.register(registration)
+        return registration.webhook_id
+
+    def get_webhook(self, org_url: str, webhook_id: str) -> WebhookRegistration:
+        """Raises SandboxLookupError when the org has no such webhook."""
+        registration = self.webhooks.find(canonical_org_url(org_url), webhook_id)
+        if registration is None:
+            raise SandboxLookupError(f"no webhook {webhook_id} on {org_url}")
+        return registration
+
+    def unregister_webhook(self, org_url: str, webhook_id: str) -> None:
+        """Delete the webhook and its steps; succeeds when it is already gone. Queued deliveries still run."""
+        self.webhooks.unregister(canonical_org_url(org_url), webhook_id)
+
+    def webhook_deliveries(self, org_url: str | None = None) -> list[WebhookDelivery]:
+        """Every delivery attempt so far (the latest 100,000), oldest first; one org's when `org_url` is given."""
+        return self.webhooks.deliveries(canonical_org_url(org_url) if org_url is not None else None)
+
+    def set_webhook_timeout(self, seconds: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+        """How long a delivery waits for the receiver; Dataverse waits 60 s. Raises ValueError unless positive."""
+        self.webhooks.set_timeout(seconds)
+
+    def wait_for_webhooks(self, timeout: float = 10) -> None:
+        """Block until every queued asynchronous delivery (retries included) is done. Raises TimeoutError."""
+        self.webhooks.wait(timeout)
+
+    def emit_webhook_event(
+        self,
+        org_url: str,
+        entity: str,
+        message: str,
+        row_id: str,
+        *,
+        initiating_user_object_id: str | None = None,
+        payload_padding_bytes: int = 0,
+    ) -> list[str]:
+        """Run the org's matching webhooks for an event on `row_id` without changing any row (the row's current
+        values fill the Target and images when it exists); an Update matches every filtering attribute.
+        `payload_padding_bytes` adds a text attribute that large to the Target (to pass 256 KB). Returns each
+        matching webhook's x-request-id. Raises SandboxLookupError for an unknown org and ValueError for an
+        unknown entity or message, or a row id that is not a GUID.
+        """
+        store = self._org_store(org_url)
+        table = TABLES_BY_LOGICAL_NAME.get(entity) or TABLES.get(entity)
+        if table is None:
+            raise ValueError(f"entity must be one of {', '.join(TABLES_BY_LOGICAL_NAME)}, not {entity!r}")
+        if message not in MESSAGES:
+            raise ValueError(f"message must be one of {MESSAGES}, not {message!r}")
+        if payload_padding_bytes < 0:
+            raise ValueError("payload_padding_bytes cannot be negative")
+        user = ContextUser(store.system_user_id, None)
+        if initiating_user_object_id is not None:
+            object_id = normalize_guid(initiating_user_object_id)
+            known = store.find_user_by_object_id(object_id)
+            user = ContextUser(known.systemuserid if known else store.system_user_id, object_id)
+        return self.webhooks.emit(
+            store, table, message, normalize_guid(row_id), user, padding_bytes=payload_padding_bytes
+        )

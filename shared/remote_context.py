@@ -98,7 +98,8 @@ def parse_value(value: Any, depth: int = 0) -> Any:
     if not isinstance(value, dict):
         return value
     kind = str(value.get("__type", "")).split(":", 1)[0]
-    if kind == "Entity":
+    # Entity images come without a __type marker (Microsoft's own sample shows them so); recognise their shape.
+    if kind == "Entity" or (not kind and "LogicalName" in value and "Attributes" in value):
         return _entity(value, depth + 1)
     if kind == "EntityReference":
         return EntityReference(

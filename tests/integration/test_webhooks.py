@@ -31,6 +31,7 @@ class Hook:
     org_id: str
     client_id: str
     host_name: str
+    receiver_url: str = ""
 
     def deliver(self, body: dict, **headers: str) -> func.HttpResponse:
         req = func.HttpRequest(

@@ -37,6 +37,14 @@ def test_the_documented_update_sample_parses_into_typed_values():
     assert context.parent is not None and context.parent.stage == 30 and context.parent.organization_name == "OneFarm"
 
 
+def test_images_without_a_type_marker_are_entities():
+    body = samples.update_contact()
+    image = body["PostEntityImages"][0]["value"]
+    del image["__type"]
+    context = parse_context(body)
+    assert context.post_images["AsynchronousStepPrimaryName"].attributes["fullname"] == "Jim Glynn (sample)"
+
+
 def test_a_truncated_payload_still_parses():
     context = parse_context(samples.truncated(samples.update_contact()))
     assert context.target is None and context.parent is None
