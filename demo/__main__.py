@@ -150,6 +150,39 @@ def dataverse_part(sb: Sandbox, seed: object, services: object, tenants: dict[st
     return not failures and inside == 0 and total == 20_000
 
 
+def webhook_part(sb: Sandbox, services: object, host: object, tenant: str, org: str) -> bool:
+    """A Dataverse webhook on an onboarded org: changes arrive, are queued before the ack, processed once."""
+    import json
+
+    st = sb.state
+    step("Webhooks: Adatum registers our receiver (WebhookKey auth = the function key) for account changes")
+    receiver = f"{host.url}/api/webhooks/dataverse"  # type: ignore[attr-defined]
+    key = host.keys.function_keys["dataverse_webhook"]  # type: ignore[attr-defined]
+    st.register_webhook(org, receiver, auth_type="WebhookKey", auth_value=key, entity="account")
+    client = services.dataverse.for_org(tenant, org)  # type: ignore[attr-defined]
+    row_id = client.create("accounts", {"name": "Adatum Corporation", "accountnumber": "ADT-1"})
+    client.update("accounts", row_id, {"telephone1": "+1 555 0100"})
+    st.wait_for_webhooks()
+    for delivery in st.webhook_deliveries(org):
+        print(
+            f"   Dataverse -> {delivery.message:<7} {delivery.entity} {delivery.row_id[:8]}…  answered "
+            f"{delivery.status} in {delivery.duration_seconds * 1000:.0f} ms"
+        )
+    queue = services.storage.queue("webhook-events")  # type: ignore[attr-defined]
+    processed = []
+    for message in queue.receive_messages(max_messages=32, visibility_timeout=30):
+        processed.append(services.webhook_processor.process(message.content, 1))  # type: ignore[attr-defined]
+        queue.delete_message(message)
+    print(f"   processor (queue trigger): {processed}")
+    table = services.storage.table("processedchanges")  # type: ignore[attr-defined]
+    rows = [r for r in table.query_entities("PartitionKey eq @pk", parameters={"pk": tenant}) if r["RowId"] == row_id]
+    for row in sorted(rows, key=lambda r: r["Message"]):
+        print(
+            f"   processed change: {row['Message']:<7} {row['Entity']} columns {json.loads(row['ChangedAttributes'])}"
+        )
+    return sorted(processed) == ["done", "done"] and len(rows) == 2
+
+
 def onboarding_part(sb: Sandbox, seed: object, app_settings: dict[str, str]) -> bool:
     """Two new customer tenants onboard through the real flow: form, admin consent page, callback, registry."""
     import re
@@ -230,7 +263,7 @@ def onboarding_part(sb: Sandbox, seed: object, app_settings: dict[str, str]) -> 
             trail = " -> ".join(h.to_status for h in reversed(services.registry.history(tenant)))
             print(f"   {name:<10} {row.status:<10} {', '.join(row.org_urls)}   history: {trail}")
             ok = ok and row.status is TenantStatus.ACTIVE
-        return ok
+        return ok and webhook_part(sb, services, host, results["Adatum"][0], customers["Adatum"][0])
     finally:
         use_services(None)
         host.stop()
