@@ -60,6 +60,11 @@ def _build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--reason", default="offboarded by an operator")
     secret = tenant_commands.add_parser("webhook-secret", help="issue a new webhook secret (HttpHeader auth type)")
     secret.add_argument("tenant_id")
+    jobs = commands.add_parser("jobs", help="run a scheduled job now")
+    job_commands = jobs.add_subparsers(dest="jobs_command", required=True)
+    run = job_commands.add_parser("run", help="run sync, health or certificate-expiry now")
+    run.add_argument("job", choices=["sync", "health", "certificate-expiry"])
+    run.add_argument("--tenant", help="only this tenant (default: all that the job covers)")
     poison = commands.add_parser("poison", help="webhook events that could not be processed")
     poison_commands = poison.add_subparsers(dest="poison_command", required=True)
     poison_commands.add_parser("list", help="peek at up to 32 poison messages with their reasons")
@@ -67,6 +72,21 @@ def _build_parser() -> argparse.ArgumentParser:
         sub = poison_commands.add_parser(name, help=text)
         sub.add_argument("message_id")
     return parser
+
+
+def _jobs(services: Any, args: argparse.Namespace) -> Any:
+    if args.job == "certificate-expiry":
+        return services.jobs.run_certificate_expiry()
+    done = [0]
+
+    def progress(tenant_id: str, outcome: str, detail: str) -> None:
+        # Progress goes to stderr, so --json output on stdout stays machine-readable.
+        done[0] += 1
+        sys.stderr.write(f"[{done[0]}] {tenant_id} {outcome}: {detail[:120]}\n")
+        sys.stderr.flush()
+
+    runner = services.jobs.run_sync if args.job == "sync" else services.jobs.run_health
+    return runner(args.tenant, progress=progress).to_dict()
 
 
 def _poison(services: Any, args: argparse.Namespace) -> Any:
@@ -189,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         elif args.command == "tenants":
             _print(_tenants(services, args), args.json)
+        elif args.command == "jobs":
+            _print(_jobs(services, args), args.json)
         elif args.command == "poison":
             _print(_poison(services, args), args.json)
         else:

@@ -25,10 +25,13 @@ from shared.client_assertions import (
 )
 from shared.consent_states import CONSENT_STATES_TABLE, ConsentStateStore
 from shared.dataverse_clients import DataverseClients
+from shared.jobs import JobRunner
 from shared.onboarding import VERIFY_QUEUE, OnboardingService
 from shared.org_index import ORG_INDEX_TABLE, OrgIndex
 from shared.settings import CredentialSource, Settings
 from shared.storage import StorageClients
+from shared.sync import SYNC_STATE_TABLE, CheckpointStore
+from shared.sync_sink import BlobNdjsonSink, ChangeSink
 from shared.tenant_registry import HISTORY_TABLE, TENANTS_TABLE, TenantRegistry
 from shared.token_provider import TenantTokenProvider
 from shared.webhook_intake import WebhookIntake
@@ -62,6 +65,9 @@ class Services:
         self._webhook_store: WebhookStore | None = None
         self._webhook_intake: WebhookIntake | None = None
         self._webhook_processor: WebhookProcessor | None = None
+        self._checkpoints: CheckpointStore | None = None
+        self._sink: ChangeSink | None = None
+        self._jobs: JobRunner | None = None
 
     @property
     def storage(self) -> StorageClients:
@@ -138,6 +144,28 @@ class Services:
                 max_dequeue_count=self.settings.webhook_max_dequeue_count,
             )
         return self._webhook_processor
+
+    @property
+    def sync_checkpoints(self) -> CheckpointStore:
+        if self._checkpoints is None:
+            store = CheckpointStore(self.storage.table(SYNC_STATE_TABLE))
+            store.create_table()
+            self._checkpoints = store
+        return self._checkpoints
+
+    @property
+    def sync_sink(self) -> ChangeSink:
+        if self._sink is None:
+            sink = BlobNdjsonSink(self.storage.container(self.settings.sync_container))
+            sink.create_container()
+            self._sink = sink
+        return self._sink
+
+    @property
+    def jobs(self) -> JobRunner:
+        if self._jobs is None:
+            self._jobs = JobRunner(self)
+        return self._jobs
 
     @property
     def onboarding(self) -> OnboardingService:

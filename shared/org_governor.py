@@ -105,6 +105,10 @@ class GovernorRegistry:
         self._lock = threading.Lock()
         self._governors: dict[str, OrgGovernor] = {}
 
+    def all(self) -> list[OrgGovernor]:
+        with self._lock:
+            return list(self._governors.values())
+
     def for_org(self, org_url: str) -> OrgGovernor:
         with self._lock:
             governor = self._governors.get(org_url)

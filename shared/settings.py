@@ -115,6 +115,18 @@ class Settings:
     webhook_secret_header: str = "x-s2s-webhook-secret"  # noqa: S105 - a header name, not a secret
     webhook_impersonate_initiating_user: bool = False
     webhook_max_dequeue_count: int = 5
+    sync_schedule: str = "0 */15 * * * *"
+    health_schedule: str = "0 5 * * * *"
+    certificate_expiry_schedule: str = "0 0 6 * * *"
+    sweep_concurrency: int = 8
+    sweep_time_budget_seconds: float = 480.0
+    sync_tables: tuple[tuple[str, tuple[str, ...]], ...] = (
+        ("accounts", ("accountid", "name", "accountnumber", "telephone1", "revenue", "modifiedon")),
+        ("contacts", ("contactid", "firstname", "lastname", "emailaddress1", "modifiedon")),
+    )
+    sync_page_size: int = 5000
+    sync_container: str = "sync"
+    certificate_expiry_warning_days: tuple[int, ...] = (30, 14, 7)
 
     def __post_init__(self) -> None:
         _require_guid("ENTRA_CLIENT_ID", self.entra_client_id)
@@ -163,6 +175,21 @@ class Settings:
             raise ConfigurationError("WEBHOOK_SECRET_HEADER", "must be a header name (letters, digits, dashes)")
         if not 1 <= self.webhook_max_dequeue_count <= 100:
             raise ConfigurationError("WEBHOOK_MAX_DEQUEUE_COUNT", "must be between 1 and 100")
+        for name, value in (
+            ("SYNC_SCHEDULE", self.sync_schedule),
+            ("HEALTH_SCHEDULE", self.health_schedule),
+            ("CERTIFICATE_EXPIRY_SCHEDULE", self.certificate_expiry_schedule),
+        ):
+            if len(value.split()) not in (5, 6):
+                raise ConfigurationError(name, "must be an NCRONTAB expression such as '0 */15 * * * *'")
+        if not 1 <= self.sweep_concurrency <= 64:
+            raise ConfigurationError("SWEEP_CONCURRENCY", "must be between 1 and 64")
+        if not 10 <= self.sweep_time_budget_seconds <= 3600:
+            raise ConfigurationError("SWEEP_TIME_BUDGET_SECONDS", "must be between 10 and 3600")
+        if not 1 <= self.sync_page_size <= 5000:
+            raise ConfigurationError("SYNC_PAGE_SIZE", "must be between 1 and 5000")
+        if not re.match(r"^[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])$", self.sync_container):
+            raise ConfigurationError("SYNC_CONTAINER", "must be a valid blob container name")
         if not self.dataverse_domain_suffixes:
             raise ConfigurationError("DATAVERSE_DOMAIN_SUFFIXES", "must name at least one domain suffix")
 
@@ -234,6 +261,15 @@ class Settings:
             webhook_secret_header=get("WEBHOOK_SECRET_HEADER") or "x-s2s-webhook-secret",
             webhook_impersonate_initiating_user=parsed("WEBHOOK_IMPERSONATE_INITIATING_USER", _parse_bool, False),
             webhook_max_dequeue_count=parsed("WEBHOOK_MAX_DEQUEUE_COUNT", int, 5),
+            sync_schedule=get("SYNC_SCHEDULE") or "0 */15 * * * *",
+            health_schedule=get("HEALTH_SCHEDULE") or "0 5 * * * *",
+            certificate_expiry_schedule=get("CERTIFICATE_EXPIRY_SCHEDULE") or "0 0 6 * * *",
+            sweep_concurrency=parsed("SWEEP_CONCURRENCY", int, 8),
+            sweep_time_budget_seconds=parsed("SWEEP_TIME_BUDGET_SECONDS", float, 480.0),
+            sync_tables=parsed("SYNC_TABLES", _parse_sync_tables, cls.sync_tables),
+            sync_page_size=parsed("SYNC_PAGE_SIZE", int, 5000),
+            sync_container=get("SYNC_CONTAINER") or "sync",
+            certificate_expiry_warning_days=parsed("CERTIFICATE_EXPIRY_WARNING_DAYS", _parse_days, (30, 14, 7)),
         )
 
 
@@ -267,6 +303,31 @@ def _parse_delays(raw: str) -> tuple[int, ...]:
     if not delays or any(d < 1 or d > 3600 for d in delays):
         raise ValueError("expected comma-separated seconds between 1 and 3600")
     return delays
+
+
+def _parse_sync_tables(raw: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``accounts:accountid,name;contacts:contactid,fullname`` → ((entity set, columns), …)."""
+    tables = []
+    for part in raw.split(";"):
+        if not part.strip():
+            continue
+        name, _, columns = part.partition(":")
+        cols = tuple(c.strip() for c in columns.split(",") if c.strip())
+        if not re.match(r"^[a-z_][a-z0-9_]*$", name.strip()) or not cols:
+            raise ValueError("expected entityset:column,column;entityset:column")
+        if any(not re.match(r"^[a-z_][a-z0-9_]*$", c) for c in cols):
+            raise ValueError("column names are lower-case logical names")
+        tables.append((name.strip(), cols))
+    if not tables:
+        raise ValueError("expected at least one table")
+    return tuple(tables)
+
+
+def _parse_days(raw: str) -> tuple[int, ...]:
+    days = tuple(sorted((int(p) for p in raw.split(",") if p.strip()), reverse=True))
+    if not days or any(d < 1 or d > 365 for d in days):
+        raise ValueError("expected comma-separated days between 1 and 365")
+    return days
 
 
 def _parse_bool(raw: str) -> bool:

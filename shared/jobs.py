@@ -1,0 +1,245 @@
+"""The scheduled S2S jobs over every onboarded tenant: incremental sync, tenant health, certificate expiry.
+
+A sweep runs tenants with bounded concurrency (per-org limits are still enforced by the Dataverse client's
+governor), isolates them (a failing tenant is recorded on its registry entry and never stops the others), and
+keeps to a time budget: it stops starting new work when the budget is spent, and a sync in progress stops at its
+next page boundary, leaving a checkpoint the next run continues from. Every sweep ends with one structured summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.errors import S2SError
+from shared.tenant_registry import Tenant, TenantStatus, Verification
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str, str, str], None]  # (tenant id, outcome, detail)
+
+
+@dataclass
+class SweepSummary:
+    job: str
+    tenants_ok: int = 0
+    tenants_failed: int = 0
+    tenants_skipped: int = 0
+    rows: int = 0
+    throttle_waits: int = 0
+    duration_seconds: float = 0.0
+    stopped_by_time_budget: bool = False
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TenantOutcome:
+    ok: bool
+    rows: int = 0
+    detail: str = ""
+    finished: bool = True
+
+
+class Sweep:
+    def __init__(
+        self,
+        *,
+        concurrency: int,
+        time_budget_seconds: float,
+        throttle_waits: Callable[[], int] = lambda: 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._concurrency = concurrency
+        self._budget = time_budget_seconds
+        self._throttle_waits = throttle_waits
+        self._clock = clock
+
+    def run(
+        self,
+        job: str,
+        tenants: Iterable[Tenant],
+        work: Callable[[Tenant, Callable[[], bool]], TenantOutcome],
+        *,
+        on_failure: Callable[[Tenant, str], None] | None = None,
+        progress: Progress | None = None,
+    ) -> SweepSummary:
+        started = self._clock()
+        deadline = started + self._budget
+        waits_before = self._throttle_waits()
+        summary = SweepSummary(job)
+        lock = threading.Lock()
+
+        def past_deadline() -> bool:
+            return self._clock() >= deadline
+
+        def one(tenant: Tenant) -> None:
+            if past_deadline():
+                with lock:
+                    summary.tenants_skipped += 1
+                    summary.stopped_by_time_budget = True
+                if progress:
+                    progress(tenant.tenant_id, "skipped", "time budget spent")
+                return
+            try:
+                outcome = work(tenant, past_deadline)
+            except Exception as exc:
+                reason = f"{getattr(exc, 'code', type(exc).__name__)}: {getattr(exc, 'message', None) or exc}"[:500]
+                with lock:
+                    summary.tenants_failed += 1
+                    summary.failures[tenant.tenant_id] = reason
+                logger.warning(
+                    "%s failed for tenant %s: %s", job, tenant.tenant_id, reason, exc_info=not isinstance(exc, S2SError)
+                )
+                if on_failure is not None:
+                    try:
+                        on_failure(tenant, reason)
+                    except Exception:
+                        logger.exception("Could not record the %s failure of tenant %s", job, tenant.tenant_id)
+                if progress:
+                    progress(tenant.tenant_id, "failed", reason)
+                return
+            with lock:
+                if outcome.ok:
+                    summary.tenants_ok += 1
+                else:
+                    summary.tenants_failed += 1
+                    summary.failures[tenant.tenant_id] = outcome.detail[:500]
+                summary.rows += outcome.rows
+                if not outcome.finished:
+                    summary.stopped_by_time_budget = True
+            if progress:
+                progress(tenant.tenant_id, "ok" if outcome.ok else "failed", outcome.detail)
+
+        with ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix=f"sweep-{job}") as pool:
+            list(pool.map(one, tenants))
+        summary.duration_seconds = round(self._clock() - started, 3)
+        summary.throttle_waits = self._throttle_waits() - waits_before
+        # One structured line per run, for dashboards and alerts.
+        logger.info("sweep summary %s", json.dumps(summary.to_dict(), sort_keys=True))
+        return summary
+
+
+class JobRunner:
+    """The three jobs over the worker's services (see shared.bootstrap.Services)."""
+
+    def __init__(self, services: Any) -> None:
+        self._services = services
+        settings = services.settings
+        self._sweep = Sweep(
+            concurrency=settings.sweep_concurrency,
+            time_budget_seconds=settings.sweep_time_budget_seconds,
+            throttle_waits=self._total_throttle_waits,
+        )
+
+    def _total_throttle_waits(self) -> int:
+        return int(sum(g.throttle_waits for g in self._services.dataverse.governors.all()))
+
+    def _tenants(self, statuses: Iterable[TenantStatus], tenant_id: str | None) -> list[Tenant]:
+        registry = self._services.registry
+        if tenant_id is not None:
+            return [registry.get_tenant(tenant_id)]
+        wanted = set(statuses)
+        return [t for t in registry.iter_tenants(page_size=1000) if t.status in wanted]
+
+    def run_sync(self, tenant_id: str | None = None, progress: Progress | None = None) -> SweepSummary:
+        from shared.sync import TableSync
+
+        services = self._services
+        settings = services.settings
+        tenants = [t for t in self._tenants([TenantStatus.ACTIVE], tenant_id) if t.status is TenantStatus.ACTIVE]
+
+        def sync_tenant(tenant: Tenant, past_deadline: Callable[[], bool]) -> TenantOutcome:
+            syncer = TableSync(
+                checkpoints=services.sync_checkpoints,
+                sink=services.sync_sink,
+                page_size=settings.sync_page_size,
+                deadline=past_deadline,
+            )
+            rows, finished = 0, True
+            for org in tenant.org_urls:
+                client = services.dataverse.for_org(tenant.tenant_id, org, bulk=True)
+                for table, columns in settings.sync_tables:
+                    if past_deadline():
+                        return TenantOutcome(True, rows, "paused by the time budget", finished=False)
+                    result = syncer.run(client, tenant.tenant_id, table, columns)
+                    rows += result.rows + result.deletions
+                    finished = finished and result.finished
+            return TenantOutcome(True, rows, f"{rows} changes", finished)
+
+        return self._sweep.run("sync", tenants, sync_tenant, on_failure=self._record_failure, progress=progress)
+
+    def run_health(self, tenant_id: str | None = None, progress: Progress | None = None) -> SweepSummary:
+        services = self._services
+        statuses = [
+            TenantStatus.ACTIVE,
+            TenantStatus.AWAITING_APPLICATION_USER,
+            TenantStatus.CONSENTED,
+            TenantStatus.CONSENT_REVOKED,
+            TenantStatus.FAILED,
+        ]
+
+        def check(tenant: Tenant, _past_deadline: Callable[[], bool]) -> TenantOutcome:
+            result = services.onboarding.verify(tenant.tenant_id, actor="health job")
+            if result.status is not tenant.status:
+                logger.warning(
+                    "Health: tenant %s moved %s -> %s: %s",
+                    tenant.tenant_id,
+                    tenant.status,
+                    result.status,
+                    result.message,
+                )
+            ok = result.status is TenantStatus.ACTIVE
+            return TenantOutcome(ok, 0, f"{result.status}: {result.error_code or ''} {result.message or ''}".strip())
+
+        return self._sweep.run("health", self._tenants(statuses, tenant_id), check, progress=progress)
+
+    def run_certificate_expiry(self) -> dict[str, Any]:
+        """Warns (a structured log event) when the certificate is inside a threshold; says so when secretless."""
+        settings = self._services.settings
+        described = self._services.tokens.assertion_source.describe()
+        if described.get("credential") != "certificate":
+            report = {
+                "event": "certificate_expiry",
+                "credential": described.get("credential"),
+                "message": "Secretless credential (managed identity federation): nothing expires.",
+            }
+            logger.info("certificate expiry %s", json.dumps(report))
+            return report
+        days_left = float(described["days_left"])
+        crossed = [d for d in settings.certificate_expiry_warning_days if days_left <= d]
+        report = {
+            "event": "certificate_expiry",
+            "credential": "certificate",
+            "source": described.get("source"),
+            "version": described.get("version"),
+            "sha1_thumbprint": described.get("sha1_thumbprint"),
+            "not_after": described.get("not_after"),
+            "days_left": days_left,
+            "threshold_days": min(crossed) if crossed else None,
+            "checked_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        if crossed:
+            logger.warning("certificate expiry %s", json.dumps(report))
+        else:
+            logger.info("certificate expiry %s", json.dumps(report))
+        return report
+
+    def _record_failure(self, tenant: Tenant, reason: str) -> None:
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        self._services.registry.record(
+            tenant.tenant_id,
+            tenant.status,
+            reason=f"sync failed: {reason}"[:300],
+            actor="sync job",
+            verification=Verification(now, "sync_failed", reason.split(":", 1)[0][:100], reason),
+        )
