@@ -48,6 +48,7 @@ bench: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python bench/auth_bench.py
 	$(BIN)/python bench/dataverse_bench.py
 	$(BIN)/python bench/webhook_bench.py
+	$(BIN)/python bench/sync_bench.py
 
 sandbox: $(STAMP)
 	$(BIN)/python -m sandbox

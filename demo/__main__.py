@@ -20,6 +20,7 @@ from sandbox.demo import demo_settings, seed_demo
 from sandbox.pki import make_certificate
 from shared.bootstrap import build_services
 from shared.settings import Settings
+from shared.tenant_registry import TenantStatus
 
 ORGS = {"Fabrikam": "https://fabrikam.crm4.dynamics.com", "Northwind": "https://northwind.crm.dynamics.com"}
 REFRESH_SECONDS = 3
@@ -150,6 +151,50 @@ def dataverse_part(sb: Sandbox, seed: object, services: object, tenants: dict[st
     return not failures and inside == 0 and total == 20_000
 
 
+def jobs_part(sb: Sandbox, services: object, customers: dict[str, tuple[str, str]], client_id: str) -> bool:
+    """The scheduled jobs run now: a sync, changes, a sync that brings only the changes, a health run."""
+    import json
+
+    st = sb.state
+    jobs = services.jobs  # type: ignore[attr-defined]
+    registry = services.registry  # type: ignore[attr-defined]
+    adatum_tenant, adatum_org = customers["Adatum"]
+    st.seed_rows(adatum_org, "accounts", 12_000, prefix="Adatum account")
+    active = [t.tenant_id for t in registry.iter_tenants(status=TenantStatus.ACTIVE)]
+    step(f"Sync job over the {len(active)} active tenants (change tracking, NDJSON blobs, checkpoint per page)")
+    first = jobs.run_sync()
+    print(f"   summary: {json.dumps(first.to_dict())}")
+    client = services.dataverse.for_org(adatum_tenant, adatum_org)  # type: ignore[attr-defined]
+    rows = st.rows(adatum_org, "accounts")
+    new_id = client.create("accounts", {"name": "Adatum new customer"})
+    client.update("accounts", rows[0]["accountid"], {"name": "Adatum renamed"})
+    client.delete("accounts", rows[1]["accountid"])
+    step("Changes in Adatum's org (1 create, 1 update, 1 delete), then the sync job again")
+    second = jobs.run_sync()
+    print(f"   summary: {json.dumps(second.to_dict())}")
+    container = services.storage.container(services.settings.sync_container)  # type: ignore[attr-defined]
+    newest = max(container.list_blobs(name_starts_with=f"{adatum_tenant}/"), key=lambda b: b.last_modified)
+    for line in container.download_blob(newest.name).readall().decode().splitlines():
+        record = json.loads(line)
+        shown = record.get("row", {}).get("name") or record.get("id")
+        print(f"   {newest.name.split('/', 1)[1]}: {record['op']:<6} {shown}")
+    step("Health job after Woodgrove's administrator removed our application user")
+    woodgrove_tenant, woodgrove_org = customers["Woodgrove"]
+    st.remove_application_user(woodgrove_org, client_id)
+    health = jobs.run_health()
+    row = registry.get_tenant(woodgrove_tenant)
+    print(f"   Woodgrove is now {row.status} ({row.last_verification.error_code if row.last_verification else ''})")
+    print(f"   summary: {json.dumps(health.to_dict())[:300]}")
+    step("Certificate expiry check")
+    print(f"   {json.dumps(jobs.run_certificate_expiry())}")
+    return (
+        first.rows >= 12_000
+        and second.rows == 3
+        and row.status is TenantStatus.AWAITING_APPLICATION_USER
+        and new_id is not None
+    )
+
+
 def webhook_part(sb: Sandbox, services: object, host: object, tenant: str, org: str) -> bool:
     """A Dataverse webhook on an onboarded org: changes arrive, are queued before the ack, processed once."""
     import json
@@ -193,7 +238,6 @@ def onboarding_part(sb: Sandbox, seed: object, app_settings: dict[str, str]) -> 
     from sandbox.azurite import Azurite
     from sandbox.consent_page import read_consent_form
     from shared.bootstrap import build_services, use_services
-    from shared.tenant_registry import TenantStatus
 
     st = sb.state
     client_id = seed.client_id  # type: ignore[attr-defined]
@@ -263,7 +307,11 @@ def onboarding_part(sb: Sandbox, seed: object, app_settings: dict[str, str]) -> 
             trail = " -> ".join(h.to_status for h in reversed(services.registry.history(tenant)))
             print(f"   {name:<10} {row.status:<10} {', '.join(row.org_urls)}   history: {trail}")
             ok = ok and row.status is TenantStatus.ACTIVE
-        return ok and webhook_part(sb, services, host, results["Adatum"][0], customers["Adatum"][0])
+        hooks_ok = webhook_part(sb, services, host, results["Adatum"][0], customers["Adatum"][0])
+        jobs_ok = jobs_part(
+            sb, services, {name: (tenant, org) for name, (tenant, org, _text) in results.items()}, client_id
+        )
+        return ok and hooks_ok and jobs_ok
     finally:
         use_services(None)
         host.stop()
