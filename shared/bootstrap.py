@@ -34,6 +34,7 @@ from shared.sync import SYNC_STATE_TABLE, CheckpointStore
 from shared.sync_sink import BlobNdjsonSink, ChangeSink
 from shared.tenant_registry import HISTORY_TABLE, TENANTS_TABLE, TenantRegistry
 from shared.token_provider import TenantTokenProvider
+from shared.user_auth import JwksCache, UserTokenValidator
 from shared.webhook_intake import WebhookIntake
 from shared.webhook_processing import CHANGES_TABLE, WebhookProcessor
 from shared.webhook_store import EVENTS_QUEUE, EVENTS_TABLE, PAYLOAD_CONTAINER, POISON_QUEUE, WebhookStore
@@ -68,6 +69,7 @@ class Services:
         self._checkpoints: CheckpointStore | None = None
         self._sink: ChangeSink | None = None
         self._jobs: JobRunner | None = None
+        self._user_tokens: UserTokenValidator | None = None
 
     @property
     def storage(self) -> StorageClients:
@@ -166,6 +168,31 @@ class Services:
         if self._jobs is None:
             self._jobs = JobRunner(self)
         return self._jobs
+
+    @property
+    def user_tokens(self) -> UserTokenValidator:
+        if self._user_tokens is None:
+            settings = self.settings
+            jwks_uri = f"{settings.entra_authority_host}/common/discovery/v2.0/keys"
+
+            def fetch() -> dict[str, Any]:
+                import requests
+
+                response = requests.get(jwks_uri, timeout=settings.http_timeout_seconds)
+                response.raise_for_status()
+                document: dict[str, Any] = response.json()
+                return document
+
+            self._user_tokens = UserTokenValidator(
+                jwks=JwksCache(fetch),
+                v2_issuer_template=f"{settings.entra_authority_host}/{{tenantid}}/v2.0",
+                v1_issuer_template=settings.oidc_v1_issuer_template,
+                audiences=settings.effective_oidc_audiences,
+                required_scope=settings.oidc_required_scope,
+                required_role=settings.oidc_required_role,
+                leeway_seconds=settings.oidc_clock_skew_seconds,
+            )
+        return self._user_tokens
 
     @property
     def onboarding(self) -> OnboardingService:

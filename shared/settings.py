@@ -42,6 +42,7 @@ class CloudPreset:
     # credential differs per cloud (entra: workload-identity-federation-config-app-trust-managed-identity).
     federation_audience: str
     storage_suffix: str = "core.windows.net"
+    v1_issuer_template: str = "https://sts.windows.net/{tenantid}/"
 
 
 # Dataverse regional hosts: crm.dynamics.com (NAM), crm2 (SAM), crm3 (CAN), crm4 (EUR), crm5 (APJ), crm6 (OCE),
@@ -73,6 +74,7 @@ CLOUD_PRESETS: dict[str, CloudPreset] = {
         ("crm.dynamics.cn",),
         "api://AzureADTokenExchangeChina",
         "core.chinacloudapi.cn",
+        "https://sts.chinacloudapi.cn/{tenantid}/",
     ),
 }
 
@@ -127,6 +129,11 @@ class Settings:
     sync_page_size: int = 5000
     sync_container: str = "sync"
     certificate_expiry_warning_days: tuple[int, ...] = (30, 14, 7)
+    oidc_audiences: tuple[str, ...] = ()  # empty: the client id and api://<client id>
+    oidc_required_scope: str | None = "access_as_user"
+    oidc_required_role: str | None = None
+    oidc_v1_issuer_template: str = "https://sts.windows.net/{tenantid}/"
+    oidc_clock_skew_seconds: int = 120
 
     def __post_init__(self) -> None:
         _require_guid("ENTRA_CLIENT_ID", self.entra_client_id)
@@ -190,8 +197,18 @@ class Settings:
             raise ConfigurationError("SYNC_PAGE_SIZE", "must be between 1 and 5000")
         if not re.match(r"^[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])$", self.sync_container):
             raise ConfigurationError("SYNC_CONTAINER", "must be a valid blob container name")
+        if "{tenantid}" not in self.oidc_v1_issuer_template:
+            raise ConfigurationError("OIDC_V1_ISSUER_TEMPLATE", "must contain {tenantid}")
+        if not 0 <= self.oidc_clock_skew_seconds <= 600:
+            raise ConfigurationError("OIDC_CLOCK_SKEW_SECONDS", "must be between 0 and 600")
+        if not self.oidc_required_scope and not self.oidc_required_role:
+            raise ConfigurationError("OIDC_REQUIRED_SCOPE", "or OIDC_REQUIRED_ROLE must be set")
         if not self.dataverse_domain_suffixes:
             raise ConfigurationError("DATAVERSE_DOMAIN_SUFFIXES", "must name at least one domain suffix")
+
+    @property
+    def effective_oidc_audiences(self) -> tuple[str, ...]:
+        return self.oidc_audiences or (self.entra_client_id, f"api://{self.entra_client_id}")
 
     @property
     def is_single_tenant(self) -> bool:
@@ -270,6 +287,12 @@ class Settings:
             sync_page_size=parsed("SYNC_PAGE_SIZE", int, 5000),
             sync_container=get("SYNC_CONTAINER") or "sync",
             certificate_expiry_warning_days=parsed("CERTIFICATE_EXPIRY_WARNING_DAYS", _parse_days, (30, 14, 7)),
+            oidc_audiences=parsed("OIDC_AUDIENCES", _parse_list, ()),
+            oidc_required_scope=get("OIDC_REQUIRED_SCOPE")
+            or ("access_as_user" if not get("OIDC_REQUIRED_ROLE") else None),
+            oidc_required_role=get("OIDC_REQUIRED_ROLE"),
+            oidc_v1_issuer_template=get("OIDC_V1_ISSUER_TEMPLATE") or preset.v1_issuer_template,
+            oidc_clock_skew_seconds=parsed("OIDC_CLOCK_SKEW_SECONDS", int, 120),
         )
 
 
@@ -321,6 +344,10 @@ def _parse_sync_tables(raw: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     if not tables:
         raise ValueError("expected at least one table")
     return tuple(tables)
+
+
+def _parse_list(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
 def _parse_days(raw: str) -> tuple[int, ...]:

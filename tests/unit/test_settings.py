@@ -120,7 +120,7 @@ def test_every_setting_is_in_the_example_file_and_the_readme_table():
     example = json.loads((ROOT / "local.settings.example.json").read_text())["Values"]
     assert fields <= set(example), fields - set(example)
     readme = (ROOT / "README.md").read_text()
-    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", readme, re.MULTILINE))
+    documented = set(re.findall(r"^\| `([A-Z0-9_]+)` \|", readme, re.MULTILINE))
     assert fields <= documented, fields - documented
 
 
