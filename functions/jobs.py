@@ -5,21 +5,13 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import azure.functions as func
 
-if TYPE_CHECKING:
-    from shared.bootstrap import Services
+from functions.services import get_services
 
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()
-
-
-def get_services() -> Services:
-    from shared.bootstrap import get_services as services
-
-    return services()
 
 
 @bp.timer_trigger(schedule="%SYNC_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)

@@ -17,18 +17,11 @@ import azure.functions as func
 
 from functions import onboarding_pages as pages
 from functions.http_errors import json_error, request_id
+from functions.services import get_services
 
 if TYPE_CHECKING:
-    from shared.bootstrap import Services
     from shared.onboarding import VerificationResult
     from shared.settings import Settings
-
-
-def get_services() -> Services:
-    """Imported on call: the composition root pulls in cryptography and the SDKs, which indexing must not."""
-    from shared.bootstrap import get_services as services
-
-    return services()
 
 
 logger = logging.getLogger(__name__)

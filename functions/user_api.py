@@ -15,21 +15,15 @@ from typing import TYPE_CHECKING
 import azure.functions as func
 
 from functions.http_errors import json_error, request_id
+from functions.services import get_services
 
 if TYPE_CHECKING:
-    from shared.bootstrap import Services
     from shared.tenant_registry import Tenant
     from shared.user_auth import UserPrincipal
 
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()
 _MAX_TOP = 50
-
-
-def get_services() -> Services:
-    from shared.bootstrap import get_services as services
-
-    return services()
 
 
 def _unauthorized(description: str, req: func.HttpRequest) -> func.HttpResponse:

@@ -8,23 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING
 
 import azure.functions as func
 
 from functions.http_errors import json_error, request_id
-
-if TYPE_CHECKING:
-    from shared.bootstrap import Services
+from functions.services import get_services
 
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()
-
-
-def get_services() -> Services:
-    from shared.bootstrap import get_services as services
-
-    return services()
 
 
 # Auth level FUNCTION: Dataverse's WebhookKey auth type sends the function key as ?code= (protocol.md §5).
