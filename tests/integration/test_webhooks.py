@@ -48,9 +48,12 @@ class Hook:
         )
 
     def drain(self, dequeue_count: int = 1) -> list[str]:
+        """Process this tenant's queued events (the queue is shared by every test on the Azurite session)."""
         queue = self.services.storage.queue("webhook-events")
         outcomes = []
-        for message in queue.receive_messages(max_messages=32, visibility_timeout=5):
+        for message in queue.receive_messages(max_messages=32, visibility_timeout=1):
+            if json.loads(message.content).get("tenant_id") != self.tenant:
+                continue  # another test's event: it becomes visible again in a second
             try:
                 outcomes.append(self.services.webhook_processor.process(message.content, dequeue_count))
             except Exception as exc:  # the host would retry later
@@ -118,7 +121,11 @@ def test_a_duplicate_message_is_not_processed_twice(hook):
     body = hook.context()
     assert hook.deliver(body).status_code == 202
     queue = hook.services.storage.queue("webhook-events")
-    (message,) = queue.receive_messages(max_messages=1, visibility_timeout=5)
+    (message,) = [
+        m
+        for m in queue.receive_messages(max_messages=32, visibility_timeout=5)
+        if json.loads(m.content)["tenant_id"] == hook.tenant
+    ]
     assert hook.services.webhook_processor.process(message.content, 1) == "done"
     assert hook.services.webhook_processor.process(message.content, 2) == "duplicate"
     assert len(hook.changes()) == 1
@@ -172,13 +179,18 @@ def test_transient_failures_retry_then_poison_at_the_dequeue_limit(hook, monkeyp
     monkeypatch.setattr(handlers, "_handlers", [("*", "*", flaky)])
     assert hook.deliver(hook.context()).status_code == 202
     queue = hook.services.storage.queue("webhook-events")
-    (message,) = queue.receive_messages(max_messages=1, visibility_timeout=5)
+    (message,) = [
+        m
+        for m in queue.receive_messages(max_messages=32, visibility_timeout=5)
+        if json.loads(m.content)["tenant_id"] == hook.tenant
+    ]
     processor = hook.services.webhook_processor
     for attempt in range(1, 5):
         with pytest.raises(Exception, match="down"):
             processor.process(message.content, attempt)
     assert processor.process(message.content, 5) == "poisoned"
     assert len(calls) == 5
+    queue.delete_message(message)
 
 
 def test_storage_down_answers_503_and_keeps_what_was_acknowledged(sandbox, sandbox_env, tmp_path):
