@@ -1,7 +1,8 @@
 """The Dataverse Web API operations under `/api/data/v9.2/` for one authenticated caller: routing, WhoAmI,
 create / retrieve / update / upsert / delete, CreateMultiple / UpdateMultiple and `$batch` with atomic change
 sets (protocol §4). Entity-set reads live in sandbox.dataverse_reads, metadata in sandbox.dataverse_metadata;
-authentication, impersonation and service protection happen before this, in sandbox.dataverse.
+authentication, impersonation and service protection happen before this, in sandbox.dataverse; reads are held
+to the caller's read depth (sandbox.dataverse_security).
 
 Every write is reported to a ChangeJournal (sandbox.dataverse_events) with the same transaction boundaries as
 the rows: what a change set or CreateMultiple rolls back is rolled back in the journal too.
@@ -37,6 +38,7 @@ from sandbox.dataverse_org import OrgStore, Row
 from sandbox.dataverse_query import Preferences, parse_prefer, parse_select
 from sandbox.dataverse_reads import COUNT_LIMIT, CollectionReader
 from sandbox.dataverse_schema import STATE_VALUES, TABLES, Column, Table
+from sandbox.dataverse_security import read_access
 from sandbox.dataverse_wire import (
     JSON_TYPE,
     ApiRequest,
@@ -82,7 +84,8 @@ class WebApi:
         self._caller = caller
         self._on_operation = on_operation
         self._journal: ChangeJournal = journal or NoJournal()
-        self._reader = CollectionReader(store, service_root)
+        self._access = read_access(caller)
+        self._reader = CollectionReader(store, service_root, self._access)
 
     # -- routing --------------------------------------------------------------------------------
 
@@ -162,7 +165,9 @@ class WebApi:
         if rest is None and request.method == "POST":
             return self._create(table, request, references)
         if rest == "$count" and request.method == "GET":
-            count = min(len(self._store.rows(table.entity_set)), COUNT_LIMIT)
+            self._access.require_privilege(table)
+            visible = sum(1 for row in self._store.rows(table.entity_set) if self._access.can_read(row))
+            count = min(visible, COUNT_LIMIT)
             return ApiResponse(200, {"Content-Type": "text/plain"}, str(count).encode("ascii"))
         if rest == "Microsoft.Dynamics.CRM.CreateMultiple" and request.method == "POST":
             return self._create_multiple(table, request)
@@ -354,9 +359,11 @@ class WebApi:
             if option != "$select":
                 raise errors.bad_query(f"The query option '{option}' is not supported by the sandbox here.")
         select = parse_select(request.query.get("$select"), table)
+        self._access.require_privilege(table)
         row, _, _ = self._find(table, key)
         if row is None:
             raise self._missing(table, key)
+        self._access.require_row(table, row, self._store.org.url)
         if request.headers.get("if-none-match") == etag(row):
             return ApiResponse(304, {"ETag": etag(row)})
         body = {
@@ -423,6 +430,7 @@ class WebApi:
             if row is None:
                 raise self._missing(table, key)
             if request.method == "GET":
+                self._access.require_row(table, row, self._store.org.url)
                 if row.get(name) is None:
                     return ApiResponse(204)
                 context = f"{self._root}/$metadata#{table.entity_set}({row[table.primary_id]})/{name}"

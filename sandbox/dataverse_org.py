@@ -63,6 +63,11 @@ class Org:
         return self.url.removeprefix("https://")
 
 
+# Read depths the stand-in models for accounts and contacts (sandbox.dataverse_security): no read privilege,
+# Basic ("user": the rows the user owns) and Organization (every row).
+READ_DEPTHS = ("none", "user", "organization")
+
+
 @dataclass(frozen=True)
 class SystemUser:
     """A systemuser row: an application user (application_id set) or an ordinary licensed user."""
@@ -74,6 +79,7 @@ class SystemUser:
     object_id: str | None = None  # Entra object id (azureactivedirectoryobjectid)
     act_on_behalf: bool = False  # holds prvActOnBehalfOfAnotherUser (protocol §4, impersonation)
     roles: tuple[str, ...] = ()
+    read_depth: str = "organization"  # depth of prvReadAccount / prvReadContact, one of READ_DEPTHS
 
 
 @dataclass(frozen=True)
@@ -126,7 +132,8 @@ class OrgStore:
         # Filtered, sorted rows per (entity set, $filter, $orderby), valid while `version` is unchanged: paging
         # through a large table must not re-filter and re-sort it for every page, or the emulator rather than
         # the client under test dominates every measurement. Used by sandbox.dataverse_reads.
-        self.sorted_rows_cache: dict[tuple[str, str, str], tuple[int, list[Any]]] = {}
+        # Keyed also by the owner a Basic-depth caller is limited to ("" for every row).
+        self.sorted_rows_cache: dict[tuple[str, str, str, str], tuple[int, list[Any]]] = {}
         # Pre-encoded rows per (entity set, $select): see sandbox.dataverse_wire.render_cached.
         self.rendered_rows_cache: dict[Any, dict[str, Any]] = {}
         self.system_user_id = str(uuid.uuid4())

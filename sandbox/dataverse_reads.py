@@ -3,7 +3,8 @@ server-driven paging (page-results.md), and change tracking: `Prefer: odata.trac
 deltas their `@odata.deltaLink` returns (protocol §4).
 
 Paging is keyset paging on the $orderby columns plus the primary key, so rows inserted or deleted between pages
-never make a page repeat or skip rows that were there all along.
+never make a page repeat or skip rows that were there all along. Queries see only the rows the caller may read
+(sandbox.dataverse_security); change tracking needs organization-level read.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from sandbox.dataverse_query import (
     table_filter_kinds,
 )
 from sandbox.dataverse_schema import Table
+from sandbox.dataverse_security import ReadAccess
 from sandbox.dataverse_wire import ApiRequest, ApiResponse, json_body, render, render_cached, selection
 
 COUNT_LIMIT = 5000  # $count reports at most 5,000
@@ -35,11 +37,12 @@ _NOT_WITH_TRACKING = ("$filter", "$orderby", "$expand", "$top")  # protocol §4,
 
 
 class CollectionReader:
-    """Answers GET <entity set> for one org."""
+    """Answers GET <entity set> for one org and one caller's read access."""
 
-    def __init__(self, store: OrgStore, service_root: str) -> None:
+    def __init__(self, store: OrgStore, service_root: str, access: ReadAccess) -> None:
         self._store = store
         self._root = service_root
+        self._access = access
 
     def query(self, table: Table, request: ApiRequest) -> ApiResponse:
         """GET on an entity set: a page of rows, a change-tracked page, or a delta. Raises DataverseError."""
@@ -60,6 +63,10 @@ class CollectionReader:
             if option not in _QUERY_OPTIONS:
                 raise errors.bad_query(f"The query option '{option}' is not supported by the sandbox.")
         select = parse_select(query.get("$select"), table)
+        if tracking:
+            self._access.require_organization_depth(table, "change tracking")
+        else:
+            self._access.require_privilege(table)
         applied = []
         if prefs.max_page_size is not None:
             applied.append(f"odata.maxpagesize={prefs.max_page_size}")
@@ -91,14 +98,19 @@ class CollectionReader:
         order = parse_orderby(query.get("$orderby"), table)
         top = parse_top(query.get("$top"))
         key = sort_key(order, table.primary_id)
-        cache_key = (table.entity_set, query.get("$filter", ""), query.get("$orderby", ""))
+        scope = self._access.owner_scope
+        cache_key = (table.entity_set, query.get("$filter", ""), query.get("$orderby", ""), scope or "")
         with self._store.exclusive():
             since = cookie.since if cookie and cookie.since is not None else self._store.version
             cached = self._store.sorted_rows_cache.get(cache_key)
             if cached is not None and cached[0] == self._store.version:
                 rows = cached[1]
             else:
-                rows = [row for row in self._store.rows(table.entity_set) if predicate(row)]
+                rows = [
+                    row
+                    for row in self._store.rows(table.entity_set)
+                    if predicate(row) and (scope is None or row.get("_ownerid_value") == scope)
+                ]
                 rows.sort(key=key)
                 if len(self._store.sorted_rows_cache) > 16:
                     self._store.sorted_rows_cache.clear()

@@ -16,6 +16,7 @@ from sandbox.client_assertion import JWT_BEARER, ClientAssertionValidator
 from sandbox.entra_consent import AdminConsentEndpoint
 from sandbox.entra_errors import EntraError
 from sandbox.httpd import HttpRequest, HttpResponse, json_response
+from sandbox.issuers import TENANT_TEMPLATE, v1_issuer, v2_issuer
 from sandbox.state import SandboxState, Tenant
 from sandbox.tokens import TokenMinter
 
@@ -23,7 +24,6 @@ logger = logging.getLogger(__name__)
 
 # Authority aliases that name no tenant; metadata for them carries the `{tenantid}` template (protocol §6).
 _MULTI_TENANT_ALIASES = frozenset({"common", "organizations"})
-_TENANT_TEMPLATE = "{tenantid}"
 _SHARED_CLAIMS = [
     "sub",
     "iss",
@@ -103,7 +103,7 @@ class EntraService:
         )
         # For a real tenant every URL carries its GUID, even when it was addressed by domain.
         path = tenant.tenant_id if tenant else segment.lower()
-        issuer_tenant = tenant.tenant_id if tenant else _TENANT_TEMPLATE
+        issuer_tenant = tenant.tenant_id if tenant else TENANT_TEMPLATE
         base = f"{self._host}/{path}"
         common: dict[str, Any] = {
             "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
@@ -123,7 +123,7 @@ class EntraService:
         if v2:
             return {
                 **common,
-                "issuer": f"{self._host}/{issuer_tenant}/v2.0",
+                "issuer": v2_issuer(self._host, issuer_tenant),
                 "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
                 "token_endpoint": f"{base}/oauth2/v2.0/token",
                 "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
@@ -137,7 +137,7 @@ class EntraService:
             }
         return {
             **common,
-            "issuer": f"{self._host}/{issuer_tenant}/",
+            "issuer": v1_issuer(self._host, issuer_tenant),
             "authorization_endpoint": f"{base}/oauth2/authorize",
             "token_endpoint": f"{base}/oauth2/token",
             "end_session_endpoint": f"{base}/oauth2/logout",
@@ -151,9 +151,15 @@ class EntraService:
     def _jwks(self, segment: str) -> dict[str, Any]:
         tenant = self._resolve(segment)
         self._state.counters.bump("jwks", tenant=tenant.tenant_id if tenant else segment.lower())
-        # Keys from a tenant's endpoint name that tenant; from common they carry the template.
-        issuer = f"{self._host}/{tenant.tenant_id if tenant else _TENANT_TEMPLATE}/v2.0"
-        return {"keys": [key.jwk(issuer) for key in self._state.signing_keys.published()]}
+        # Shared keys from a tenant's endpoint name that tenant; from common they carry the template. A tenant's
+        # own key always carries its GUID issuer and is published at common and at that tenant only.
+        keys = []
+        for key in self._state.signing_keys.published():
+            if key.tenant_id is None:
+                keys.append(key.jwk(v2_issuer(self._host, tenant.tenant_id if tenant else TENANT_TEMPLATE)))
+            elif tenant is None or tenant.tenant_id == key.tenant_id:
+                keys.append(key.jwk(v2_issuer(self._host, key.tenant_id)))
+        return {"keys": keys}
 
     # -- token endpoint -------------------------------------------------------------------------
 

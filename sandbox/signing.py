@@ -1,6 +1,8 @@
 """The sandbox's token-signing keys, published like Entra's JWKS: minting and verifying RS256 JWTs.
 
 Keys are RSA certificates whose `kid` equals their SHA-1 `x5t`, as Entra's keys are; rotation keeps old keys.
+Besides the shared keys (published with the `{tenantid}` issuer template) a key can belong to one tenant: Entra
+publishes such keys with that tenant's GUID issuer, and they sign only for it (protocol §6).
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ class UnknownSigningKeyError(jwt.InvalidSignatureError):
 
 @dataclass(frozen=True)
 class SigningKey:
-    """One published signing key."""
+    """One published signing key; `tenant_id` is set for a key that belongs to one tenant's issuer."""
 
     kid: str
     bundle: CertificateBundle
+    tenant_id: str | None = None
 
     def jwk(self, issuer: str) -> dict[str, Any]:
         """The key as a JWKS entry; Entra adds `issuer` and `cloud_instance_name` (protocol §6)."""
@@ -51,11 +54,12 @@ class SigningKey:
 
 
 class SigningKeyRing:
-    """The current signing key plus every key it replaced; thread-safe through the caller's lock."""
+    """The current signing key plus every key it replaced, and tenant keys; thread-safe through the caller's lock."""
 
     def __init__(self, lock: threading.RLock) -> None:
         self._lock = lock
-        self._keys: list[SigningKey] = []  # newest first
+        self._keys: list[SigningKey] = []  # shared keys, newest first
+        self._tenant_keys: list[SigningKey] = []  # newest first
         self.rotate()
 
     def rotate(self) -> SigningKey:
@@ -67,23 +71,36 @@ class SigningKeyRing:
         logger.debug("signing key %s is now current", key.kid)
         return key
 
+    def add_tenant_key(self, tenant_id: str) -> SigningKey:
+        """Publish a key that belongs to `tenant_id` alone. It never becomes current: only an explicit
+        `sign(..., key=...)` uses it.
+        """
+        bundle = make_certificate(f"sandbox-token-signing-{tenant_id}", days=_SIGNING_KEY_DAYS)
+        key = SigningKey(kid=bundle.sha1_x5t, bundle=bundle, tenant_id=tenant_id)
+        with self._lock:
+            self._tenant_keys.insert(0, key)
+        logger.debug("signing key %s published for tenant %s", key.kid, tenant_id)
+        return key
+
     @property
     def current(self) -> SigningKey:
         with self._lock:
             return self._keys[0]
 
     def published(self) -> list[SigningKey]:
-        """All published keys, newest first."""
+        """All published keys: the shared ones newest first (the current key leads), then the tenant keys."""
         with self._lock:
-            return list(self._keys)
+            return [*self._keys, *self._tenant_keys]
 
     def find(self, kid: str) -> SigningKey | None:
         with self._lock:
-            return next((key for key in self._keys if key.kid == kid), None)
+            return next((key for key in (*self._keys, *self._tenant_keys) if key.kid == kid), None)
 
-    def sign(self, claims: Mapping[str, Any]) -> str:
-        """An RS256 JWT over `claims`, with `kid` and `x5t` headers like Entra's tokens."""
-        key = self.current
+    def sign(self, claims: Mapping[str, Any], *, key: SigningKey | None = None) -> str:
+        """An RS256 JWT over `claims`, with `kid` and `x5t` headers like Entra's tokens; signed by the current
+        key unless `key` names another published one.
+        """
+        key = key or self.current
         return jwt.encode(
             dict(claims),
             key.bundle.private_key,

@@ -1,7 +1,8 @@
-"""In-memory model behind the stand-ins: directory (tenants, apps, service principals, managed identities),
-vault (secret versions, RBAC grants), redeemed assertions, Dataverse orgs, their webhooks and counters. Every
-method takes the one lock; each Dataverse org's rows and users sit behind that org's own lock
-(sandbox.dataverse_org), webhooks and their deliveries behind the webhook hub's (sandbox.dataverse_webhooks).
+"""In-memory model behind the stand-ins: directory (tenants, their users, apps, service principals, managed
+identities), user tokens (claims: sandbox.user_tokens), vault (secret versions, RBAC grants), redeemed assertions,
+Dataverse orgs, their webhooks and counters. Every method takes the one lock; each Dataverse org's rows and users
+sit behind that org's own lock (sandbox.dataverse_org), webhooks and their deliveries behind the webhook hub's
+(sandbox.dataverse_webhooks).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -23,12 +25,14 @@ from cryptography import x509
 from sandbox.counters import Counters
 from sandbox.dataverse_context import ContextUser
 from sandbox.dataverse_events import MESSAGES
-from sandbox.dataverse_org import Actor, Org, OrgStore, SystemUser, canonical_org_url
-from sandbox.dataverse_schema import TABLES, TABLES_BY_LOGICAL_NAME
+from sandbox.dataverse_org import READ_DEPTHS, Actor, Org, OrgStore, SystemUser, canonical_org_url
+from sandbox.dataverse_schema import TABLES, TABLES_BY_LOGICAL_NAME, Table
 from sandbox.dataverse_throttle import DataverseLimits
 from sandbox.dataverse_webhooks import WebhookHub
+from sandbox.issuers import TENANT_TEMPLATE, TOKEN_VERSIONS, issuer
 from sandbox.pki import CertificateBundle, certificate_thumbprints, pem_to_pfx
 from sandbox.signing import SigningKeyRing
+from sandbox.user_tokens import SandboxUser, default_upn, pairwise_subject, user_token_claims
 from sandbox.webhook_delivery import DEFAULT_TIMEOUT_SECONDS, WebhookDelivery
 from sandbox.webhook_registration import WebhookRegistration, new_registration
 
@@ -58,6 +62,18 @@ def is_guid(value: str) -> bool:
 
 def _epoch(moment: dt.datetime) -> int:
     return int(moment.timestamp())
+
+
+def _check_read_depth(depth: str) -> None:
+    if depth not in READ_DEPTHS:
+        raise ValueError(f"read depth must be one of {', '.join(READ_DEPTHS)}, not {depth!r}")
+
+
+def _table(entity_set: str) -> Table:
+    schema = TABLES.get(entity_set)
+    if schema is None:
+        raise ValueError(f"table must be one of {', '.join(TABLES)}, not {entity_set!r}")
+    return schema
 
 
 @dataclass(frozen=True)
@@ -180,6 +196,11 @@ class SandboxState:
         # once it has already bought a token for the same tenant and resource. Tests may switch it off.
         self.reject_assertion_replay = True
         self._tenants: dict[str, Tenant] = {}
+        self._users: dict[tuple[str, str], SandboxUser] = {}  # by (tenant id, object id)
+        self._pairwise_secret = secrets.token_bytes(32)  # keys the pairwise `sub` of user tokens
+        # The client a user token names (azp / appid) when the caller names none: one per sandbox, like a
+        # single-page app that signs users in to our API.
+        self.default_user_client_id = str(uuid.uuid4())
         self._apps: dict[str, Application] = {}
         self._service_principals: dict[tuple[str, str], ServicePrincipal] = {}
         self._managed_identities: list[ManagedIdentity] = []
@@ -203,6 +224,35 @@ class SandboxState:
         """Publish a new current signing key; returns its kid. Previous keys stay in the JWKS."""
         return self.signing_keys.rotate().kid
 
+    def add_tenant_signing_key(self, tenant_id: str) -> str:
+        """Publish a key that belongs to one tenant; returns its kid. The JWKS (at common and at that tenant's
+        endpoint only) lists it with `"issuer": "{authority_host}/<tenant id>/v2.0"`, so a validator must accept
+        it for that tenant's tokens alone (protocol §6). It never becomes current: `issue_user_token(...,
+        signing_kid=kid)` signs with it. Raises SandboxLookupError for an unknown tenant.
+        """
+        tid = normalize_guid(tenant_id)
+        with self._lock:
+            self._require_tenant(tid)
+        return self.signing_keys.add_tenant_key(tid).kid
+
+    def token_issuer_template(self, version: str = "2.0") -> str:
+        """`{authority_host}/{tenantid}/v2.0` ("2.0") or `{authority_host}/{tenantid}/` ("1.0"): substitute a
+        token's `tid` to get the `iss` it must carry. Raises RuntimeError before Sandbox.start(), ValueError for
+        another version.
+        """
+        return issuer(self._require_authority_host(), TENANT_TEMPLATE, version)
+
+    def signing_keys_issuer_template(self) -> str:
+        """The `issuer` of every shared key in the common JWKS: `{authority_host}/{tenantid}/v2.0`. Keys from
+        `add_tenant_signing_key` carry their tenant's GUID in its place. Raises RuntimeError before start().
+        """
+        return self.token_issuer_template("2.0")
+
+    def _require_authority_host(self) -> str:
+        if not self.authority_host:
+            raise RuntimeError("the sandbox is not started: token issuers need its authority host")
+        return self.authority_host
+
     # -- tenants --------------------------------------------------------------------------------
 
     def add_tenant(self, tenant_id: str | None = None, display_name: str = "") -> str:
@@ -220,6 +270,8 @@ class SandboxState:
             del self._tenants[tid]
             for key in [key for key in self._service_principals if key[0] == tid]:
                 del self._service_principals[key]
+            for key in [key for key in self._users if key[0] == tid]:
+                del self._users[key]
 
     def find_tenant(self, name: str) -> Tenant | None:
         """The tenant addressed by a GUID or one of its domains, as in an authority URL path."""
@@ -243,6 +295,98 @@ class SandboxState:
         if tenant is None:
             raise SandboxLookupError(f"no tenant {tid}")
         return tenant
+
+    # -- users and their tokens (protocol §6) ---------------------------------------------------
+
+    def add_user(
+        self, tenant_id: str, *, display_name: str, upn: str | None = None, object_id: str | None = None
+    ) -> SandboxUser:
+        """A user of the tenant's directory who can sign in to our app. `upn` defaults to
+        `<display.name>@<the tenant's first domain>`, `object_id` to a new GUID.
+
+        Raises SandboxLookupError for an unknown tenant and ValueError for an object id that is not a GUID or
+        already names a user of the tenant.
+        """
+        tid = normalize_guid(tenant_id)
+        oid = normalize_guid(object_id) if object_id else str(uuid.uuid4())
+        with self._lock:
+            tenant = self._require_tenant(tid)
+            if (tid, oid) in self._users:
+                raise ValueError(f"tenant {tid} already has a user {oid}")
+            user = SandboxUser(oid, tid, display_name, upn or default_upn(display_name, oid, tenant.domains[0]))
+            self._users[(tid, oid)] = user
+        return user
+
+    def get_user(self, tenant_id: str, object_id: str) -> SandboxUser:
+        """Raises SandboxLookupError when the tenant has no such user."""
+        key = (normalize_guid(tenant_id), normalize_guid(object_id))
+        with self._lock:
+            user = self._users.get(key)
+        if user is None:
+            raise SandboxLookupError(f"no user {key[1]} in tenant {key[0]}")
+        return user
+
+    def issue_user_token(
+        self,
+        user: SandboxUser,
+        *,
+        audience: str,
+        scopes: tuple[str, ...] = ("access_as_user",),
+        roles: tuple[str, ...] = (),
+        version: str = "2.0",
+        lifetime_seconds: int = 3600,
+        not_before_offset: int = 0,
+        client_id: str | None = None,
+        signing_kid: str | None = None,
+        extra_claims: dict[str, Any] | None = None,
+    ) -> str:
+        """A delegated access token for `user`, as Entra issues it for our API (claims: sandbox.user_tokens).
+
+        RS256, headers `typ`/`kid`/`x5t`, signed by the current key or by the published key `signing_kid`
+        (e.g. one from `add_tenant_signing_key`). `iat` is now, `nbf` now + `not_before_offset`, `exp` now +
+        `lifetime_seconds` (zero or less gives an expired token). The client (`azp` / `appid`) is `client_id` or
+        `default_user_client_id`. `extra_claims` is applied last: a value replaces the claim, None removes it.
+
+        Raises RuntimeError before Sandbox.start(); SandboxLookupError when the user (or its tenant) is gone or
+        no published key has `signing_kid`; ValueError for another version, an empty audience, a string
+        instead of a tuple of scopes or roles, or a client id that is not a GUID.
+        """
+        if version not in TOKEN_VERSIONS:
+            raise ValueError(f"version must be one of {TOKEN_VERSIONS}, not {version!r}")
+        if not audience:
+            raise ValueError("audience must name our API (its client id or App ID URI)")
+        if isinstance(scopes, str) or isinstance(roles, str):
+            raise ValueError("scopes and roles are tuples of names, not a string")
+        host = self._require_authority_host()
+        client = normalize_guid(client_id) if client_id else self.default_user_client_id
+        with self._lock:
+            registered = self._users.get((user.tenant_id, user.object_id))
+            if registered is None or user.tenant_id not in self._tenants:
+                raise SandboxLookupError(f"no user {user.object_id} in tenant {user.tenant_id}")
+        key = self.signing_keys.current if signing_kid is None else self.signing_keys.find(signing_kid)
+        if key is None:
+            raise SandboxLookupError(f"no published signing key has kid {signing_kid!r}")
+        now = int(time.time())
+        claims = user_token_claims(
+            registered,
+            issuer=issuer(host, registered.tenant_id, version),
+            version=version,
+            audience=audience,
+            subject=pairwise_subject(self._pairwise_secret, registered, audience),
+            client_id=client,
+            scopes=tuple(scopes),
+            roles=tuple(roles),
+            issued_at=now,
+            not_before=now + not_before_offset,
+            expires=now + lifetime_seconds,
+        )
+        for name, value in (extra_claims or {}).items():
+            if value is None:
+                claims.pop(name, None)
+            else:
+                claims[name] = value
+        self.counters.bump("user_token", tenant=registered.tenant_id, version=version)
+        return self.signing_keys.sign(claims, key=key)
 
     # -- applications ---------------------------------------------------------------------------
 
@@ -593,21 +737,72 @@ class SandboxState:
             raise SandboxLookupError(f"app {app_client_id} has no application user in {store.org.url}")
         return user
 
-    def add_org_user(self, org_url: str, object_id: str, full_name: str, *, enabled: bool = True) -> str:
+    def add_org_user(
+        self, org_url: str, object_id: str, full_name: str, *, enabled: bool = True, read_depth: str = "user"
+    ) -> str:
         """A licensed user known by its Entra object id (for CallerObjectId impersonation); returns its
-        systemuserid.
+        systemuserid. `read_depth` is its read privilege on accounts and contacts (see set_org_user_read_depth).
         """
+        _check_read_depth(read_depth)
         store = self._org_store(org_url)
-        user = SystemUser(str(uuid.uuid4()), full_name, enabled=enabled, object_id=normalize_guid(object_id))
+        user = SystemUser(
+            str(uuid.uuid4()), full_name, enabled=enabled, object_id=normalize_guid(object_id), read_depth=read_depth
+        )
         store.add_user(user)
         return user.systemuserid
 
-    def seed_rows(self, org_url: str, table: str, count: int, *, prefix: str = "Row") -> list[str]:
-        """Insert `count` rows into "accounts" or "contacts", owned by the org's SYSTEM user; returns their ids."""
+    def set_org_user_read_depth(self, org_url: str, object_id: str, depth: str) -> None:
+        """The depth of the user's read privilege (prvReadAccount, prvReadContact), which reads made while
+        impersonating it are held to (protocol §4: the intersection with the application user's, which reads
+        everything): "user" (Basic: only rows it owns; the default for add_org_user), "organization" (every
+        row) or "none" (no read privilege). Raises SandboxLookupError for an unknown org or user, ValueError for
+        another depth.
+        """
+        _check_read_depth(depth)
         store = self._org_store(org_url)
-        schema = TABLES.get(table)
-        if schema is None:
-            raise ValueError(f"table must be one of {', '.join(TABLES)}, not {table!r}")
+        user = self._require_org_user(store, object_id)
+        store.replace_user(replace(user, read_depth=depth))
+
+    @staticmethod
+    def _require_org_user(store: OrgStore, object_id: str) -> SystemUser:
+        user = store.find_user_by_object_id(normalize_guid(object_id))
+        if user is None:
+            raise SandboxLookupError(f"no user with object id {object_id} in {store.org.url}")
+        return user
+
+    def assign_rows(self, org_url: str, table: str, row_ids: Iterable[str], owner_object_id: str) -> None:
+        """Make the org user `owner_object_id` the owner of existing rows, as Assign does (each row's version
+        and modifiedon move on; no webhook runs). All or nothing: raises SandboxLookupError for an unknown org,
+        user or row id and ValueError for an unknown table or a row id that is not a GUID.
+        """
+        store = self._org_store(org_url)
+        schema = _table(table)
+        owner = self._require_org_user(store, owner_object_id)
+        ids = [normalize_guid(row_id) for row_id in row_ids]
+        with store.exclusive():
+            missing = [row_id for row_id in ids if store.get(schema.entity_set, row_id) is None]
+            if missing:
+                raise SandboxLookupError(f"no {schema.logical_name} {missing[0]} in {store.org.url}")
+            for row_id in ids:
+                store.update(schema, row_id, {"_ownerid_value": owner.systemuserid}, Actor(store.system_user_id))
+
+    def seed_rows(
+        self,
+        org_url: str,
+        table: str,
+        count: int,
+        *,
+        prefix: str = "Row",
+        owner_object_id: str | None = None,
+    ) -> list[str]:
+        """Insert `count` rows into "accounts" or "contacts", owned (and created) by the org user
+        `owner_object_id`, or by the org's SYSTEM user when it is None; returns their ids.
+
+        Raises SandboxLookupError for an unknown org or user and ValueError for an unknown table.
+        """
+        store = self._org_store(org_url)
+        schema = _table(table)
+        owner = self._require_org_user(store, owner_object_id).systemuserid if owner_object_id else None
         if table == "accounts":
             values = (
                 {"name": f"{prefix} {n}", "revenue": float(n * 100), "telephone1": f"555-{n % 10000:04d}"}
@@ -618,7 +813,7 @@ class SandboxState:
                 {"firstname": prefix, "lastname": str(n), "emailaddress1": f"{prefix.lower()}.{n}@example.com"}
                 for n in range(1, count + 1)
             )
-        return store.bulk_insert(schema, values, Actor(store.system_user_id))
+        return store.bulk_insert(schema, values, Actor(owner or store.system_user_id))
 
     def rows(self, org_url: str, table: str) -> list[dict[str, object]]:
         """A copy of every row of "accounts" or "contacts", for assertions."""

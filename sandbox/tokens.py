@@ -1,7 +1,7 @@
 """Claims of the access tokens the sandbox issues: v1 app-only tokens and managed identity tokens.
 
-Entra's v1 issuer is `https://sts.windows.net/{tid}/`; the sandbox uses `{authority_host}/{tid}/` instead so
-one host serves both the token and the metadata that validates it (protocol §6).
+Issuers come from sandbox.issuers (v1 `{authority_host}/{tid}/` stands in for `https://sts.windows.net/{tid}/`);
+delegated user tokens are built in sandbox.user_tokens.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from sandbox import issuers
 from sandbox.pki import base64url
 from sandbox.signing import SigningKeyRing
 from sandbox.state import TOKEN_EXCHANGE_AUDIENCE, ManagedIdentity
@@ -39,10 +40,10 @@ class TokenMinter:
         self._host = authority_host.rstrip("/")
 
     def v1_issuer(self, tenant_id: str) -> str:
-        return f"{self._host}/{tenant_id}/"
+        return issuers.v1_issuer(self._host, tenant_id)
 
     def v2_issuer(self, tenant_id: str) -> str:
-        return f"{self._host}/{tenant_id}/v2.0"
+        return issuers.v2_issuer(self._host, tenant_id)
 
     def app_token(self, *, tenant_id: str, client_id: str, object_id: str, resource: str) -> IssuedToken:
         """A v1 app-only token, as Entra issues for client credentials against a v1 resource."""
