@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install lint test unit integration e2e demo bench sandbox devhost cli clean chromium
+.PHONY: install lint infra-check test unit integration e2e demo bench sandbox devhost cli clean chromium
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint $(NODE_STAMP) chromium
+# Bicep: every file parses (pycep) and checkov passes with 0 failures and 0 parsing errors (own venv: .venv-infra).
+infra-check:
+	$(PYTHON) tools/infra_check.py
+
+test: lint infra-check $(NODE_STAMP) chromium
 	$(BIN)/pytest
 
 unit: $(STAMP)
@@ -57,4 +61,4 @@ devhost: $(STAMP)
 	$(BIN)/python -m devhost
 
 clean:
-	rm -rf $(VENV) node_modules .sandbox .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-infra node_modules .sandbox .pytest_cache .mypy_cache .ruff_cache
