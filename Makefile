@@ -49,10 +49,7 @@ demo: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m demo
 
 bench: $(STAMP) $(NODE_STAMP)
-	$(BIN)/python bench/auth_bench.py
-	$(BIN)/python bench/dataverse_bench.py
-	$(BIN)/python bench/webhook_bench.py
-	$(BIN)/python bench/sync_bench.py
+	$(BIN)/python bench/run_all.py
 
 sandbox: $(STAMP)
 	$(BIN)/python -m sandbox

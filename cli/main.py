@@ -60,6 +60,8 @@ def _build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--reason", default="offboarded by an operator")
     secret = tenant_commands.add_parser("webhook-secret", help="issue a new webhook secret (HttpHeader auth type)")
     secret.add_argument("tenant_id")
+    explain = commands.add_parser("explain", help="what an AADSTS or Dataverse error code means here, and the fix")
+    explain.add_argument("code", help="e.g. 700016, AADSTS65001, 0x80072560, disabled, 'expired delta token'")
     jobs = commands.add_parser("jobs", help="run a scheduled job now")
     job_commands = jobs.add_subparsers(dest="jobs_command", required=True)
     run = job_commands.add_parser("run", help="run sync, health or certificate-expiry now")
@@ -182,6 +184,23 @@ def _print(data: Any, as_json: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    if args.command == "explain":
+        # Needs no settings or services: operators use it while something is broken.
+        from dataclasses import asdict
+
+        from shared.troubleshooting import explain
+
+        entry = explain(args.code)
+        if entry is None:
+            _print(
+                {"error": "unknown_code", "message": f"No entry for {args.code[:40]!r}; see docs/troubleshooting.md"},
+                args.json,
+            )
+            return 1
+        details = asdict(entry)
+        details.pop("aliases")
+        _print(details, args.json)
+        return 0
     if args.env_file:
         load_env_file(args.env_file)
     from shared.bootstrap import build_services, installed_services

@@ -1,0 +1,172 @@
+"""Every Entra ID and Dataverse error this app can meet: what it means here and what to do. One catalogue feeds
+``python -m cli explain CODE`` and ``docs/troubleshooting.md`` (a test keeps the document in step)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared import aadsts
+from shared import dataverse_errors as dv
+
+
+@dataclass(frozen=True)
+class Explanation:
+    code: str
+    source: str  # "Entra ID" or "Dataverse"
+    title: str
+    meaning: str
+    fix: str
+    aliases: tuple[str, ...] = ()
+
+
+def _entra() -> list[Explanation]:
+    titles = {
+        700016: "Application not found in the tenant",
+        65001: "Consent required",
+        700027: "Certificate not registered / assertion signature invalid",
+        7000274: "Assertion signature could not be verified",
+        7000215: "Invalid client credential",
+        70021: "No matching federated identity credential",
+        700024: "Client assertion outside its valid time range",
+        90002: "Tenant not found",
+        7000112: "Application disabled",
+        1002012: "Invalid scope for client credentials",
+        500011: "Resource (org) not found in the tenant",
+    }
+    app_view = {
+        700016: " The registry moves the tenant to `consent_revoked` (health job), or keeps it `pending_consent` "
+        "while a fresh consent replicates (re-checked from the `tenant-verification` queue).",
+        65001: " The registry moves the tenant to `consent_revoked`.",
+        700027: " The worker re-reads the certificate from Key Vault once and retries once before reporting this.",
+        7000274: " The worker re-reads the certificate once and retries once before reporting this.",
+    }
+    return [
+        Explanation(
+            f"AADSTS{code}",
+            "Entra ID",
+            titles.get(code, info.category),
+            info.meaning + app_view.get(code, ""),
+            info.fix,
+            (str(code),),
+        )
+        for code, info in aadsts.CATALOG.items()
+    ]
+
+
+_DATAVERSE = [
+    Explanation(
+        dv.APPLICATION_USER_MISSING,
+        "Dataverse",
+        "The user is not a member of the organization",
+        "Consent exists (a token was issued) but the org has no application user for our app. The tenant is "
+        "`awaiting_application_user`; webhooks and jobs skip it.",
+        "The customer creates the application user for our application id with a custom security role (Power "
+        "Platform admin center > Environments > Settings > Application users), then re-checks from the onboarding "
+        "page or an operator runs `python -m cli tenants verify <tenant>`.",
+        ("application user missing",),
+    ),
+    Explanation(
+        dv.USER_DISABLED,
+        "Dataverse",
+        "Disabled user",
+        "The application user (or the impersonated user) is disabled; disabling an application user breaks every "
+        "integration with that org. The tenant is `awaiting_application_user`.",
+        "Re-enable the application user in the Power Platform admin center; then `tenants verify`.",
+        ("disabled", "disabled user"),
+    ),
+    Explanation(
+        dv.THROTTLE_REQUESTS,
+        "Dataverse",
+        "Too many requests (6,000 per 5 minutes per user)",
+        "Service protection: the app user sent too many requests to one web server. The client waits out "
+        "Retry-After for every caller of that org and sends again; nothing is lost.",
+        "Nothing, usually. If it persists: lower SWEEP_CONCURRENCY, sync fewer tables or columns, use $batch.",
+        (),
+    ),
+    Explanation(
+        dv.THROTTLE_EXECUTION_TIME,
+        "Dataverse",
+        "Too much execution time (20 minutes per 5 minutes per user)",
+        "Service protection: requests took too long in total. Handled like other 429s (Retry-After honoured).",
+        "Make requests cheaper: fewer columns, smaller pages (SYNC_PAGE_SIZE), fewer concurrent requests.",
+        (),
+    ),
+    Explanation(
+        dv.THROTTLE_CONCURRENCY,
+        "Dataverse",
+        "Too many concurrent requests (52 per user)",
+        "Service protection: too many requests at once. The client caps concurrency per org under 52 and "
+        "follows x-ms-dop-hint; this should be rare.",
+        "Lower SWEEP_CONCURRENCY; make sure several worker instances are not all hitting one org.",
+        (),
+    ),
+    Explanation(
+        dv.EXPIRED_VERSION_STAMP,
+        "Dataverse",
+        "Expired change-tracking (delta) token",
+        "The stored delta link is older than the org keeps changes (ExpireChangeTrackingInDays, default 7 days) "
+        "or is invalid. The sync job logs it and re-reads that table from scratch.",
+        "Nothing; if it recurs, run the sync more often than the org's change-tracking expiry.",
+        ("expired delta token", "delta token"),
+    ),
+    Explanation(
+        dv.ACCESS_DENIED,
+        "Dataverse",
+        "Access denied (missing privilege)",
+        "The application user's role lacks a privilege — for impersonation, prvActOnBehalfOfAnotherUser; for "
+        "reads, the table's read privilege.",
+        "Add the privilege to the app's custom security role (Delegate role for impersonation).",
+        ("prvactonbehalfofanotheruser",),
+    ),
+    Explanation(
+        dv.ROW_NOT_FOUND,
+        "Dataverse",
+        "Row does not exist",
+        "The row was deleted or never existed. Deletes treat it as success.",
+        "Nothing for deletes; for reads, the row is gone.",
+        (),
+    ),
+]
+
+
+def catalog() -> list[Explanation]:
+    return _entra() + _DATAVERSE
+
+
+def _names(entry: Explanation) -> set[str]:
+    names = {entry.code.lower(), *entry.aliases}
+    if entry.code.startswith("0x"):
+        names.add(str(int(entry.code, 16) - 2**32))  # the signed decimal form .NET error messages show
+    return names
+
+
+def explain(code: str) -> Explanation | None:
+    wanted = code.strip().lower()
+    wanted = wanted if wanted.startswith("aadsts") or not wanted.isdigit() else f"aadsts{wanted}"
+    for entry in catalog():
+        if wanted in _names(entry):
+            return entry
+    return None
+
+
+def render_markdown() -> str:
+    lines = [
+        "# Troubleshooting",
+        "",
+        "Every Entra ID and Dataverse error the app can meet, what it means in this app, and the fix.",
+        "`python -m cli explain <code>` prints the same (e.g. `700016`, `0x80072560`, `disabled`).",
+        "Generated from `shared/troubleshooting.py`; a test keeps this file in step.",
+        "",
+    ]
+    for source in ("Entra ID", "Dataverse"):
+        lines += [f"## {source}", ""]
+        for entry in (e for e in catalog() if e.source == source):
+            lines += [
+                f"### {entry.code} — {entry.title}",
+                "",
+                f"**Means:** {entry.meaning}",
+                "",
+                f"**Fix:** {entry.fix}",
+                "",
+            ]
+    return "\n".join(lines)

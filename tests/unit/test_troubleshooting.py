@@ -1,0 +1,50 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from cli.main import main
+from shared.troubleshooting import catalog, explain, render_markdown
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_guide_in_docs_is_the_catalogue():
+    assert (ROOT / "docs" / "troubleshooting.md").read_text() == render_markdown()
+
+
+@pytest.mark.parametrize(
+    ("asked", "code"),
+    [
+        ("700016", "AADSTS700016"),
+        ("AADSTS65001", "AADSTS65001"),
+        ("aadsts700027", "AADSTS700027"),
+        ("7000274", "AADSTS7000274"),
+        ("700024", "AADSTS700024"),
+        ("90002", "AADSTS90002"),
+        ("7000112", "AADSTS7000112"),
+        ("0x80072560", "0x80072560"),
+        ("-2147015328", "0x80072560"),
+        ("disabled", "0x80040225"),
+        ("0x80072322", "0x80072322"),
+        ("0x80072321", "0x80072321"),
+        ("0x80072326", "0x80072326"),
+        ("expired delta token", "0x80044352"),
+    ],
+)
+def test_every_code_the_issue_names_is_explained(asked, code):
+    entry = explain(asked)
+    assert entry is not None and entry.code == code and entry.meaning and entry.fix
+
+
+def test_explain_command_prints_the_entry_and_fails_clearly_for_unknown_codes(capsys):
+    assert main(["--json", "explain", "0x80072560"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["title"] == "The user is not a member of the organization" and "application user" in shown["fix"]
+    assert main(["--json", "explain", "12345"]) == 1
+    assert json.loads(capsys.readouterr().out)["error"] == "unknown_code"
+
+
+def test_codes_are_unique():
+    codes = [e.code for e in catalog()]
+    assert len(codes) == len(set(codes))
