@@ -4,16 +4,14 @@ limit before the function sees anything), hands it to one callable, and writes t
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
-import socket
-import socketserver
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from sandbox.httpd import LoopbackServer
 
 logger = logging.getLogger(__name__)
 
@@ -171,63 +169,18 @@ class _RequestHandler(BaseHTTPRequestHandler):
         logger.debug("%s %s", self.address_string(), format % args)
 
 
-class LoopbackHttpServer(ThreadingHTTPServer):
-    """A ThreadingHTTPServer bound to a loopback address only."""
+class LoopbackHttpServer(LoopbackServer):
+    """The sandbox's threaded loopback server (connection tracking, clean stop), plain HTTP, with this host's
+    request handler, on a loopback address only."""
 
-    daemon_threads = True
-    block_on_close = False
+    thread_name = "devhost"
 
     def __init__(self, host: str, port: int, handler: Handler, max_body_bytes: int) -> None:
         if not _is_loopback(host):
             raise ValueError(f"devhost serves loopback addresses only, not {host!r}")
         self.handler = handler
         self.max_body_bytes = max_body_bytes
-        self._thread: threading.Thread | None = None
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        super().__init__((host, port), _RequestHandler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves a host name via getfqdn(); not needed on loopback.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = str(self.server_address[0])
-        self.server_port = int(self.server_address[1])
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        # Headers and body leave in separate writes; Nagle would hold the body for the client's delayed ACK.
-        with contextlib.suppress(OSError):
-            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with self._connections_lock:
-            self._connections.add(request)
-        try:
-            super().finish_request(request, client_address)
-        finally:
-            with self._connections_lock:
-                self._connections.discard(request)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self.serve_forever, kwargs={"poll_interval": 0.05}, name=f"devhost-{self.port}", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop accepting, cut idle keep-alive connections and close the socket."""
-        if self._thread is not None:
-            self.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        with self._connections_lock:
-            open_connections = list(self._connections)
-        for connection in open_connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-        self.server_close()
+        super().__init__(None, address=(host, port), handler=_RequestHandler)
 
 
 def _is_loopback(host: str) -> bool:

@@ -132,19 +132,29 @@ class LoopbackServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+    thread_name = "sandbox"
+
+    def __init__(
+        self,
+        tls: ssl.SSLContext | None = None,
+        *,
+        address: tuple[str, int] = ("127.0.0.1", 0),
+        handler: type[BaseHTTPRequestHandler] | None = None,
+    ) -> None:
         self.application: Application = _unavailable
         self._tls = tls
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        super().__init__(("127.0.0.1", 0), _Handler)
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, handler or _Handler)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the host name via getfqdn(); skip that lookup on loopback.
         socketserver.TCPServer.server_bind(self)
-        self.server_name = "127.0.0.1"
-        self.server_port = self.server_address[1]
+        self.server_name = str(self.server_address[0])
+        self.server_port = int(self.server_address[1])
 
     @property
     def port(self) -> int:
@@ -175,7 +185,10 @@ class LoopbackServer(ThreadingHTTPServer):
 
     def start(self) -> None:
         self._thread = threading.Thread(
-            target=self.serve_forever, kwargs={"poll_interval": 0.05}, name=f"sandbox-{self.port}", daemon=True
+            target=self.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"{self.thread_name}-{self.port}",
+            daemon=True,
         )
         self._thread.start()
 
