@@ -173,7 +173,11 @@ def memory_at_scale(tenant_count: int = 10_000) -> None:
         )
         figures = json.loads(out.stdout.strip().splitlines()[-1])
         grown = figures["grown_mb"]
-        report(f"worker memory, {tenant_count:,} tenants warmed ({label})", grown, "MB", "< 100 MB", grown < 100)
+        if max_tenants >= tenant_count:
+            # Shown for scale: this is what the LRU exists to bound (≈ 13 KB per MSAL app).
+            report(f"worker memory, {tenant_count:,} tenants warmed ({label})", grown, "MB", "(info)", True)
+        else:
+            report(f"worker memory, {tenant_count:,} tenants warmed ({label})", grown, "MB", "< 100 MB", grown < 100)
         report(f"  tenants kept ({label})", figures["kept"], "kept", f"{figures['evicted']} evicted", True)
         report(f"  warm-up time per tenant ({label})", figures["ms_per_tenant"], "ms", "(info)", True)
 
