@@ -48,3 +48,19 @@ def test_explain_command_prints_the_entry_and_fails_clearly_for_unknown_codes(ca
 def test_codes_are_unique():
     codes = [e.code for e in catalog()]
     assert len(codes) == len(set(codes))
+
+
+def test_the_suite_wide_log_watch_recognises_secrets():
+    import logging
+
+    from tests.conftest import _SecretWatch
+
+    watch = _SecretWatch()
+    leaks = [
+        "Bearer eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJ4eHh4eHgifQ.c2ln",
+        "-----BEGIN PRIVATE KEY-----",
+        "POST /api/webhooks/dataverse?code=abcdefghijklmnopqrstuvwxyz0123",
+    ]
+    for text in [*leaks, "Token acquired for tenant 1111, resource https://x.crm.dynamics.com, expires in 3599 s"]:
+        watch.emit(logging.LogRecord("t", logging.INFO, __file__, 1, text, None, None))
+    assert len(watch.findings) == len(leaks)
