@@ -169,15 +169,16 @@ def jobs_part(sb: Sandbox, services: object, customers: dict[str, tuple[str, str
     new_id = client.create("accounts", {"name": "Adatum new customer"})
     client.update("accounts", rows[0]["accountid"], {"name": "Adatum renamed"})
     client.delete("accounts", rows[1]["accountid"])
+    container = services.storage.container(services.settings.sync_container)  # type: ignore[attr-defined]
+    before = {b.name for b in container.list_blobs(name_starts_with=f"{adatum_tenant}/")}
     step("Changes in Adatum's org (1 create, 1 update, 1 delete), then the sync job again")
     second = jobs.run_sync()
     print(f"   summary: {json.dumps(second.to_dict())}")
-    container = services.storage.container(services.settings.sync_container)  # type: ignore[attr-defined]
-    newest = max(container.list_blobs(name_starts_with=f"{adatum_tenant}/"), key=lambda b: b.last_modified)
-    for line in container.download_blob(newest.name).readall().decode().splitlines():
-        record = json.loads(line)
-        shown = record.get("row", {}).get("name") or record.get("id")
-        print(f"   {newest.name.split('/', 1)[1]}: {record['op']:<6} {shown}")
+    for name in sorted({b.name for b in container.list_blobs(name_starts_with=f"{adatum_tenant}/")} - before):
+        for line in container.download_blob(name).readall().decode().splitlines():
+            record = json.loads(line)
+            shown = record.get("row", {}).get("name") or record.get("id")
+            print(f"   {name.split('/', 1)[1]}: {record['op']:<6} {shown}")
     step("Health job after Woodgrove's administrator removed our application user")
     woodgrove_tenant, woodgrove_org = customers["Woodgrove"]
     st.remove_application_user(woodgrove_org, client_id)
