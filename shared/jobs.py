@@ -15,11 +15,10 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from shared.errors import S2SError
-from shared.tenant_registry import Tenant, TenantStatus, Verification
+from shared.tenant_registry import Tenant, TenantStatus, Verification, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +148,8 @@ class JobRunner:
         if tenant_id is not None:
             return [registry.get_tenant(tenant_id)]
         wanted = set(statuses)
+        if len(wanted) == 1:  # one status: let Table Storage filter instead of shipping every row here
+            return list(registry.iter_tenants(status=next(iter(wanted)), page_size=1000))
         return [t for t in registry.iter_tenants(page_size=1000) if t.status in wanted]
 
     def run_sync(self, tenant_id: str | None = None, progress: Progress | None = None) -> SweepSummary:
@@ -226,7 +227,7 @@ class JobRunner:
             "not_after": described.get("not_after"),
             "days_left": days_left,
             "threshold_days": min(crossed) if crossed else None,
-            "checked_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "checked_at": utc_now(),
         }
         if crossed:
             logger.warning("certificate expiry %s", json.dumps(report))
@@ -235,7 +236,7 @@ class JobRunner:
         return report
 
     def _record_failure(self, tenant: Tenant, reason: str) -> None:
-        now = datetime.now(UTC).isoformat(timespec="seconds")
+        now = utc_now()
         self._services.registry.record(
             tenant.tenant_id,
             tenant.status,

@@ -18,7 +18,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -34,7 +33,7 @@ from shared.errors import ConfigurationError, CredentialError, S2SError, TokenAc
 from shared.org_index import OrgIndex
 from shared.org_url import validate_org_url
 from shared.settings import Settings
-from shared.tenant_registry import TenantRegistry, TenantStatus, Verification
+from shared.tenant_registry import TenantRegistry, TenantStatus, Verification, utc_now
 from shared.token_provider import TenantTokenProvider
 
 logger = logging.getLogger(__name__)
@@ -205,7 +204,7 @@ class OnboardingService:
             except (TokenAcquisitionError, CredentialError) as exc:
                 status, error_code, message = TenantStatus.FAILED, exc.code, exc.message
                 break
-        verification = Verification(_now(), status.value, error_code, message[:500])
+        verification = Verification(utc_now(), status.value, error_code, message[:500])
         recorded = self._registry.record(
             tenant.tenant_id, status, reason=message[:300], actor=actor, verification=verification
         )
@@ -279,12 +278,8 @@ class OnboardingService:
             status = current  # nothing learned about the tenant: keep its status, record the failure
         else:
             status = TenantStatus.FAILED
-        verification = Verification(_now(), "error", code, message[:500])
+        verification = Verification(utc_now(), "error", code, message[:500])
         recorded = self._registry.record(
             tenant_id, status, reason=message[:300], actor=actor, verification=verification
         )
         return VerificationResult(tenant_id, recorded.status, recorded.org_urls, code, message)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -17,7 +17,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -122,7 +122,8 @@ class TenantPage:
     continuation: str | None
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """Timestamps the registry and its callers record: UTC, ISO 8601, to the second."""
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
@@ -231,7 +232,7 @@ class TenantRegistry:
 
         key = tenant_id.lower()
         for _ in range(_MAX_CONFLICT_RETRIES):
-            now = _now()
+            now = utc_now()
             try:
                 entity = self._tenants.get_entity(_PARTITION, key)
             except ResourceNotFoundError:
@@ -267,9 +268,9 @@ class TenantRegistry:
             stamp = self._clock()
             try:
                 if entity is None:
-                    self._tenants.create_entity(new)
+                    written = self._tenants.create_entity(new)
                 else:
-                    self._tenants.update_entity(
+                    written = self._tenants.update_entity(
                         new,
                         mode=UpdateMode.REPLACE,
                         etag=entity.metadata["etag"],
@@ -284,9 +285,8 @@ class TenantRegistry:
                 self._add_history(key, current, status, reason=reason, actor=actor, now=now, stamp=stamp)
                 log = logger.warning if status in (_S.CONSENT_REVOKED, _S.FAILED) else logger.info
                 log("Tenant %s: %s -> %s (%s)", key, current or "new", status, reason)
-            found = self.find_tenant(key)
-            assert found is not None
-            return found
+            # The row is exactly what was just written: no need to read it back.
+            return replace(_to_tenant(new), etag=(written or {}).get("etag"))
         raise RegistryConflictError(f"Tenant {key} is being updated by many writers; try again.")
 
     def issue_recheck_ticket(self, tenant_id: str, ttl_seconds: int = 7 * 86400) -> str:
