@@ -96,6 +96,8 @@ def main() -> int:
             report(
                 "429s received / throttle waits honoured", throttled, "429s", f"{summary.throttle_waits} waits", True
             )
+            paced = sum(g.pacing_waits for g in services.dataverse.governors.all())
+            report("requests held back by pacing learned from the first 429", paced, "req", "(info)", True)
             report("requests sent inside a Retry-After window", inside, "req", "0", inside == 0)
             report("rows synced", summary.rows, "rows", f"{TENANTS * ROWS}", summary.rows == TENANTS * ROWS)
 

@@ -29,6 +29,7 @@ from shared.dataverse_errors import (
     RowNotFoundError,
     ThrottledError,
     error_from_response,
+    rate_limit_named,
 )
 from shared.odata_batch import (
     MAX_BATCH_OPERATIONS,
@@ -375,7 +376,7 @@ class DataverseClient:
             # The token is fetched before taking a slot, so a slow token request never holds org capacity.
             request_headers["Authorization"] = f"Bearer {self._tokens.get_token(self.tenant_id, self.org_url).token}"
             try:
-                self.governor.acquire(deadline)
+                admitted_at = self.governor.acquire(deadline)
             except AdmissionTimeout:
                 raise ThrottledError(
                     "Dataverse asked this worker to wait (Retry-After) longer than the call's retry budget.",
@@ -426,6 +427,7 @@ class DataverseClient:
             if status == 429:
                 retry_after = _retry_after_seconds(response.headers) or self._backoff(attempt)
                 self.governor.block_for(retry_after)
+                self.governor.refused(admitted_at, rate_limit_named(response.content))
                 logger.warning(
                     "Dataverse %s throttled tenant %s for %.1f s (client request %s, service request %s)",
                     self.org_url,

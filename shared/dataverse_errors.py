@@ -179,6 +179,22 @@ def error_from_response(
     return DataverseError(text, is_transient=transient, **kwargs)
 
 
+_RATE_MESSAGE = re.compile(r"limit of (\d{1,9}) over time window of (\d{1,7}(?:\.\d{1,3})?) seconds", re.IGNORECASE)
+
+
+def rate_limit_named(body: bytes) -> tuple[int, float] | None:
+    """The (requests, window seconds) a request-rate 429 names in its documented message, e.g. "Number of
+    requests exceeded the limit of 6000 over time window of 300 seconds." (api-limits); None for any other body.
+    """
+    code, message = _parse_error_body(body)
+    if code != THROTTLE_REQUESTS:
+        return None
+    match = _RATE_MESSAGE.search(message)
+    if match is None:
+        return None
+    return int(match.group(1)), float(match.group(2))
+
+
 def _parse_error_body(body: bytes) -> tuple[str | None, str]:
     try:
         payload = json.loads(body) if body else None

@@ -4,17 +4,35 @@ Dataverse limits are per user per web server (protocol.md §4): a 429 answered t
 this worker's calls to that org, so the Retry-After window lives here, shared by every client of the org, and no
 request is sent to the org inside it. Concurrency follows the server's ``x-ms-dop-hint``, kept under the
 documented limit of 52 concurrent requests.
+
+Pacing: a request-rate 429 (0x80072322) names its limit in the documented message ("Number of requests exceeded
+the limit of 6000 over time window of 300 seconds."). Once the governor has read it, it keeps the start times of
+this worker's recent requests to the org and holds a request back until the oldest of the last ``limit`` leaves
+the window, so the next window's requests go out when the server will take them instead of costing a 429 and a
+whole-second Retry-After. Other workers share the server's count, so a 429 can still come; it is honoured as
+always and widens the pacing margin.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 # The documented concurrency limit is "52 or higher"; stay below it whatever the hint says.
 MAX_CONCURRENCY = 50
 DEFAULT_CONCURRENCY = 8
+# Requests remembered before any limit is known, and the largest limit paced: above it a window is long enough
+# (the documented one is 6,000 in 300 s) that an occasional 429 costs little, and the log would cost memory.
+PACING_MEMORY = 64
+MAX_PACED_REQUESTS = 1000
+# Arrivals at the server can be closer together than the starts seen here (a new connection is slower than a
+# pooled one), so a window is counted as freeing a little later than the log says: a base, a share of the
+# window, and more after every 429 that pacing did not prevent.
+PACING_MARGIN_SECONDS = 0.04
+PACING_MARGIN_SHARE = 0.01
+MAX_PACING_MARGIN_SECONDS = 1.0
 
 
 class AdmissionTimeout(Exception):
@@ -33,7 +51,12 @@ class OrgGovernor:
         self._limit = max(1, min(initial_limit, MAX_CONCURRENCY))
         self._in_flight = 0
         self._blocked_until = 0.0
+        self._starts: deque[float] = deque(maxlen=PACING_MEMORY)
+        self._rate: tuple[int, float] | None = None  # (requests, window seconds) learned from a 429
+        self._margin = PACING_MARGIN_SECONDS
+        self._learned_at = 0.0
         self.throttle_waits = 0
+        self.pacing_waits = 0
         self.peak_in_flight = 0
 
     @property
@@ -45,30 +68,50 @@ class OrgGovernor:
         """Seconds left in the current Retry-After window (0 when open)."""
         return max(0.0, self._blocked_until - self._clock())
 
-    def acquire(self, deadline: float) -> None:
-        """Wait until the org is not in a Retry-After window and a concurrency slot is free.
+    @property
+    def paced_rate(self) -> tuple[int, float] | None:
+        """The request limit and window (seconds) this governor paces to, once a 429 has named them."""
+        return self._rate
 
-        ``deadline`` is on this governor's clock. Raises AdmissionTimeout if it passes first.
+    def acquire(self, deadline: float) -> float:
+        """Wait until the org is not in a Retry-After window, the learned request rate allows another request,
+        and a concurrency slot is free.
+
+        ``deadline`` is on this governor's clock. Raises AdmissionTimeout if it passes first. Returns the
+        admission time, which identifies the request to `refused`.
         """
         with self._cond:
-            waited_for_throttle = False
+            waited_for_throttle = waited_for_pace = False
             while True:
                 now = self._clock()
                 blocked = self._blocked_until - now
-                if blocked <= 0 and self._in_flight < self._limit:
+                paced = self._pace_free_at() - now
+                if blocked <= 0 and paced <= 0 and self._in_flight < self._limit:
                     self._in_flight += 1
+                    self._starts.append(now)
                     self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
                     if waited_for_throttle:
                         self.throttle_waits += 1
-                    return
+                    elif waited_for_pace:
+                        self.pacing_waits += 1
+                    return now
                 if now >= deadline:
                     raise AdmissionTimeout()
-                if blocked > 0:
-                    waited_for_throttle = True
-                    timeout = min(blocked, deadline - now)
+                if blocked > 0 or paced > 0:
+                    waited_for_throttle = waited_for_throttle or blocked > 0
+                    waited_for_pace = waited_for_pace or paced > 0
+                    timeout = min(max(blocked, paced), deadline - now)
                 else:
                     timeout = deadline - now
                 self._cond.wait(timeout)
+
+    def _pace_free_at(self) -> float:
+        if self._rate is None:
+            return 0.0
+        requests, window = self._rate
+        if len(self._starts) < requests:
+            return 0.0
+        return self._starts[-requests] + window + self._margin
 
     def release(self) -> None:
         with self._cond:
@@ -79,6 +122,34 @@ class OrgGovernor:
         """Record a Retry-After: nobody calls the org until it passes (an earlier, longer window is kept)."""
         with self._cond:
             self._blocked_until = max(self._blocked_until, self._clock() + max(0.0, seconds))
+
+    def refused(self, admitted_at: float, rate: tuple[int, float] | None = None) -> None:
+        """A request admitted at ``admitted_at`` was answered 429: the server did not count it, so neither does
+        the pacing log. ``rate`` is the (requests, window seconds) limit the 429 named, if it named one.
+
+        A 429 for a request sent while pacing to that same limit means pacing was not enough (other workers, or
+        arrivals closer together than the starts seen here): the margin doubles, up to a cap.
+        """
+        with self._cond:
+            for i in range(len(self._starts) - 1, -1, -1):
+                if self._starts[i] == admitted_at:
+                    del self._starts[i]
+                    break
+            if rate is None:
+                return
+            requests, window = rate
+            if not (0 < requests <= MAX_PACED_REQUESTS) or window <= 0:
+                return
+            if self._rate == rate:
+                if admitted_at >= self._learned_at:
+                    self._margin = min(self._margin * 2, MAX_PACING_MARGIN_SECONDS)
+                    self._learned_at = self._clock()
+                return
+            self._rate = rate
+            self._learned_at = self._clock()
+            self._margin = PACING_MARGIN_SECONDS + PACING_MARGIN_SHARE * window
+            if requests > (self._starts.maxlen or 0):
+                self._starts = deque(self._starts, maxlen=requests)
 
     def apply_dop_hint(self, hint: str | None) -> None:
         """Follow the server's recommended degree of parallelism (``x-ms-dop-hint``), capped under 52."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -205,6 +206,23 @@ def test_throttled_burst_completes_without_a_request_inside_retry_after(org_worl
     assert st.count("dataverse_throttled", org=org_world.org_url) >= 1
     assert st.count("dataverse_request_in_retry_after", org=org_world.org_url) == 0
     assert c.governor.throttle_waits >= 1
+
+
+def test_after_the_first_rate_429_the_client_paces_instead_of_being_throttled_again(org_world):
+    st = org_world.sandbox.state
+    st.seed_rows(org_world.org_url, "accounts", 3)
+    st.set_dataverse_limits(org_world.org_url, max_requests=3, window_seconds=1)
+    c = org_world.client()
+    started = time.monotonic()
+    for _ in range(10):
+        c.whoami()
+    elapsed = time.monotonic() - started
+    # The first window's 429 names the limit; the other windows are paced: one 429 in all, none ignored.
+    assert st.count("dataverse_throttled", org=org_world.org_url) == 1
+    assert st.count("dataverse_request_in_retry_after", org=org_world.org_url) == 0
+    assert c.governor.paced_rate == (3, 1.0)
+    assert c.governor.pacing_waits >= 2
+    assert elapsed >= 3.0  # 10 requests at 3 per second: the fourth window opens after 3 s
 
 
 def test_concurrency_follows_the_dop_hint(org_world):
