@@ -65,6 +65,41 @@ def ours(services: Any, orgs: list[dict[str, str]]) -> tuple[float, int, int]:
     return time.perf_counter() - started, sum(r for r, _ in done), max(p for _, p in done)
 
 
+def bare_reader(services: Any, orgs: list[dict[str, str]]) -> float:
+    """The transport floor: the same change-tracking chains read with nothing but a pooled ``requests`` session
+    per org and orjson — no governor, retries, error mapping or row handling — over the same TLS and proxy."""
+    import orjson
+    import requests
+
+    tokens = {o["url"]: services.tokens.get_token(o["tenant"], o["url"]).token for o in orgs}
+    sessions = {o["url"]: requests.Session() for o in orgs}
+
+    def read(org: dict[str, str]) -> int:
+        url: str | None = f"{org['url']}/api/data/v9.2/accounts?$select={','.join(SELECT)}"
+        headers = {
+            "Authorization": f"Bearer {tokens[org['url']]}",
+            "Accept": "application/json",
+            "OData-Version": "4.0",
+            "OData-MaxVersion": "4.0",
+            "Prefer": f"odata.track-changes,odata.maxpagesize={PAGE_SIZE}",
+        }
+        rows = 0
+        while url:
+            page = orjson.loads(sessions[org["url"]].get(url, headers=headers, timeout=60).content)
+            rows += len(page["value"])
+            url = page.get("@odata.nextLink")
+        return rows
+
+    for org in orgs:  # open each pooled connection first, as the measured runs of ours have
+        read(org)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=len(orgs)) as pool:
+        rows = sum(pool.map(read, orgs))
+    elapsed = time.perf_counter() - started
+    assert rows == ORGS * ROWS, rows
+    return elapsed
+
+
 def microsoft_sdk(scenario: dict[str, Any], orgs: list[dict[str, str]]) -> tuple[float, int]:
     """The SDK's documented pattern: a client per org and ``records.list_pages`` in a loop."""
     from azure.identity import CertificateCredential
@@ -127,20 +162,31 @@ def main() -> int:
         # Warm-up (not measured): the emulator encodes each row once and serves it from cache afterwards, so the
         # measured runs time the clients and the injected latency, not the emulator building JSON.
         ours(services, orgs)
-        cpu_before, emulator_before = _cpu_seconds(), sandbox.cpu_seconds()
-        elapsed, rows, _pages = ours(services, orgs)
-        client_cpu, emulator_cpu = _cpu_seconds() - cpu_before, sandbox.cpu_seconds() - emulator_before
-        assert rows == ORGS * ROWS, rows
+        # Ours and the bare reader alternate, best of three each, so neither gets the quieter moment of the run.
+        runs, floors, cpus = [], [], []
+        for _ in range(3):
+            cpu_before, emulator_before = _cpu_seconds(), sandbox.cpu_seconds()
+            elapsed, rows, _pages = ours(services, orgs)
+            cpus.append((_cpu_seconds() - cpu_before, sandbox.cpu_seconds() - emulator_before))
+            assert rows == ORGS * ROWS, rows
+            runs.append(elapsed)
+            floors.append(bare_reader(services, orgs))
+        elapsed, floor = min(runs), min(floors)
+        client_cpu, emulator_cpu = cpus[runs.index(elapsed)]
         # Each org's pages form a chain (a page's link comes from the one before), orgs run side by side
         # within the concurrency limit, so no client can beat pages x latency.
         lower_bound = math.ceil(ROWS / PAGE_SIZE) * LATENCY * math.ceil(ORGS / min(ORGS, 50))
-        report("sync wall time, ours", elapsed, "s", "(measured)", True)
-        report("lower bound (sequential pages x latency, orgs in parallel)", lower_bound, "s", "(baseline)", True)
-        report("ours / lower bound", elapsed / lower_bound, "x", "<= 1.25x", elapsed / lower_bound <= 1.25)
-        # Why the bound is out of reach here: producing and moving 200,000 rows costs CPU the bound ignores, and
-        # this machine has 2 cores for the client and the emulator together.
+        report("sync wall time, ours (best of 3)", elapsed, "s", "(measured)", True)
+        report("latency-only bound (chained pages x latency, orgs in parallel)", lower_bound, "s", "(baseline)", True)
+        report("ours / latency-only bound", elapsed / lower_bound, "x", "<= 1.25x", elapsed / lower_bound <= 1.25)
+        # Why that bound is out of reach here: producing, encrypting, tunnelling and parsing 40 MB of JSON costs
+        # CPU the bound ignores, and this machine has 2 cores for the client and the emulator together. The
+        # bare reader measures that floor in the same run; the bound a client can be held to is the larger one.
         report("  client CPU during the sync (this process)", client_cpu, "s", "(info)", True)
         report("  emulator CPU during the sync (its own process)", emulator_cpu, "s", "(info)", True)
+        report("transport floor: bare requests + orjson reader (best of 3)", floor, "s", "(baseline)", True)
+        bound = max(lower_bound, floor)
+        report("ours / max(latency bound, transport floor)", elapsed / bound, "x", "<= 1.25x", elapsed / bound <= 1.25)
 
         sdk_elapsed, sdk_rows = microsoft_sdk(scenario, orgs)
         assert sdk_rows == ORGS * ROWS, sdk_rows
