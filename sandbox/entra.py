@@ -1,5 +1,5 @@
 """Entra ID stand-in: OIDC discovery (v1 and v2), JWKS, the client-credentials token endpoint, and the
-admin-consent page (sandbox.entra_consent).
+admin-consent page (sandbox.entra_consent). Injected faults (sandbox.faults) are answered before any of it.
 
 Checks run in the order the project relies on (protocol §1-2): tenant, scope, app, service principal,
 consent, app enabled, credential form, then the assertion itself.
@@ -8,6 +8,7 @@ consent, app enabled, credential form, then the assertion itself.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -15,6 +16,7 @@ from sandbox import entra_errors
 from sandbox.client_assertion import JWT_BEARER, ClientAssertionValidator
 from sandbox.entra_consent import AdminConsentEndpoint
 from sandbox.entra_errors import EntraError
+from sandbox.faults import entra_error
 from sandbox.httpd import HttpRequest, HttpResponse, json_response
 from sandbox.issuers import TENANT_TEMPLATE, v1_issuer, v2_issuer
 from sandbox.state import SandboxState, Tenant
@@ -56,6 +58,9 @@ class EntraService:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         trace_id = str(uuid.uuid4())
         correlation_id = request.headers.get("client-request-id")
+        faulted = self._injected_fault(request, trace_id, correlation_id)
+        if faulted is not None:
+            return faulted
         try:
             return self._route(request, trace_id)
         except EntraError as err:
@@ -64,6 +69,49 @@ class EntraService:
             if correlation_id:
                 headers["client-request-id"] = correlation_id
             return json_response(err.status, err.body(self._host, trace_id, correlation_id), headers)
+
+    def _injected_fault(self, request: HttpRequest, trace_id: str, correlation_id: str | None) -> HttpResponse | None:
+        """An armed fault for this request (sandbox.faults): sleep, then answer its error, or None to go on."""
+        if not self._state.faults.has("entra"):
+            return None
+        segments = request.segments
+        endpoint = None
+        if request.method == "POST" and segments[1:] in (["oauth2", "v2.0", "token"], ["oauth2", "token"]):
+            endpoint = "token"
+        elif request.method == "GET" and (
+            segments[-2:] == [".well-known", "openid-configuration"] or segments[1:2] == ["discovery"]
+        ):
+            endpoint = "discovery"
+        segment = segments[0] if segments else ""
+        known = self._state.find_tenant(segment) if segment else None
+        tenant_label = known.tenant_id if known else segment.lower()
+        fault = self._state.faults.take("entra", tenant=tenant_label, endpoint=endpoint)
+        if fault is None:
+            return None
+        self._state.counters.bump(
+            "fault_injected",
+            service="entra",
+            endpoint=endpoint or "other",
+            tenant=tenant_label,
+            status=fault.status or "delay",
+        )
+        if fault.delay:
+            time.sleep(fault.delay)
+        if fault.status is None:
+            return None  # a slow service: now answer normally
+        error, code, message = entra_error(fault.status)
+        if endpoint == "token":
+            client_id = request.form().get("client_id") or None
+            self._state.counters.bump("token", tenant=tenant_label, client_id=client_id)
+            self._state.counters.bump("token_error", tenant=tenant_label, code=code)
+        headers = {**_NO_STORE, "x-ms-request-id": trace_id}
+        if correlation_id:
+            headers["client-request-id"] = correlation_id
+        if fault.retry_after is not None:
+            headers["Retry-After"] = str(fault.retry_after)
+        body = EntraError(fault.status, error, code, message).body(self._host, trace_id, correlation_id)
+        logger.debug("entra %s %s -> injected %s AADSTS%s", request.method, request.path, fault.status, code)
+        return json_response(fault.status, body, headers)
 
     def _route(self, request: HttpRequest, trace_id: str) -> HttpResponse:
         match (request.method, request.segments):

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 import uuid
 from typing import Any
 
 import jwt
 
+from sandbox.faults import key_vault_error
 from sandbox.httpd import HttpRequest, HttpResponse, json_response
 from sandbox.pki import pem_to_pfx
 from sandbox.state import PEM_CONTENT_TYPE, PFX_CONTENT_TYPE, SandboxState, SecretVersion
@@ -56,6 +58,7 @@ class KeyVaultService:
         request_id = str(uuid.uuid4())
         headers = {"x-ms-request-id": request_id, "x-ms-keyvault-service-version": "1.9.0.0"}
         try:
+            self._injected_fault(headers)
             self._authorize(request)
             status, payload = self._route(request)
         except _VaultError as err:
@@ -68,6 +71,21 @@ class KeyVaultService:
         self._state.counters.bump("vault_request", status=status)
         logger.debug("vault %s %s -> %s", request.method, request.path, status)
         return json_response(status, payload, headers)
+
+    def _injected_fault(self, headers: dict[str, str]) -> None:
+        """An armed fault (sandbox.faults): sleep, then raise its error; returns to go on normally."""
+        fault = self._state.faults.take("keyvault")
+        if fault is None:
+            return
+        self._state.counters.bump("fault_injected", service="keyvault", status=fault.status or "delay")
+        if fault.delay:
+            time.sleep(fault.delay)
+        if fault.status is None:
+            return  # a slow vault: now answer normally
+        if fault.retry_after is not None:
+            headers["Retry-After"] = str(fault.retry_after)
+        code, message = key_vault_error(fault.status)
+        raise _VaultError(fault.status, code, message)
 
     # -- authentication and authorization ------------------------------------------------------
 

@@ -29,6 +29,7 @@ from sandbox.dataverse_org import READ_DEPTHS, Actor, Org, OrgStore, SystemUser,
 from sandbox.dataverse_schema import TABLES, TABLES_BY_LOGICAL_NAME, Table
 from sandbox.dataverse_throttle import DataverseLimits
 from sandbox.dataverse_webhooks import WebhookHub
+from sandbox.faults import FaultInjector
 from sandbox.issuers import TENANT_TEMPLATE, TOKEN_VERSIONS, issuer
 from sandbox.pki import CertificateBundle, certificate_thumbprints, pem_to_pfx
 from sandbox.signing import SigningKeyRing
@@ -189,6 +190,7 @@ class SandboxState:
     def __init__(self, home_tenant_name: str = "Contoso") -> None:
         self._lock = threading.RLock()
         self.counters = Counters(self._lock)
+        self.faults = FaultInjector(self._lock)
         self.signing_keys = SigningKeyRing(self._lock)
         self.subscription_id = str(uuid.uuid4())
         self.authority_host: str | None = None  # set by Sandbox.start(); token issuers are built from it
@@ -219,6 +221,44 @@ class SandboxState:
 
     def reset_counters(self) -> None:
         self.counters.reset()
+
+    # -- fault injection (sandbox.faults) -------------------------------------------------------
+
+    def inject_fault(
+        self,
+        service: str,
+        *,
+        status: int | None = 503,
+        delay: float | None = None,
+        count: int | None = None,
+        tenant: str | None = None,
+        endpoint: str | None = None,
+        retry_after: int | None = None,
+    ) -> str:
+        """Make the "entra" or "keyvault" stand-in fail before handling requests normally; returns the fault id.
+
+        `status` answers with the service's documented error body (Entra: AADSTS JSON, 503 → AADSTS90033
+        temporarily_unavailable, 500 → AADSTS50000 server_error; Key Vault: `{"error": {"code", "message"}}`);
+        `delay` sleeps that many seconds first (with `status=None` the request is then served normally: a slow
+        service, for client timeouts). `count` requests are hit (None: until `clear_faults`). Entra only:
+        `tenant` limits the fault to that tenant's authority, `endpoint` to "token" or "discovery" requests.
+        `retry_after` adds a Retry-After header (seconds) to the error. Raises ValueError for anything else.
+        """
+        if tenant is not None:
+            tenant = normalize_guid(tenant)
+        return self.faults.inject(
+            service,
+            status=status,
+            delay=delay,
+            count=count,
+            tenant=tenant,
+            endpoint=endpoint,
+            retry_after=retry_after,
+        )
+
+    def clear_faults(self, service: str | None = None, fault_id: str | None = None) -> int:
+        """Disarm injected faults (every one, one service's, or one by id); returns how many were armed."""
+        return self.faults.clear(service, fault_id)
 
     def rotate_signing_key(self) -> str:
         """Publish a new current signing key; returns its kid. Previous keys stay in the JWKS."""

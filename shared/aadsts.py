@@ -95,6 +95,38 @@ CATALOG: dict[int, AadstsInfo] = {
         "The resource (Dataverse organisation) was not found in the tenant.",
         "Check the organisation URL registered for this tenant.",
     ),
+    90033: AadstsInfo(
+        SERVICE_UNAVAILABLE,
+        "Entra ID had a transient failure (HTTP 503, temporarily_unavailable).",
+        "Nothing to change: the next run asks again. If it lasts, check the Azure status page.",
+        is_transient=True,
+    ),
+    50000: AadstsInfo(
+        SERVICE_UNAVAILABLE,
+        "Entra ID failed to issue the token: an error in its sign-in service (HTTP 500, server_error).",
+        "Nothing to change: the next run asks again. If it lasts, open a support case with the correlation id.",
+        is_transient=True,
+    ),
+}
+
+# Failures that carry no AADSTS code: ``TokenAcquisitionError.error`` holds one of these names instead.
+ENTRA_UNREACHABLE = "entra_unreachable"
+ENTRA_UNAVAILABLE = "entra_unavailable"
+CONDITIONS: dict[str, AadstsInfo] = {
+    ENTRA_UNREACHABLE: AadstsInfo(
+        SERVICE_UNAVAILABLE,
+        "Entra ID did not answer: the connection failed or the answer took longer than HTTP_TIMEOUT_SECONDS.",
+        "Nothing to change if it is brief: the next run asks again. If it lasts, check the worker's outbound "
+        "network access to the authority host (DNS, firewall, proxy).",
+        is_transient=True,
+    ),
+    ENTRA_UNAVAILABLE: AadstsInfo(
+        SERVICE_UNAVAILABLE,
+        "Entra ID answered with a server error (HTTP 5xx) and no AADSTS code, or answered so recently that the "
+        "worker is still holding back new requests for that tenant until its Retry-After has passed.",
+        "Nothing to change: the next run asks again. If it lasts, check the Azure status page.",
+        is_transient=True,
+    ),
 }
 
 # Entra-side failures worth retrying later (AADSTS90033 / 50196 / 5000 series are service-side, not ours).

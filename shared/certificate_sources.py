@@ -33,7 +33,13 @@ class CertificateSource(Protocol):
 
 
 class KeyVaultCertificateSource:
-    """Reads a Key Vault certificate through its backing secret (latest version), PEM or PFX."""
+    """Reads a Key Vault certificate through its backing secret (latest version), PEM or PFX.
+
+    Reads are bounded: ``timeout`` per connection and per read, at most ``max_retries`` retries (5xx, 429,
+    connection and read failures) with backoff capped at ``retry_backoff_max``. azure-core's defaults (300 s
+    timeouts, 10 retries backing off up to 2 minutes) would hold a token request, and every signer waiting on
+    the certificate, for many minutes while Key Vault is down.
+    """
 
     kind = "key_vault"
 
@@ -44,11 +50,17 @@ class KeyVaultCertificateSource:
         credential_factory: Callable[[], TokenCredential],
         *,
         verify_challenge_resource: bool = True,
+        timeout: float = 10.0,
+        max_retries: int = 2,
+        retry_backoff_max: float = 4.0,
     ) -> None:
         self._vault_url = vault_url
         self._name = certificate_name
         self._credential_factory = credential_factory
         self._verify_challenge_resource = verify_challenge_resource
+        self._timeout = timeout
+        self._max_retries = max_retries
+        self._retry_backoff_max = retry_backoff_max
         self._client: Any = None
         self._client_lock = threading.Lock()
 
@@ -61,15 +73,22 @@ class KeyVaultCertificateSource:
                     self._vault_url,
                     self._credential_factory(),
                     verify_challenge_resource=self._verify_challenge_resource,
+                    connection_timeout=self._timeout,
+                    read_timeout=self._timeout,
+                    retry_total=self._max_retries,
+                    retry_backoff_factor=0.5,
+                    retry_backoff_max=self._retry_backoff_max,
                 )
             return self._client
 
     def load(self) -> ClientCertificate:
         from azure.core.exceptions import (
+            AzureError,
             ClientAuthenticationError,
             HttpResponseError,
             ResourceNotFoundError,
             ServiceRequestError,
+            ServiceResponseError,
         )
 
         where = f"Key Vault certificate '{self._name}'"
@@ -106,7 +125,23 @@ class KeyVaultCertificateSource:
             ) from exc
         except ServiceRequestError as exc:
             raise CertificateError(
-                f"{where} could not be read: Key Vault is unreachable.", source=self.kind, is_transient=True
+                f"{where} could not be read: Key Vault is unreachable ({type(exc).__name__}).",
+                source=self.kind,
+                is_transient=True,
+            ) from exc
+        except ServiceResponseError as exc:
+            # The request left but no answer came back: a read timeout or a dropped connection.
+            raise CertificateError(
+                f"{where} could not be read: Key Vault did not answer in time or dropped the connection "
+                f"({type(exc).__name__}).",
+                source=self.kind,
+                is_transient=True,
+            ) from exc
+        except AzureError as exc:
+            raise CertificateError(
+                f"{where} could not be read: {type(exc).__name__} from the Key Vault client.",
+                source=self.kind,
+                is_transient=True,
             ) from exc
         value = secret.value or ""
         version = secret.properties.version
@@ -145,7 +180,10 @@ class CertificateProvider:
     """Keeps the current certificate; re-reads the source after ``refresh_seconds`` or after a rejection.
 
     If a periodic re-read fails, the certificate already loaded stays in use (it is still registered on the
-    app until someone removes it) and the re-read is tried again after ``retry_seconds``.
+    app until someone removes it) and the re-read is tried again after ``retry_seconds``. If the first read fails
+    there is nothing to sign with: callers within ``retry_seconds`` of that failure get the same error at once
+    instead of each waiting out their own Key Vault timeouts and retries (a sweep over many tenants on a fresh
+    worker would otherwise spend its whole time budget on one outage).
     """
 
     def __init__(
@@ -167,6 +205,8 @@ class CertificateProvider:
         self._certificate: ClientCertificate | None = None
         self._last_forced = float("-inf")
         self._next_refresh = float("-inf")
+        self._first_failure: CertificateError | None = None
+        self._first_failed_at = float("-inf")
         self.loads = 0
 
     @property
@@ -181,6 +221,13 @@ class CertificateProvider:
         with self._lock:
             if self._certificate is not None and self._clock() < self._next_refresh:
                 return self._certificate
+            failure, since = self._first_failure, self._clock() - self._first_failed_at
+            if self._certificate is None and failure is not None and since < self._retry_seconds:
+                raise CertificateError(
+                    f"{failure.message} (failed {since:.0f} s ago; read again after {self._retry_seconds:.0f} s)",
+                    source=failure.source,
+                    is_transient=failure.is_transient,
+                )
             return self._reload_locked()
 
     def refresh_after_rejection(self) -> ClientCertificate:
@@ -199,6 +246,7 @@ class CertificateProvider:
             certificate = self._source.load()
         except CertificateError as exc:
             if previous is None:
+                self._first_failure, self._first_failed_at = exc, now
                 raise
             self._next_refresh = now + self._retry_seconds
             logger.warning(
@@ -206,6 +254,7 @@ class CertificateProvider:
             )
             return previous
         self.loads += 1
+        self._first_failure = None
         self._certificate = certificate
         self._next_refresh = now + self._refresh_seconds
         if previous is None or previous.sha256_thumbprint != certificate.sha256_thumbprint:

@@ -53,8 +53,10 @@ class InvalidTenantError(S2SError):
 class TokenAcquisitionError(S2SError):
     """Entra ID (or the network on the way) refused to give the app a token for a tenant.
 
-    ``aadsts_code`` is the first AADSTS code Entra returned (None for network failures); ``meaning`` and ``fix``
-    are plain words for operators; ``category`` groups codes callers act on (see shared.aadsts).
+    ``aadsts_code`` is the first AADSTS code Entra returned (None for network failures); ``error`` is Entra's OAuth
+    ``error`` value, or for failures without an answer to read ``entra_unreachable`` / ``entra_unavailable``
+    (shared.aadsts.CONDITIONS); ``meaning`` and ``fix`` are plain words for operators; ``category`` groups codes
+    callers act on (see shared.aadsts). ``lookup_code`` is what ``python -m cli explain`` takes.
     """
 
     code = "token_acquisition_failed"
@@ -83,6 +85,13 @@ class TokenAcquisitionError(S2SError):
         self.correlation_id = correlation_id
         self.trace_id = trace_id
         self.is_transient = is_transient
+
+    @property
+    def lookup_code(self) -> str:
+        """``AADSTS<n>`` when Entra gave a code, else the OAuth error or condition, else this class's code."""
+        if self.aadsts_code is not None:
+            return f"AADSTS{self.aadsts_code}"
+        return self.error or self.code
 
     def to_dict(self) -> dict[str, object]:
         return {

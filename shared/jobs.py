@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from shared.errors import S2SError
+from shared.errors import S2SError, TokenAcquisitionError
 from shared.tenant_registry import Tenant, TenantStatus, Verification, utc_now
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,22 @@ class SweepSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def explain_failure(exc: BaseException) -> tuple[str, str]:
+    """(code, message) for a tenant's failure. The code is what ``python -m cli explain`` takes (``AADSTS65001``,
+    ``entra_unreachable``, ``certificate_error``, …); the message says what happened and, for Entra, what it
+    means and what to do. Never secret: error messages carry no token, assertion or key."""
+    if isinstance(exc, TokenAcquisitionError):
+        # Meaning and fix first: Entra's own description is long and is what a length limit may cut.
+        parts = [exc.meaning, exc.fix]
+        if exc.correlation_id:
+            parts.append(f"Entra correlation id {exc.correlation_id}.")
+        parts.append(exc.message)
+        return exc.lookup_code, " ".join(p for p in parts if p)
+    if isinstance(exc, S2SError):
+        return exc.code, exc.message
+    return type(exc).__name__, str(exc)
 
 
 @dataclass(frozen=True)
@@ -92,7 +108,8 @@ class Sweep:
             try:
                 outcome = work(tenant, past_deadline)
             except Exception as exc:
-                reason = f"{getattr(exc, 'code', type(exc).__name__)}: {getattr(exc, 'message', None) or exc}"[:500]
+                code, message = explain_failure(exc)
+                reason = f"{code}: {message}"[:500]
                 with lock:
                     summary.tenants_failed += 1
                     summary.failures[tenant.tenant_id] = reason
@@ -116,6 +133,8 @@ class Sweep:
                 summary.rows += outcome.rows
                 if not outcome.finished:
                     summary.stopped_by_time_budget = True
+            if not outcome.ok:
+                logger.warning("%s failed for tenant %s: %s", job, tenant.tenant_id, outcome.detail[:500])
             if progress:
                 progress(tenant.tenant_id, "ok" if outcome.ok else "failed", outcome.detail)
 
@@ -177,7 +196,9 @@ class JobRunner:
                     finished = finished and result.finished
             return TenantOutcome(True, rows, f"{rows} changes", finished)
 
-        return self._sweep.run("sync", tenants, sync_tenant, on_failure=self._record_failure, progress=progress)
+        return self._sweep.run(
+            "sync", tenants, sync_tenant, on_failure=self._failure_recorder("sync"), progress=progress
+        )
 
     def run_health(self, tenant_id: str | None = None, progress: Progress | None = None) -> SweepSummary:
         services = self._services
@@ -199,10 +220,18 @@ class JobRunner:
                     result.status,
                     result.message,
                 )
-            ok = result.status is TenantStatus.ACTIVE
+            # A verification that failed without changing the status (a transient Entra failure keeps an active
+            # tenant active) is still a failure of this run.
+            ok = result.status is TenantStatus.ACTIVE and result.error_code is None
             return TenantOutcome(ok, 0, f"{result.status}: {result.error_code or ''} {result.message or ''}".strip())
 
-        return self._sweep.run("health", self._tenants(statuses, tenant_id), check, progress=progress)
+        return self._sweep.run(
+            "health",
+            self._tenants(statuses, tenant_id),
+            check,
+            on_failure=self._failure_recorder("health"),
+            progress=progress,
+        )
 
     def run_certificate_expiry(self) -> dict[str, Any]:
         """Warns (a structured log event) when the certificate is inside a threshold; says so when secretless."""
@@ -235,12 +264,23 @@ class JobRunner:
             logger.info("certificate expiry %s", json.dumps(report))
         return report
 
-    def _record_failure(self, tenant: Tenant, reason: str) -> None:
-        now = utc_now()
-        self._services.registry.record(
-            tenant.tenant_id,
-            tenant.status,
-            reason=f"sync failed: {reason}"[:300],
-            actor="sync job",
-            verification=Verification(now, "sync_failed", reason.split(":", 1)[0][:100], reason),
-        )
+    def _failure_recorder(self, job: str) -> Callable[[Tenant, str], None]:
+        """Records a tenant's failed run on its registry entry (code and explanation), keeping its status: a
+        failure the job could not interpret says nothing about the tenant's consent or application user."""
+
+        def record(tenant: Tenant, reason: str) -> None:
+            registry = self._services.registry
+            current = registry.find_tenant(tenant.tenant_id)
+            if current is None:
+                logger.warning("%s: tenant %s left the registry during the run", job, tenant.tenant_id)
+                return
+            code, _, message = reason.partition(": ")
+            registry.record(
+                tenant.tenant_id,
+                current.status,
+                reason=f"{job} failed: {reason}"[:300],
+                actor=f"{job} job",
+                verification=Verification(utc_now(), f"{job}_failed", code[:100], (message or reason)[:500]),
+            )
+
+        return record

@@ -8,6 +8,8 @@ cause exactly one token request.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import re
 import threading
@@ -62,9 +64,21 @@ def scope_for_resource(resource: str) -> str:
     return f"{resource.rstrip('/')}/.default"
 
 
+@dataclass(frozen=True)
+class ServerError:
+    """A 5xx answer from Entra, kept for the error report: MSAL raises on 5xx without reading the body."""
+
+    status: int
+    body: str = field(repr=False)
+
+
 class MsalHttpClient:
     """The HTTP port MSAL needs (``post``/``get`` returning a requests response), with timeouts and a shared
-    connection pool so thousands of tenant apps do not each open their own TLS connections."""
+    connection pool so thousands of tenant apps do not each open their own TLS connections.
+
+    MSAL turns a 5xx into ``MsalServiceError("HTTP Error: 503")`` and drops Entra's AADSTS body, so the last 5xx
+    answer seen on the calling thread is kept for ``take_server_error``.
+    """
 
     def __init__(self, timeout: float) -> None:
         import requests
@@ -74,14 +88,26 @@ class MsalHttpClient:
         self._session = requests.Session()
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=1)
         self._session.mount("https://", adapter)
+        self._seen = threading.local()
 
     def post(self, url: str, params: Any = None, data: Any = None, headers: Any = None, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", self._timeout)
-        return self._session.post(url, params=params, data=data, headers=headers, **kwargs)
+        return self._kept(self._session.post(url, params=params, data=data, headers=headers, **kwargs))
 
     def get(self, url: str, params: Any = None, headers: Any = None, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", self._timeout)
-        return self._session.get(url, params=params, headers=headers, **kwargs)
+        return self._kept(self._session.get(url, params=params, headers=headers, **kwargs))
+
+    def _kept(self, response: Any) -> Any:
+        if response.status_code >= 500:
+            self._seen.server_error = ServerError(response.status_code, response.text[:4000])
+        return response
+
+    def take_server_error(self) -> ServerError | None:
+        """The last 5xx answer this thread received since the previous call (then forgotten)."""
+        seen: ServerError | None = getattr(self._seen, "server_error", None)
+        self._seen.server_error = None
+        return seen
 
     def close(self) -> None:
         self._session.close()
@@ -207,35 +233,32 @@ class TenantTokenProvider:
 
     def _call(self, app: ConfidentialClient, tenant_id: str, scope: str) -> Mapping[str, Any]:
         import requests
+        from msal.exceptions import MsalServiceError
 
+        self._take_server_error()  # forget a 5xx this thread saw for an earlier request
         try:
             return app.acquire_token_for_client([scope])
         except S2SError:
             raise
         except requests.RequestException as exc:
-            raise TokenAcquisitionError(
-                f"Entra ID could not be reached for tenant {tenant_id} ({type(exc).__name__}).",
-                tenant_id=tenant_id,
-                category=aadsts.SERVICE_UNAVAILABLE,
-                meaning="The identity provider did not answer.",
-                fix="Nothing to change if it is brief; check outbound network access otherwise.",
-                is_transient=True,
-            ) from exc
+            raise self._unreachable(tenant_id, exc) from exc
+        except MsalServiceError as exc:
+            raise self._server_error(tenant_id, exc) from exc
 
     def _create_app(self, tenant_id: str) -> ConfidentialClient:
         import requests
+        from msal.exceptions import MsalServiceError
 
+        self._take_server_error()
         try:
             return self._app_factory(tenant_id)
         except S2SError:
             raise
         except requests.RequestException as exc:
-            raise TokenAcquisitionError(
-                f"Entra ID could not be reached for tenant {tenant_id} ({type(exc).__name__}).",
-                tenant_id=tenant_id,
-                category=aadsts.SERVICE_UNAVAILABLE,
-                is_transient=True,
-            ) from exc
+            raise self._unreachable(tenant_id, exc) from exc
+        except MsalServiceError as exc:
+            # Discovery (the tenant's OpenID configuration) answered 5xx.
+            raise self._server_error(tenant_id, exc) from exc
         except ValueError as exc:
             # MSAL's constructor reads the tenant's OpenID configuration and raises ValueError when Entra
             # answers 400 for it, which is what an unknown tenant (AADSTS90002) gets.
@@ -249,6 +272,64 @@ class TenantTokenProvider:
                 meaning=info.meaning,
                 fix=info.fix,
             ) from exc
+
+    def _take_server_error(self) -> ServerError | None:
+        take = getattr(self._http_client, "take_server_error", None)
+        return take() if callable(take) else None
+
+    @staticmethod
+    def _unreachable(tenant_id: str, exc: Exception) -> TokenAcquisitionError:
+        import requests
+
+        info = aadsts.CONDITIONS[aadsts.ENTRA_UNREACHABLE]
+        what = "did not answer in time" if isinstance(exc, requests.Timeout) else "could not be reached"
+        return TokenAcquisitionError(
+            f"Entra ID {what} for tenant {tenant_id} ({type(exc).__name__}).",
+            tenant_id=tenant_id,
+            error=aadsts.ENTRA_UNREACHABLE,
+            category=info.category,
+            meaning=info.meaning,
+            fix=info.fix,
+            is_transient=True,
+        )
+
+    def _server_error(self, tenant_id: str, exc: Exception) -> TokenAcquisitionError:
+        """A 5xx from Entra: transient, whatever its body says. Its AADSTS code and correlation id are kept when
+        the answer came over the network just now; MSAL replays a recent 5xx from its own cache until the
+        answer's Retry-After (5 s without one) has passed, and then only the status is known."""
+        seen = self._take_server_error()
+        match = re.search(r"\b(5\d\d)\b", str(exc))
+        status = seen.status if seen is not None else (int(match.group(1)) if match else None)
+        body: Any = None
+        if seen is not None:
+            with contextlib.suppress(ValueError):
+                body = json.loads(seen.body)
+        if isinstance(body, dict) and body.get("error"):
+            parsed = self._error_from(body, tenant_id)
+            return TokenAcquisitionError(
+                f"Entra ID could not issue a token for tenant {tenant_id} (HTTP {status}): "
+                + parsed.message.partition(f"{tenant_id}: ")[2],
+                tenant_id=tenant_id,
+                error=parsed.error,
+                aadsts_code=parsed.aadsts_code,
+                category=aadsts.SERVICE_UNAVAILABLE if parsed.category == aadsts.UNKNOWN else parsed.category,
+                meaning=parsed.meaning,
+                fix=parsed.fix,
+                correlation_id=parsed.correlation_id,
+                trace_id=parsed.trace_id,
+                is_transient=True,
+            )
+        info = aadsts.CONDITIONS[aadsts.ENTRA_UNAVAILABLE]
+        recent = "" if seen is not None else " recently; new requests for this tenant wait until its Retry-After"
+        return TokenAcquisitionError(
+            f"Entra ID answered HTTP {status or '5xx'} for tenant {tenant_id}{recent}.",
+            tenant_id=tenant_id,
+            error=aadsts.ENTRA_UNAVAILABLE,
+            category=info.category,
+            meaning=info.meaning,
+            fix=info.fix,
+            is_transient=True,
+        )
 
     def _error_from(self, result: Mapping[str, Any], tenant_id: str) -> TokenAcquisitionError:
         codes = result.get("error_codes") or []

@@ -1,5 +1,7 @@
-"""Every Entra ID and Dataverse error this app can meet: what it means here and what to do. One catalogue feeds
-``python -m cli explain CODE`` and ``docs/troubleshooting.md`` (a test keeps the document in step)."""
+"""Every Entra ID, Key Vault and Dataverse error this app can meet: what it means here and what to do. One
+catalogue feeds ``python -m cli explain CODE`` and ``docs/troubleshooting.md`` (a test keeps the document in step):
+regenerate it with ``python -c "from shared.troubleshooting import render_markdown as r; print(r(), end='')"
+> docs/troubleshooting.md``."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from shared import dataverse_errors as dv
 @dataclass(frozen=True)
 class Explanation:
     code: str
-    source: str  # "Entra ID" or "Dataverse"
+    source: str  # "Entra ID", "Key Vault" or "Dataverse"
     title: str
     meaning: str
     fix: str
@@ -32,6 +34,8 @@ def _entra() -> list[Explanation]:
         7000112: "Application disabled",
         1002012: "Invalid scope for client credentials",
         500011: "Resource (org) not found in the tenant",
+        90033: "Transient Entra ID failure",
+        50000: "Entra ID token issuance error",
     }
     app_view = {
         700016: " The registry moves the tenant to `consent_revoked` (health job), or keeps it `pending_consent` "
@@ -39,6 +43,12 @@ def _entra() -> list[Explanation]:
         65001: " The registry moves the tenant to `consent_revoked`.",
         700027: " The worker re-reads the certificate from Key Vault once and retries once before reporting this.",
         7000274: " The worker re-reads the certificate once and retries once before reporting this.",
+        90033: _TRANSIENT_VIEW,
+        50000: _TRANSIENT_VIEW,
+    }
+    conditions = {
+        aadsts.ENTRA_UNREACHABLE: "Entra ID could not be reached or did not answer in time",
+        aadsts.ENTRA_UNAVAILABLE: "Entra ID answered with a server error",
     }
     return [
         Explanation(
@@ -50,7 +60,34 @@ def _entra() -> list[Explanation]:
             (str(code),),
         )
         for code, info in aadsts.CATALOG.items()
+    ] + [
+        Explanation(name, "Entra ID", conditions[name], info.meaning + _TRANSIENT_VIEW, info.fix)
+        for name, info in aadsts.CONDITIONS.items()
     ]
+
+
+_TRANSIENT_VIEW = (
+    " A transient failure says nothing about the tenant's consent: the tenant keeps its status, the run counts "
+    "it as failed and its registry entry records this code."
+)
+
+_KEY_VAULT = [
+    Explanation(
+        "certificate_error",
+        "Key Vault",
+        "The app's certificate could not be read",
+        "The worker could not read the certificate it signs client assertions with: Key Vault unreachable, "
+        "answering 5xx or too slowly, the certificate missing or its latest version disabled, the identity "
+        "without the 'Key Vault Secrets User' role, or content that does not parse. The message names which. A "
+        "worker that already holds a certificate keeps signing with it and re-reads later; a worker that holds "
+        "none fails every tenant's token request, trying Key Vault again only after a retry interval. Tenants keep "
+        "their status; the run counts them as failed and records this code on each.",
+        "Unreachable or 5xx: nothing to change if it is brief, the next run reads again; if it lasts, check the "
+        "vault's network rules and the Azure status page. Otherwise fix what the message names "
+        "(KEY_VAULT_URL, KEY_VAULT_CERTIFICATE_NAME, the role assignment, the certificate's versions).",
+        ("key vault", "key vault unreachable"),
+    ),
+]
 
 
 _DATAVERSE = [
@@ -130,7 +167,7 @@ _DATAVERSE = [
 
 
 def catalog() -> list[Explanation]:
-    return _entra() + _DATAVERSE
+    return _entra() + _KEY_VAULT + _DATAVERSE
 
 
 def _names(entry: Explanation) -> set[str]:
@@ -153,12 +190,12 @@ def render_markdown() -> str:
     lines = [
         "# Troubleshooting",
         "",
-        "Every Entra ID and Dataverse error the app can meet, what it means in this app, and the fix.",
+        "Every Entra ID, Key Vault and Dataverse error the app can meet, what it means in this app, and the fix.",
         "`python -m cli explain <code>` prints the same (e.g. `700016`, `0x80072560`, `disabled`).",
         "Generated from `shared/troubleshooting.py`; a test keeps this file in step.",
         "",
     ]
-    for source in ("Entra ID", "Dataverse"):
+    for source in ("Entra ID", "Key Vault", "Dataverse"):
         lines += [f"## {source}", ""]
         for entry in (e for e in catalog() if e.source == source):
             lines += [
