@@ -243,6 +243,7 @@ def build_certificate_source(
         settings.key_vault_certificate_name,
         credential_factory or (lambda: azure_credential(settings)),
         verify_challenge_resource=settings.key_vault_verify_challenge_resource,
+        timeout=settings.http_timeout_seconds,
     )
 
 

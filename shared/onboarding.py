@@ -44,6 +44,18 @@ VERIFY_QUEUE = "tenant-verification"
 _CALLBACK_ATTEMPTS = 3
 _CALLBACK_PAUSE_SECONDS = 1.0
 _CONSENT_CATEGORIES = {aadsts.CONSENT_MISSING, aadsts.CONSENT_REQUIRED}
+# Entra refusing *our* credential (certificate not registered, bad signature, clock) says nothing about the
+# customer's tenant: every tenant fails alike until the operator fixes it, so no tenant's status moves.
+_OUR_CREDENTIAL_CATEGORIES = {aadsts.CREDENTIAL_REJECTED, aadsts.ASSERTION_TIME}
+
+
+def _says_nothing_about_the_tenant(error: S2SError) -> bool:
+    """A failure on our side or in transit: keep the tenant's status and record the failure."""
+    if isinstance(error, CredentialError):  # Key Vault or certificate trouble in this worker
+        return True
+    if isinstance(error, TokenAcquisitionError):
+        return error.is_transient or error.category in _OUR_CREDENTIAL_CATEGORIES
+    return False
 
 
 class TenantNotAllowedError(S2SError):
@@ -180,12 +192,14 @@ class OnboardingService:
                 fresh_consent=fresh_consent,
                 attempt=attempt,
             )
-        if tenant.status in (TenantStatus.PENDING_CONSENT, TenantStatus.FAILED, TenantStatus.CONSENT_REVOKED):
-            self._registry.record(
+        current: TenantStatus = tenant.status
+        if current in (TenantStatus.PENDING_CONSENT, TenantStatus.FAILED, TenantStatus.CONSENT_REVOKED):
+            current = self._registry.record(
                 tenant.tenant_id, TenantStatus.CONSENTED, reason="app-only token obtained", actor=actor
-            )
+            ).status
         status = TenantStatus.ACTIVE
         error_code: str | None = None
+        inconclusive = False  # a failure on our side or in transit: the tenant keeps its status
         message = "WhoAmI succeeded on every organisation."
         for org in orgs:
             try:
@@ -198,13 +212,22 @@ class OnboardingService:
                 message = f"{org}: {exc.message}"
                 break
             except DataverseError as exc:
-                status, error_code = TenantStatus.FAILED, exc.error_code or str(exc.status_code)
+                # Throttling, 5xx and an unreachable org are transient: they say nothing about the tenant.
+                inconclusive = exc.is_transient
+                status = current if inconclusive else TenantStatus.FAILED
+                error_code = exc.error_code or str(exc.status_code)
                 message = f"{org}: {exc.message}"
                 break
             except (TokenAcquisitionError, CredentialError) as exc:
-                status, error_code, message = TenantStatus.FAILED, exc.code, exc.message
+                if isinstance(exc, TokenAcquisitionError) and exc.aadsts_code:
+                    error_code = f"AADSTS{exc.aadsts_code}"
+                else:
+                    error_code = exc.code
+                inconclusive = _says_nothing_about_the_tenant(exc)
+                status = current if inconclusive else TenantStatus.FAILED
+                message = f"{org}: {exc.message}"
                 break
-        verification = Verification(utc_now(), status.value, error_code, message[:500])
+        verification = Verification(utc_now(), "error" if inconclusive else status.value, error_code, message[:500])
         recorded = self._registry.record(
             tenant.tenant_id, status, reason=message[:300], actor=actor, verification=verification
         )
@@ -274,7 +297,7 @@ class OnboardingService:
             status = (
                 TenantStatus.CONSENT_REVOKED if current is not TenantStatus.PENDING_CONSENT else TenantStatus.FAILED
             )
-        elif error.is_transient:
+        elif _says_nothing_about_the_tenant(error):
             status = current  # nothing learned about the tenant: keep its status, record the failure
         else:
             status = TenantStatus.FAILED

@@ -189,6 +189,20 @@ def test_health_catches_a_removed_application_user_and_revoked_consent(world, ca
     assert world.services.registry.get_tenant(world.tenant).status is TenantStatus.CONSENT_REVOKED
 
 
+def test_health_keeps_a_throttled_tenant_active_and_records_why(world):
+    st = world.sandbox.state
+    assert world.services.jobs.run_health(world.tenant).tenants_ok == 1
+    # The org throttles with a Retry-After longer than a call's retry budget: the check is inconclusive.
+    st.set_dataverse_limits(world.org_url, max_requests=1, window_seconds=300, retry_after_seconds=600)
+    summary = world.services.jobs.run_health(world.tenant)
+    assert summary.tenants_failed == 1 and world.tenant in summary.failures
+    tenant = world.services.registry.get_tenant(world.tenant)
+    assert tenant.status is TenantStatus.ACTIVE  # throttling says nothing about the customer's tenant
+    assert tenant.last_verification.outcome == "error"
+    assert tenant.last_verification.error_code == "0x80072322"
+    assert st.count("dataverse_request_in_retry_after", org=world.org_url) == 0
+
+
 def test_certificate_expiry_warns_inside_the_thresholds(sandbox, sandbox_env, azurite, tmp_path, caplog):
     near = World(sandbox, azurite, tmp_path, rows=1, cert_days=10)
     caplog.set_level(logging.INFO)

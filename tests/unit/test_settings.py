@@ -126,3 +126,10 @@ def test_every_setting_is_in_the_example_file_and_the_readme_table():
 
 def test_presets_cover_three_clouds():
     assert set(CLOUD_PRESETS) == {"public", "usgov", "china"}
+
+
+def test_key_vault_reads_use_the_configured_http_timeout():
+    from shared.bootstrap import build_certificate_source
+
+    source = build_certificate_source(Settings.from_env(env(HTTP_TIMEOUT_SECONDS="7")), credential_factory=object)
+    assert source._timeout == 7.0
