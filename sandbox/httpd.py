@@ -111,6 +111,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(response.body)
             self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            # The client gave up first (its timeout beat an injected delay): nothing to answer any more.
+            logger.debug("%s %s: client went away before the response (%s)", request.method, request.path, exc)
+            self.close_connection = True
         finally:
             if response.after_sent is not None:
                 try:
