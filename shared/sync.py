@@ -1,8 +1,9 @@
 """Incremental sync of one tenant's org tables through change tracking, checkpointed after every page.
 
 Per (tenant, org, table) a checkpoint row in ``syncstate`` holds either the delta link of the last finished run,
-or — mid-run — the run id, the next page's link and the page number. Each page is written to the sink first and
-checkpointed second, so a run killed anywhere resumes without missing a row and redoes at most one page. An
+or — mid-run — the run id, the next page's link and the page number. A run is checkpointed before its first page,
+and each page is written to the sink first and checkpointed second, so a run killed anywhere resumes under the same
+run id without missing a row and redoes at most one page (which overwrites itself in the sink). An
 expired or invalid delta token starts a full resync of that table (logged).
 """
 
@@ -179,7 +180,8 @@ class TableSync:
         self, client: DataverseClient, tenant_id: str, table: str, columns: tuple[str, ...], result: TableSyncResult
     ) -> TableSyncResult:
         checkpoint = self._checkpoints.load(tenant_id, client.org_url, table)
-        if checkpoint.run_id is None:
+        new_run = checkpoint.run_id is None
+        if new_run:
             checkpoint = Checkpoint(delta_link=checkpoint.delta_link, run_id=uuid.uuid4().hex, page=0)
             resume_from = checkpoint.delta_link
         else:
@@ -190,6 +192,12 @@ class TableSync:
         for page in pages:
             number = checkpoint.page + 1
             assert checkpoint.run_id is not None
+            if new_run:
+                # Record the run before its first page (while the next one is fetched): a run killed after writing
+                # page 1 but before checkpointing it then resumes under this run id and overwrites that page,
+                # instead of writing it again under a new id and leaving an abandoned run behind in the sink.
+                self._checkpoints.save(tenant_id, client.org_url, table, checkpoint)
+                new_run = False
             self._sink.write_page(
                 tenant_id=tenant_id,
                 org_url=client.org_url,
