@@ -9,13 +9,14 @@ import uuid
 
 import azure.functions as func
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9-]{8,64}$")
+_SAFE_ID = re.compile(r"[A-Za-z0-9-]{8,64}")
 
 
 def request_id(req: func.HttpRequest) -> str:
     """The caller's ``x-ms-client-request-id`` when it looks like an id, else a new one."""
     given = req.headers.get("x-ms-client-request-id") or req.headers.get("x-request-id") or ""
-    return given if _SAFE_ID.match(given) else str(uuid.uuid4())
+    # fullmatch: ``$`` in re.match would also accept the id followed by a newline.
+    return given if _SAFE_ID.fullmatch(given) else str(uuid.uuid4())
 
 
 def json_error(status: int, code: str, message: str, req: func.HttpRequest) -> func.HttpResponse:

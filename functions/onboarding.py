@@ -72,6 +72,7 @@ def onboard_start(req: func.HttpRequest) -> func.HttpResponse:
             settings.entra_client_id,
             settings.entra_authority_host,
             error="The form could not be read.",
+            error_code="invalid_form",
             status=400,
         )
     org_url = form.get("org_url", "")[:300]
@@ -86,10 +87,11 @@ def onboard_start(req: func.HttpRequest) -> func.HttpResponse:
             org_url=org_url,
             contact=contact,
             error=exc.message,
+            error_code=exc.code,
             status=400,
         )
     except TenantNotAllowedError as exc:
-        return pages.refused_page(exc.message)
+        return pages.refused_page(exc.message, error_code=exc.code)
     max_age = max(1, int(started.expires_at - time.time()))
     cookie = f"{COOKIE}={started.browser_nonce}; Max-Age={max_age}; Path=/api; Secure; HttpOnly; SameSite=Lax"
     # The only redirect target is the configured authority's admin-consent endpoint, built by the service.
@@ -118,9 +120,9 @@ def consent_callback(req: func.HttpRequest) -> func.HttpResponse:
         return pages.consent_error_page(exc.error, exc.description)
     except ConsentStateError as exc:
         logger.warning("Consent callback refused: %s", exc.reason)
-        return pages.invalid_state_page(exc.reason)
+        return pages.invalid_state_page(exc.reason, error_code=exc.code)
     except TenantNotAllowedError as exc:
-        return pages.refused_page(exc.message)
+        return pages.refused_page(exc.message, error_code=exc.code)
     response = _result_page(settings, result)
     response.headers.update(clear_cookie)
     return response
@@ -151,7 +153,7 @@ def recheck_form(req: func.HttpRequest) -> func.HttpResponse:
     tenant = req.params.get("tenant", "")[:64]
     ticket = req.params.get("ticket", "")[:64]
     if not tenant or not ticket:
-        return pages.invalid_state_page("missing")
+        return pages.invalid_state_page("missing", error_code="invalid_recheck_link")
     return pages.recheck_page(tenant, ticket)
 
 
@@ -163,10 +165,10 @@ def recheck(req: func.HttpRequest) -> func.HttpResponse:
     try:
         form = _form(req)
     except ValueError:
-        return pages.invalid_state_page("missing")
+        return pages.invalid_state_page("missing", error_code="invalid_form")
     tenant, ticket = form.get("tenant", ""), form.get("ticket", "")
     if not is_guid(tenant) or not ticket or not services.registry.check_recheck_ticket(tenant, ticket):
-        return pages.invalid_state_page("unknown")
+        return pages.invalid_state_page("unknown", error_code="invalid_recheck_ticket")
     result = services.onboarding.verify(tenant, actor="customer re-check")
     return _result_page(services.settings, result)
 

@@ -35,14 +35,27 @@ _STYLE = (
 
 
 def page(
-    title: str, body_html: str, status: int = 200, headers: dict[str, str] | None = None, *, form_target: str = ""
+    title: str,
+    body_html: str,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    *,
+    form_target: str = "",
+    error_code: str | None = None,
 ) -> func.HttpResponse:
-    """``body_html`` must already be safe (built with ``e``); ``title`` is escaped here."""
+    """``body_html`` must already be safe (built with ``e``); ``title`` is escaped here. Error pages pass the
+    stable ``error_code`` (the one the JSON API would give): shown as a line to quote, and as
+    ``data-error-code`` for tests and scripts."""
+    code_html = (
+        f'<p class="error-code">Error code: <code data-error-code="{e(error_code)}">{e(error_code)}</code></p>'
+        if error_code
+        else ""
+    )
     document = (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(title)}</title><style>{_STYLE}</style></head>"
-        f"<body><main><h1>{escape(title)}</h1>{body_html}</main></body></html>"
+        f"<body><main><h1>{escape(title)}</h1>{body_html}{code_html}</main></body></html>"
     )
     return func.HttpResponse(
         document,
@@ -69,6 +82,7 @@ def onboard_form(
     org_url: str = "",
     contact: str = "",
     error: str | None = None,
+    error_code: str = "invalid_form",
     status: int = 200,
 ) -> func.HttpResponse:
     error_html = f'<p class="error" id="org-error" role="alert">{e(error)}</p>' if error else ""
@@ -94,7 +108,13 @@ def onboard_form(
   <input id="contact" name="contact" type="email" maxlength="200" autocomplete="email" value="{e(contact)}">
   <button type="submit">Continue to Microsoft sign-in</button>
 </form>"""
-    return page(f"Connect Dataverse to {app_name}", body, status, form_target=authority_host)
+    return page(
+        f"Connect Dataverse to {app_name}",
+        body,
+        status,
+        form_target=authority_host,
+        error_code=error_code if error else None,
+    )
 
 
 def active_page(app_name: str, tenant_id: str, org_urls: tuple[str, ...]) -> func.HttpResponse:
@@ -164,7 +184,7 @@ def consent_error_page(error: str, description: str) -> func.HttpResponse:
 <p class="error" role="alert">Microsoft sign-in returned <code>{e(error)}</code>: {e(first_line)}</p>
 <p>{advice}</p>
 <p><a href="/api/onboard">Start again</a></p>"""
-    return page("Consent was not granted", body, status=400)
+    return page("Consent was not granted", body, status=400, error_code="consent_denied")
 
 
 _STATE_ADVICE = {
@@ -177,24 +197,24 @@ _STATE_ADVICE = {
 }
 
 
-def invalid_state_page(reason: str) -> func.HttpResponse:
+def invalid_state_page(reason: str, *, error_code: str = "invalid_consent_state") -> func.HttpResponse:
     body = f"""
 <p class="error" role="alert">{e(_STATE_ADVICE.get(reason, "The sign-in answer could not be used."))}
 Nothing was recorded.</p>
 <p><a href="/api/onboard">Start again</a> in this browser, and finish within ten minutes.</p>"""
-    return page("This sign-in cannot be completed", body, status=400)
+    return page("This sign-in cannot be completed", body, status=400, error_code=error_code)
 
 
-def refused_page(message: str) -> func.HttpResponse:
+def refused_page(message: str, *, error_code: str = "tenant_not_allowed") -> func.HttpResponse:
     body = f'<p class="error" role="alert">{e(message)} Nothing was recorded.</p>'
-    return page("This environment cannot be connected", body, status=403)
+    return page("This environment cannot be connected", body, status=403, error_code=error_code)
 
 
-def failed_page(detail: str) -> func.HttpResponse:
+def failed_page(detail: str, *, error_code: str = "verification_failed") -> func.HttpResponse:
     body = f"""
 <p class="error" role="alert">The connection could not be verified: {e(detail)}</p>
 <p><a href="/api/onboard">Start again</a>, or contact us with the time of this attempt.</p>"""
-    return page("The connection could not be verified", body, status=502)
+    return page("The connection could not be verified", body, status=502, error_code=error_code)
 
 
 def recheck_page(tenant_id: str, ticket: str) -> func.HttpResponse:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import TYPE_CHECKING
 
 import azure.functions as func
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()
 _MAX_TOP = 50
+_TOP = re.compile(r"[0-9]{1,3}")
 
 
 def _unauthorized(description: str, req: func.HttpRequest) -> func.HttpResponse:
@@ -121,7 +123,8 @@ def me_accounts(req: func.HttpRequest) -> func.HttpResponse:
         return authenticated
     user, tenant = authenticated
     raw_top = req.params.get("top", "10")
-    if not raw_top.isdigit() or not 1 <= int(raw_top) <= _MAX_TOP:
+    # Not str.isdigit: it accepts "²" (int() refuses it) and digit strings longer than int() will parse.
+    if not _TOP.fullmatch(raw_top) or not 1 <= int(raw_top) <= _MAX_TOP:
         return json_error(400, "invalid_top", f"top must be a whole number from 1 to {_MAX_TOP}.", req)
     client = get_services().dataverse.for_org(tenant.tenant_id, tenant.org_urls[0])
     try:

@@ -12,7 +12,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from shared.errors import S2SError
@@ -79,18 +79,28 @@ class ExecutionContext:
 
 def parse_date(value: str) -> datetime:
     """``/Date(1506409448000-0700)/`` → an aware UTC datetime. The milliseconds are UTC already; the zone suffix
-    only says where the writer was."""
+    only says where the writer was. Raises ValueError, also for a date outside what datetime can hold."""
     match = _DATE.match(value)
     if not match:
         raise ValueError(f"not a /Date()/ value: {value[:40]!r}")
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=int(match.group(1)))
+    try:
+        return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=int(match.group(1)))
+    except (OverflowError, ValueError) as exc:  # beyond year 9999, or more digits than int() parses
+        raise ValueError(f"/Date()/ value out of range: {value[:40]!r}") from exc
+
+
+def _date(value: str) -> datetime:
+    try:
+        return parse_date(value)
+    except ValueError:
+        raise InvalidContextError("A /Date()/ value is out of range.") from None
 
 
 def parse_value(value: Any, depth: int = 0) -> Any:
     if depth > _MAX_DEPTH:
         raise InvalidContextError("The payload nests values too deeply.")
     if isinstance(value, str):
-        return parse_date(value) if _DATE.match(value) else value
+        return _date(value) if _DATE.match(value) else value
     if isinstance(value, list):
         if all(isinstance(item, dict) and set(item) >= {"key", "value"} for item in value) and value:
             return parse_bag(value, depth + 1)
@@ -108,7 +118,10 @@ def parse_value(value: Any, depth: int = 0) -> Any:
     if kind == "OptionSetValue":
         return value.get("Value")
     if kind == "Money":
-        return Decimal(str(value.get("Value")))
+        try:
+            return Decimal(str(value.get("Value")))
+        except InvalidOperation:
+            raise InvalidContextError("A Money value is not a number.") from None
     return {k: parse_value(v, depth + 1) for k, v in value.items() if k != "__type"}
 
 
@@ -161,7 +174,7 @@ def parse_context(body: Any, depth: int = 0) -> ExecutionContext:
     parent = body.get("ParentContext")
     try:
         stage, mode, depth_value = int(body.get("Stage", 0)), int(body.get("Mode", 0)), int(body.get("Depth", 1))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(1e400), which JSON decodes to infinity
         raise InvalidContextError("Stage, Mode and Depth must be numbers.") from None
     return ExecutionContext(
         message_name=body["MessageName"][:100],
@@ -181,7 +194,7 @@ def parse_context(body: Any, depth: int = 0) -> ExecutionContext:
         ),
         user_object_id=_optional_guid(body.get("UserAzureActiveDirectoryObjectId"), "UserAzureActiveDirectoryObjectId"),
         business_unit_id=_optional_guid(body.get("BusinessUnitId"), "BusinessUnitId"),
-        operation_created_on=parse_date(created) if isinstance(created, str) and _DATE.match(created) else None,
+        operation_created_on=_date(created) if isinstance(created, str) and _DATE.match(created) else None,
         input_parameters=parse_bag(body.get("InputParameters")),
         output_parameters=parse_bag(body.get("OutputParameters")),
         shared_variables=parse_bag(body.get("SharedVariables")),

@@ -132,7 +132,9 @@ class UserTokenValidator:
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
-        except (jwt.DecodeError, json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+        # InvalidTokenError, not just DecodeError: PyJWT also checks header fields (a non-string kid, a malformed
+        # crit) while reading the unverified header.
+        except (jwt.InvalidTokenError, json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
             raise InvalidUserTokenError("The token is not a well-formed JWT.") from exc
         if header.get("alg") != "RS256":
             raise InvalidUserTokenError("The token's algorithm is not allowed.")
@@ -173,7 +175,8 @@ class UserTokenValidator:
         except jwt.InvalidTokenError as exc:
             raise InvalidUserTokenError("The token's signature or claims are not valid.") from exc
         scopes = tuple(str(claims.get("scp", "")).split())
-        roles = tuple(r for r in claims.get("roles", []) if isinstance(r, str))
+        raw_roles = claims.get("roles", [])
+        roles = tuple(r for r in raw_roles if isinstance(r, str)) if isinstance(raw_roles, list) else ()
         if not ((self._scope and self._scope in scopes) or (self._role and self._role in roles)):
             raise InvalidUserTokenError("The token lacks the required scope or app role.")
         oid = claims.get("oid")
@@ -182,9 +185,14 @@ class UserTokenValidator:
         return UserPrincipal(
             tenant_id=tid.lower(),
             object_id=oid.lower(),
-            name=claims.get("name"),
-            username=claims.get("preferred_username") or claims.get("upn") or claims.get("unique_name"),
+            name=_text(claims.get("name")),
+            username=_text(claims.get("preferred_username") or claims.get("upn") or claims.get("unique_name")),
             scopes=scopes,
             roles=roles,
             token_version=str(version or "2.0"),
         )
+
+
+def _text(value: Any) -> str | None:
+    """A display claim as text, or None when the claim is missing or not a string."""
+    return value if isinstance(value, str) else None

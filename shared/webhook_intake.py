@@ -51,7 +51,8 @@ def event_key(org_id: str, context: ExecutionContext) -> str:
         context.primary_entity_name,
         context.primary_entity_id,
     ]
-    return hashlib.sha256("|".join(parts).lower().encode("utf-8")).hexdigest()
+    # surrogatepass: JSON's \ud800 escapes decode to lone surrogates, which strict UTF-8 cannot encode.
+    return hashlib.sha256("|".join(parts).lower().encode("utf-8", errors="surrogatepass")).hexdigest()
 
 
 class WebhookIntake:
@@ -81,8 +82,10 @@ class WebhookIntake:
         if len(body) > self._max_body:
             return IntakeResult(413, "payload_too_large", f"The body exceeds {self._max_body} bytes.")
         try:
-            decoded = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+            # UTF-8 only (RFC 8259 §8.1; a BOM is tolerated): json.loads(bytes) would also take UTF-16/32, which the
+            # store keeps as UTF-8 text. RecursionError: a body nested deeper than the decoder's recursion limit.
+            decoded = json.loads(body.decode("utf-8-sig"))
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return IntakeResult(400, "invalid_json", "The body is not JSON.")
         try:
             context = parse_context(decoded)
