@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 import azure.functions as func
 
 from functions import onboarding_pages as pages
-from functions.http_errors import json_error, request_id
+from functions.http_errors import json_error, request_id, storage_unavailable_is_503
 from functions.services import get_services
 
 if TYPE_CHECKING:
@@ -57,6 +57,7 @@ def onboard_form(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.route(route="onboard", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@storage_unavailable_is_503("html")
 def onboard_start(req: func.HttpRequest) -> func.HttpResponse:
     from shared.dataverse_clients import OrgDiscoveryError
     from shared.onboarding import TenantNotAllowedError
@@ -106,6 +107,7 @@ def onboard_start(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.route(route="consent/callback", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@storage_unavailable_is_503("html")
 def consent_callback(req: func.HttpRequest) -> func.HttpResponse:
     from shared.consent_states import ConsentStateError
     from shared.onboarding import ConsentDeniedError, TenantNotAllowedError
@@ -158,6 +160,7 @@ def recheck_form(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.route(route="onboard/recheck", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@storage_unavailable_is_503("html")
 def recheck(req: func.HttpRequest) -> func.HttpResponse:
     from shared.settings import is_guid
 
@@ -174,6 +177,7 @@ def recheck(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.route(route="tenants/{tenant_id}/verify", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
+@storage_unavailable_is_503("json")
 def verify_tenant(req: func.HttpRequest) -> func.HttpResponse:
     """Operators only (the host's master key): re-verify a tenant now and return the outcome as JSON."""
     from shared.settings import is_guid

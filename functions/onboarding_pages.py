@@ -217,6 +217,11 @@ def failed_page(detail: str, *, error_code: str = "verification_failed") -> func
     return page("The connection could not be verified", body, status=502, error_code=error_code)
 
 
+def unavailable_page(detail: str, *, error_code: str = "storage_unavailable") -> func.HttpResponse:
+    body = f'<p class="error" role="alert">{e(detail)}</p>'
+    return page("Please try again in a moment", body, status=503, error_code=error_code)
+
+
 def recheck_page(tenant_id: str, ticket: str) -> func.HttpResponse:
     body = f"""
 <p>Check whether the application user now exists and finish the connection.</p>

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import azure.functions as func
 
-from functions.http_errors import json_error, request_id
+from functions.http_errors import json_error, request_id, storage_unavailable_is_503
 from functions.services import get_services
 
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ def _ok(body: dict[str, object], req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.route(route="me", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@storage_unavailable_is_503("json")
 def me(req: func.HttpRequest) -> func.HttpResponse:
     authenticated = _authenticate(req)
     if isinstance(authenticated, func.HttpResponse):
@@ -91,6 +92,7 @@ def _dataverse_error(exc: Exception, req: func.HttpRequest) -> func.HttpResponse
 
 
 @bp.route(route="me/whoami", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@storage_unavailable_is_503("json")
 def me_whoami(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import S2SError
 
@@ -115,6 +117,7 @@ def me_whoami(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.route(route="me/accounts", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@storage_unavailable_is_503("json")
 def me_accounts(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import S2SError
 

@@ -297,7 +297,7 @@ class Settings:
 
 
 def is_guid(value: str) -> bool:
-    return bool(_GUID.match(value))
+    return bool(_GUID.fullmatch(value))
 
 
 def _require_guid(name: str, value: str) -> None:

@@ -133,3 +133,10 @@ def test_key_vault_reads_use_the_configured_http_timeout():
 
     source = build_certificate_source(Settings.from_env(env(HTTP_TIMEOUT_SECONDS="7")), credential_factory=object)
     assert source._timeout == 7.0
+
+
+def test_a_guid_followed_by_a_newline_is_not_a_guid():
+    from shared.settings import is_guid
+
+    assert is_guid(CLIENT)
+    assert not is_guid(CLIENT + "\n") and not is_guid(" " + CLIENT)
