@@ -4,6 +4,12 @@ delivery idempotent, and the poison queue with each failure's reason.
 One row per event identity in ``webhookevents``: written ``queued`` by the receiver after the queue accepted the
 message, moved to ``processing`` and ``done`` by the processor under the row's ETag, so a duplicate delivery is
 acknowledged without new work and a duplicate message is skipped.
+
+The receiver's calls are bounded in time. Dataverse waits 60 s for the answer and does not retry a timeout
+(protocol.md §5), while the storage SDKs' own retries wait 15 s, 18 s and 24 s between attempts on queues and blobs
+(about 85 s against a refused connection). So those calls turn the SDK retries off, carry short connect and read
+timeouts, and are retried here within RECEIVER_BUDGET_SECONDS: a blip is ridden out, an outage answers 503 in
+seconds and Dataverse tries again.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from shared.errors import S2SError
 
@@ -26,6 +32,16 @@ PAYLOAD_CONTAINER = "webhook-payloads"
 # Queue messages hold 64 KB after base64; larger payloads go to a blob with a pointer in the message.
 INLINE_LIMIT = 40 * 1024
 PROCESSING_LEASE_SECONDS = 300
+# Time the receiver gives one storage step (the dedupe read; the blob and queue writes together) before it answers
+# 503, the pauses between its attempts, and the per-attempt connect and read timeouts.
+RECEIVER_BUDGET_SECONDS = 3.0
+RECEIVER_BACKOFF_SECONDS = (0.1, 0.25, 0.5, 1.0)
+RECEIVER_CONNECT_TIMEOUT = 2.0
+RECEIVER_READ_TIMEOUT = 5.0
+# Answers worth another attempt: timeouts, throttling and server errors (anything else will not change on retry).
+_TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+T = TypeVar("T")
 
 
 class StorageUnavailableError(S2SError):
@@ -54,6 +70,9 @@ class WebhookStore:
         container: Any,
         dedupe_ttl_seconds: int = 7 * 86400,
         clock: Callable[[], float] = time.time,
+        receiver_budget_seconds: float = RECEIVER_BUDGET_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._queue = queue
         self._poison = poison_queue
@@ -61,6 +80,9 @@ class WebhookStore:
         self._container = container
         self._ttl = dedupe_ttl_seconds
         self._clock = clock
+        self._budget = receiver_budget_seconds
+        self._monotonic = monotonic
+        self._sleep = sleep
 
     def create_resources(self) -> None:
         from azure.core.exceptions import ResourceExistsError
@@ -80,8 +102,9 @@ class WebhookStore:
         """True when this event identity was already stored and its record has not expired."""
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
+        deadline = self._monotonic() + self._budget
         try:
-            entity = self._table.get_entity(key[:3], key)
+            entity = self._bounded(lambda **options: self._table.get_entity(key[:3], key, **options), deadline)
         except ResourceNotFoundError:
             return False
         except AzureError as exc:
@@ -97,17 +120,24 @@ class WebhookStore:
         from azure.core.exceptions import AzureError
 
         message = dict(envelope)
+        deadline = self._monotonic() + self._budget
         try:
             if len(payload) > INLINE_LIMIT:
-                self._container.upload_blob(name=f"{key}.json", data=payload, overwrite=True)
-                message["payload_blob"] = f"{key}.json"
+                name = f"{key}.json"
+                self._bounded(
+                    lambda **options: self._container.upload_blob(name=name, data=payload, overwrite=True, **options),
+                    deadline,
+                )
+                message["payload_blob"] = name
             else:
                 message["payload"] = payload.decode("utf-8")
-            self._queue.send_message(json.dumps(message, separators=(",", ":")))
+            text = json.dumps(message, separators=(",", ":"))
+            # An attempt whose answer was lost may have queued the message: the copy is skipped by the claim.
+            self._bounded(lambda **options: self._queue.send_message(text, **options), deadline)
         except AzureError as exc:
             raise StorageUnavailableError("The event could not be queued.") from exc
         # Once queued, the event is safe; if this record cannot be written, a duplicate delivery is queued again
-        # and the processor's claim still keeps it from being processed twice.
+        # and the processor's claim still keeps it from being processed twice. One bounded attempt, no retry.
         with contextlib.suppress(AzureError):
             self._table.upsert_entity(
                 {
@@ -118,8 +148,38 @@ class WebhookStore:
                     "ExpiresAt": self._clock() + self._ttl,
                     "Attempts": 0,
                     "LastError": "",
-                }
+                },
+                **self._call_options(RECEIVER_READ_TIMEOUT),
             )
+
+    def _bounded(self, call: Callable[..., T], deadline: float) -> T:
+        """`call(**options)` with the SDK's retries off, retried here on a transient failure until `deadline`
+        (monotonic); raises the last error once the next attempt would start past it."""
+        from azure.core.exceptions import AzureError, HttpResponseError
+
+        attempt = 0
+        while True:
+            try:
+                return call(**self._call_options(deadline - self._monotonic()))
+            except AzureError as exc:
+                # An answer other than a timeout, throttling or server error will not change on retry; no answer
+                # at all (refused, reset, timed out) may.
+                if isinstance(exc, HttpResponseError) and exc.status_code not in _TRANSIENT_STATUSES:
+                    raise
+                pause = RECEIVER_BACKOFF_SECONDS[min(attempt, len(RECEIVER_BACKOFF_SECONDS) - 1)]
+                if self._monotonic() + pause >= deadline:
+                    raise
+            self._sleep(pause)
+            attempt += 1
+
+    @staticmethod
+    def _call_options(remaining: float) -> dict[str, Any]:
+        remaining = max(remaining, 0.5)
+        return {
+            "retry_total": 0,
+            "connection_timeout": min(RECEIVER_CONNECT_TIMEOUT, remaining),
+            "read_timeout": min(RECEIVER_READ_TIMEOUT, remaining),
+        }
 
     # -- processor side ------------------------------------------------------------------------------------
 
