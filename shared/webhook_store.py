@@ -29,8 +29,12 @@ EVENTS_QUEUE = "webhook-events"
 POISON_QUEUE = "webhook-events-poison"
 EVENTS_TABLE = "webhookevents"
 PAYLOAD_CONTAINER = "webhook-payloads"
-# Queue messages hold 64 KB after base64; larger payloads go to a blob with a pointer in the message.
-INLINE_LIMIT = 40 * 1024
+# A queue message holds 64 KiB, counted after the base64 encoding the app's queues use (4 bytes per 3), so the
+# UTF-8 text of a message — envelope and payload, as JSON — may be 48 KiB. A larger one puts the payload in a
+# blob and a pointer in the message. The size is measured on the encoded message, not the payload: JSON escapes
+# and multi-byte characters can make a 40 KB payload a 100 KB message.
+QUEUE_MESSAGE_LIMIT = 64 * 1024
+INLINE_LIMIT = QUEUE_MESSAGE_LIMIT // 4 * 3
 PROCESSING_LEASE_SECONDS = 300
 # Time the receiver gives one storage step (the dedupe read; the blob and queue writes together) before it answers
 # 503, the pauses between its attempts, and the per-attempt connect and read timeouts.
@@ -122,16 +126,14 @@ class WebhookStore:
         message = dict(envelope)
         deadline = self._monotonic() + self._budget
         try:
-            if len(payload) > INLINE_LIMIT:
+            text = json.dumps({**message, "payload": payload.decode("utf-8")}, separators=(",", ":"))
+            if len(text.encode("utf-8")) > INLINE_LIMIT:
                 name = f"{key}.json"
                 self._bounded(
                     lambda **options: self._container.upload_blob(name=name, data=payload, overwrite=True, **options),
                     deadline,
                 )
-                message["payload_blob"] = name
-            else:
-                message["payload"] = payload.decode("utf-8")
-            text = json.dumps(message, separators=(",", ":"))
+                text = json.dumps({**message, "payload_blob": name}, separators=(",", ":"))
             # An attempt whose answer was lost may have queued the message: the copy is skipped by the claim.
             self._bounded(lambda **options: self._queue.send_message(text, **options), deadline)
         except AzureError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import uuid
@@ -146,6 +147,26 @@ def test_large_payload_goes_through_a_blob(hook):
     assert hook.deliver(body).status_code == 202
     blobs = list(hook.services.storage.container("webhook-payloads").list_blobs())
     assert blobs
+    assert hook.drain() == ["done"]
+
+
+def test_a_payload_small_in_bytes_but_large_once_queued_goes_through_a_blob(hook):
+    # ~38 KB of Japanese text is under any payload-size cut, but JSON-escaped and base64-encoded it would pass
+    # the queue's 64 KiB message limit: the decision is made on the message as queued.
+    text = "データ同期" * 2_300
+    body = hook.context(SharedVariables=[{"key": "note", "value": text}])
+    raw = json.dumps(body, ensure_ascii=False).encode()
+    assert len(raw) < 40 * 1024
+    before = {b.name for b in hook.services.storage.container("webhook-payloads").list_blobs()}
+    req = func.HttpRequest(
+        "POST", "/api/webhooks/dataverse", body=raw, headers={"x-ms-dynamics-organization": hook.host_name}
+    )
+    assert fn.dataverse_webhook(req).status_code == 202
+    after = {b.name for b in hook.services.storage.container("webhook-payloads").list_blobs()}
+    assert len(after - before) == 1
+    queue = hook.services.storage.queue("webhook-events")
+    mine = [m for m in queue.peek_messages(max_messages=32) if json.loads(m.content)["tenant_id"] == hook.tenant]
+    assert mine and all(len(base64.b64encode(m.content.encode())) <= 64 * 1024 for m in mine)
     assert hook.drain() == ["done"]
 
 
