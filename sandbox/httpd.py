@@ -135,6 +135,9 @@ class LoopbackServer(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    # socketserver's default backlog of 5 resets connections when dozens of clients connect at once (the webhook
+    # fault test sends from 50); a real front end accepts far more.
+    request_queue_size = 512
 
     thread_name = "sandbox"
 
