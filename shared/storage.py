@@ -11,6 +11,11 @@ from typing import Any
 from shared.errors import ConfigurationError
 from shared.settings import Settings
 
+# azure-core waits up to 300 s to connect and per read by default; a storage account that hangs instead of
+# refusing would then hold a webhook acknowledgement past Dataverse's 60 s timeout, or a sweep past its budget.
+# Table entities and queue messages are small, and blob transfers read in chunks, so these bound a hang, not work.
+TRANSPORT_TIMEOUTS: dict[str, Any] = {"connection_timeout": 5, "read_timeout": 20}
+
 
 class StorageClients:
     """Builds table and queue clients on first use; table and queue names are fixed by the app."""
@@ -40,10 +45,12 @@ class StorageClients:
 
         settings = self._settings
         if settings.storage_connection_string:
-            service = TableServiceClient.from_connection_string(settings.storage_connection_string)
+            service = TableServiceClient.from_connection_string(
+                settings.storage_connection_string, **TRANSPORT_TIMEOUTS
+            )
         else:
             endpoint = f"https://{settings.storage_account_name}.table.{settings.storage_suffix}"
-            service = TableServiceClient(endpoint, credential=self._get_credential())
+            service = TableServiceClient(endpoint, credential=self._get_credential(), **TRANSPORT_TIMEOUTS)
         return service.get_table_client(name)
 
     def queue(self, name: str) -> Any:
@@ -54,7 +61,11 @@ class StorageClients:
         encode, decode = TextBase64EncodePolicy(), TextBase64DecodePolicy()
         if settings.storage_connection_string:
             return QueueClient.from_connection_string(
-                settings.storage_connection_string, name, message_encode_policy=encode, message_decode_policy=decode
+                settings.storage_connection_string,
+                name,
+                message_encode_policy=encode,
+                message_decode_policy=decode,
+                **TRANSPORT_TIMEOUTS,
             )
         endpoint = f"https://{settings.storage_account_name}.queue.{settings.storage_suffix}"
         return QueueClient(
@@ -63,6 +74,7 @@ class StorageClients:
             credential=self._get_credential(),
             message_encode_policy=encode,
             message_decode_policy=decode,
+            **TRANSPORT_TIMEOUTS,
         )
 
     def container(self, name: str) -> Any:
@@ -70,6 +82,7 @@ class StorageClients:
 
         settings = self._settings
         if settings.storage_connection_string:
-            return ContainerClient.from_connection_string(settings.storage_connection_string, name)
+            connection_string = settings.storage_connection_string
+            return ContainerClient.from_connection_string(connection_string, name, **TRANSPORT_TIMEOUTS)
         endpoint = f"https://{settings.storage_account_name}.blob.{settings.storage_suffix}"
-        return ContainerClient(endpoint, name, credential=self._get_credential())
+        return ContainerClient(endpoint, name, credential=self._get_credential(), **TRANSPORT_TIMEOUTS)

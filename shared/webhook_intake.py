@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -27,6 +28,9 @@ logger = logging.getLogger(__name__)
 TRUNCATED_HEADER = "x-ms-dynamics-msg-size-exceeded"
 ORG_HEADER = "x-ms-dynamics-organization"
 _CACHE_SECONDS = 30.0
+# What Dataverse sends in the organization header: the org's host name (contoso.crm.dynamics.com).
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})+")
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,9 @@ class WebhookIntake:
         host = (headers.get(ORG_HEADER) or "").strip().lower()
         if not host:
             return IntakeResult(403, "unknown_organization", f"The {ORG_HEADER} header is missing.")
+        if not _HOST_NAME.fullmatch(host):
+            # Not a host name at all: no lookup, and nothing of it reaches a log line.
+            return IntakeResult(403, "unknown_organization", f"The {ORG_HEADER} header is not a host name.")
         try:
             entry, active, secret_hash = self._lookup(host)
         except Exception:

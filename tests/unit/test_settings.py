@@ -140,3 +140,19 @@ def test_a_guid_followed_by_a_newline_is_not_a_guid():
 
     assert is_guid(CLIENT)
     assert not is_guid(CLIENT + "\n") and not is_guid(" " + CLIENT)
+
+
+def test_storage_clients_bound_connect_and_read_waits():
+    from shared.storage import StorageClients
+
+    conn = (
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+        "BlobEndpoint=http://127.0.0.1:1/devstoreaccount1;QueueEndpoint=http://127.0.0.1:1/devstoreaccount1;"
+        "TableEndpoint=http://127.0.0.1:1/devstoreaccount1;"
+    )
+    clients = StorageClients(Settings.from_env(env(STORAGE_CONNECTION_STRING=conn)))
+    for client in (clients.table("t"), clients.queue("q"), clients.container("c")):
+        transport = client._client._client._pipeline._transport
+        transport = getattr(transport, "_transport", transport)  # a table client wraps its service's transport
+        assert transport.connection_config.timeout == 5
+        assert transport.connection_config.read_timeout == 20

@@ -161,3 +161,15 @@ def test_org_lookups_are_cached():
     for _ in range(5):
         receiver.accept(BODY, HEADERS)
     assert index.reads == 1
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["-----BEGIN PRIVATE KEY-----", "contoso.crm.dynamics.com\nINFO forged line", "a" * 300 + ".com", "localhost"],
+)
+def test_an_organization_header_that_is_no_host_name_is_refused_without_a_lookup(header):
+    index = FakeIndex({})
+    store = FakeStore()
+    result = intake(store, index=index).accept(BODY, {"x-ms-dynamics-organization": header})
+    assert (result.status, result.code) == (403, "unknown_organization")
+    assert index.reads == 0 and store.queued == {}
