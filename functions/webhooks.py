@@ -32,5 +32,5 @@ def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
 def process_webhook_event(msg: func.QueueMessage) -> None:
     """Raises on a transient failure so the host retries with backoff; poison goes out with its reason."""
     text = msg.get_body().decode("utf-8", errors="replace")
-    outcome = get_services().webhook_processor.process(text, msg.dequeue_count or 1)
+    outcome = get_services().webhook_processor.process(text, msg.dequeue_count or 1, msg.id)
     logger.info("Webhook queue message %s: %s", msg.id, outcome)

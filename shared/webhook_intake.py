@@ -132,6 +132,7 @@ class WebhookIntake:
                 "correlation_id": context.correlation_id,
                 "operation_id": context.operation_id,
                 "truncated": (headers.get(TRUNCATED_HEADER) or "").lower() in {"true", "1", "yes"},
+                "received_us": int(time.time() * 1_000_000),  # fixed here, so a rerun writes the same records
             }
             self._store.enqueue(key, envelope, body)
         except StorageUnavailableError:

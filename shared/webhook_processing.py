@@ -49,6 +49,7 @@ class WebhookEvent:
     truncated: bool
     row: dict[str, Any] | None = None  # the full row, when a handler re-read it
     notes: dict[str, Any] = field(default_factory=dict)
+    received_us: int | None = None  # when the receiver accepted it (µs since the epoch); None in older messages
 
 
 @dataclass
@@ -100,7 +101,9 @@ def record_processed_change(event: WebhookEvent, tools: HandlerTools) -> None:
     """Keep a per-tenant record of every processed change (the feed an integration builds on)."""
     context = event.context
     changed = sorted(event.row) if event.row is not None else context.changed_attributes
-    inverted = 10**17 - int(time.time() * 1_000_000)
+    # Newest first, and keyed on when the event was *received*, not processed: a message processed again (its
+    # earlier attempt ended before it was marked done) overwrites its own record instead of adding a second.
+    inverted = 10**17 - (event.received_us if event.received_us is not None else int(time.time() * 1_000_000))
     tools.changes_table.upsert_entity(
         {
             "PartitionKey": event.tenant_id,
@@ -138,8 +141,11 @@ class WebhookProcessor:
         self._impersonate = impersonate_initiating_user
         self._max_dequeue = max_dequeue_count
 
-    def process(self, text: str, dequeue_count: int) -> str:
-        """Returns "done", "duplicate" or "poisoned"; raises TransientProcessingError to have the host retry."""
+    def process(self, text: str, dequeue_count: int, message_id: str | None = None) -> str:
+        """Returns "done", "duplicate" or "poisoned"; raises TransientProcessingError to have the host retry.
+
+        ``message_id`` (the queue message's id) lets a redelivery of the same message take over the lease its own
+        earlier, ended attempt left behind."""
         try:
             envelope = envelope_from_message(text)
         except ValueError:
@@ -156,7 +162,7 @@ class WebhookProcessor:
             envelope.get("correlation_id"),
             envelope.get("operation_id"),
         )
-        claim = self._store.claim(key)
+        claim = self._store.claim(key, owner=message_id)
         if not claim.granted:
             if claim.reason == "done":
                 logger.info("Webhook event already processed: tenant %s org %s correlation %s operation %s", *fields)
@@ -198,8 +204,14 @@ class WebhookProcessor:
             context = parse_context(json.loads(payload))
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidContextError("The stored payload is not JSON.") from exc
+        received = envelope.get("received_us")
         return WebhookEvent(
-            envelope["tenant_id"], envelope["org_url"], envelope["key"], context, bool(envelope.get("truncated"))
+            envelope["tenant_id"],
+            envelope["org_url"],
+            envelope["key"],
+            context,
+            bool(envelope.get("truncated")),
+            received_us=received if isinstance(received, int) and not isinstance(received, bool) else None,
         )
 
 

@@ -190,8 +190,14 @@ class WebhookStore:
             return str(message["payload"]).encode("utf-8")
         return bytes(self._container.download_blob(message["payload_blob"]).readall())
 
-    def claim(self, key: str) -> Claim:
-        """Take the event for processing. Not granted when it is done, or another worker holds a fresh lease."""
+    def claim(self, key: str, owner: str | None = None) -> Claim:
+        """Take the event for processing. Not granted when it is done, or another worker holds a fresh lease.
+
+        ``owner`` is the queue message's id. The host shows a message again only once the invocation holding it
+        has ended (failed, or past its visibility timeout), so a fresh lease held by the *same* message belongs to
+        an attempt that is over — for example one whose handlers ran but whose ``complete`` could not be written —
+        and is taken over instead of waiting out the lease until the host gives up on the message.
+        """
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
@@ -211,6 +217,7 @@ class WebhookStore:
                         "LeaseUntil": now + PROCESSING_LEASE_SECONDS,
                         "Attempts": 1,
                         "LastError": "",
+                        "Owner": owner or "",
                     }
                 )
                 return Claim(True, "new")
@@ -219,7 +226,8 @@ class WebhookStore:
         status = entity.get("Status")
         if status == "done":
             return Claim(False, "done")
-        if status == "processing" and float(entity.get("LeaseUntil", 0)) > now:
+        own_earlier_attempt = bool(owner) and entity.get("Owner") == owner
+        if status == "processing" and float(entity.get("LeaseUntil", 0)) > now and not own_earlier_attempt:
             return Claim(False, "busy")
         try:
             self._table.update_entity(
@@ -229,6 +237,7 @@ class WebhookStore:
                     "Status": "processing",
                     "LeaseUntil": now + PROCESSING_LEASE_SECONDS,
                     "Attempts": int(entity.get("Attempts", 0)) + 1,
+                    "Owner": owner or "",
                 },
                 mode=UpdateMode.MERGE,
                 etag=entity.metadata["etag"],

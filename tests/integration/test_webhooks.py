@@ -214,6 +214,35 @@ def test_transient_failures_retry_then_poison_at_the_dequeue_limit(hook, monkeyp
     queue.delete_message(message)
 
 
+def test_a_redelivery_takes_over_the_lease_its_own_ended_attempt_left(hook, monkeypatch):
+    assert hook.deliver(hook.context()).status_code == 202
+    queue = hook.services.storage.queue("webhook-events")
+    (message,) = [
+        m
+        for m in queue.receive_messages(max_messages=32, visibility_timeout=5)
+        if json.loads(m.content)["tenant_id"] == hook.tenant
+    ]
+    processor = hook.services.webhook_processor
+    store = hook.services.webhook_store
+    real_complete = store.complete
+
+    def storage_gone(key):
+        raise ConnectionError("storage went away before the event was marked done")
+
+    monkeypatch.setattr(store, "complete", storage_gone)
+    with pytest.raises(ConnectionError):
+        processor.process(message.content, 1, message.id)  # handlers ran; the lease is left behind
+    monkeypatch.setattr(store, "complete", real_complete)
+    # Another message carrying the same event (a duplicate delivery) must still wait for the lease...
+    with pytest.raises(Exception, match="Another worker"):
+        processor.process(message.content, 1, "another-message")
+    # ...but the host's redelivery of the same message belongs to the ended attempt: it takes over and finishes.
+    assert processor.process(message.content, 2, message.id) == "done"
+    assert processor.process(message.content, 3, message.id) == "duplicate"
+    assert len(hook.changes()) == 1
+    queue.delete_message(message)
+
+
 def test_storage_down_answers_503_and_keeps_what_was_acknowledged(sandbox, sandbox_env, tmp_path):
     private = Azurite()
     try:
