@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install lint infra-check test unit integration e2e demo bench sandbox devhost cli clean chromium
+.PHONY: install lint infra-check test test-nightly unit integration e2e demo bench sandbox devhost cli clean chromium
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ infra-check:
 
 test: lint infra-check $(NODE_STAMP) chromium
 	$(BIN)/pytest
+
+# Nightly-sized proof: 12,000 generated hostile inputs over every HTTP function (new cases every night) and the
+# webhook fault test at 10,000 deliveries (about 15 minutes on 2 cores). `make test` runs the smaller defaults.
+test-nightly: $(STAMP) $(NODE_STAMP)
+	HYPOTHESIS_PROFILE=nightly FAULT_WEBHOOK_DELIVERIES=10000 $(BIN)/pytest tests/unit/test_hostile_input.py \
+		tests/integration/test_webhook_faults.py
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
