@@ -3,7 +3,6 @@ app's S2S token impersonating each of them, shows each only their own accounts."
 
 from __future__ import annotations
 
-import uuid
 from types import SimpleNamespace
 
 import azure.functions as func
@@ -11,10 +10,10 @@ import pytest
 import requests
 
 from devhost import DevHost
-from sandbox.pki import make_certificate
 from shared.bootstrap import build_services, use_services
 from shared.settings import CredentialSource, Settings
 from shared.tenant_registry import TenantStatus
+from tests.integration.conftest import app_with_certificate, customer_org
 
 pytestmark = pytest.mark.integration
 
@@ -30,14 +29,8 @@ def user_app() -> func.FunctionApp:
 @pytest.fixture
 def world(sandbox, sandbox_env, azurite, tmp_path):
     st = sandbox.state
-    client_id = st.register_application(display_name="User API test")
-    bundle = make_certificate("user-api")
-    st.add_application_certificate(client_id, bundle.cert_pem)
-    tenant = st.add_tenant(display_name=f"Contoso{uuid.uuid4().hex[:6]}")
-    st.grant_consent(tenant, client_id)
-    org = f"https://users{uuid.uuid4().hex[:8]}.crm.dynamics.com"
-    st.add_org(tenant, org)
-    st.add_application_user(org, client_id, act_on_behalf=True)
+    client_id, _, cert = app_with_certificate(st, "User API test", tmp_path)
+    tenant, org, _ = customer_org(st, client_id, "users", act_on_behalf=True)
     ada = st.add_user(tenant, display_name="Ada Lovelace")
     bob = st.add_user(tenant, display_name="Bob Babbage")
     ada_user = st.add_org_user(org, ada.object_id, "Ada Lovelace")
@@ -45,8 +38,6 @@ def world(sandbox, sandbox_env, azurite, tmp_path):
     rows = st.seed_rows(org, "accounts", 5)
     st.assign_rows(org, "accounts", rows[:3], ada.object_id)
     st.assign_rows(org, "accounts", rows[3:], bob.object_id)
-    cert = tmp_path / "client.pem"
-    cert.write_text(bundle.key_pem + bundle.cert_pem)
     settings = Settings(
         entra_client_id=client_id,
         entra_home_tenant_id=st.home_tenant_id,

@@ -8,7 +8,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import jwt
 import msal
@@ -18,6 +19,41 @@ from sandbox import Sandbox
 from sandbox.dataverse_org import Org
 from sandbox.demo import DemoSeed, seed_demo
 from sandbox.pki import CertificateBundle, make_certificate
+
+
+def app_with_certificate(
+    state: Any, name: str, cert_dir: Path | None = None, *, days: int = 365
+) -> tuple[str, CertificateBundle, Path]:
+    """Register an app with a fresh certificate; with ``cert_dir``, its key and certificate are also written as
+    one PEM file there (what ``CREDENTIAL_SOURCE=certificate_file`` reads). Returns (client id, bundle, path)."""
+    client_id = state.register_application(display_name=name)
+    bundle = make_certificate(name.lower().replace(" ", "-")[:40], days=days)
+    state.add_application_certificate(client_id, bundle.cert_pem)
+    path = (cert_dir or Path()) / f"{client_id}.pem"
+    if cert_dir is not None:
+        path.write_text(bundle.key_pem + bundle.cert_pem)
+    return client_id, bundle, path
+
+
+class CustomerOrg(NamedTuple):
+    tenant: str
+    org_url: str
+    app_user_id: str
+
+
+def customer_org(
+    state: Any, client_id: str, prefix: str, *, suffix: str = "crm.dynamics.com", rows: int = 0, **user_options: Any
+) -> CustomerOrg:
+    """A customer tenant that consented to the app, with one org where the app has its application user (and
+    ``rows`` accounts)."""
+    tenant = state.add_tenant(display_name=f"{prefix.title()} customer {uuid.uuid4().hex[:6]}")
+    state.grant_consent(tenant, client_id)
+    org_url = f"https://{prefix}{uuid.uuid4().hex[:8]}.{suffix}"
+    state.add_org(tenant, org_url)
+    app_user_id = state.add_application_user(org_url, client_id, **user_options)
+    if rows:
+        state.seed_rows(org_url, "accounts", rows)
+    return CustomerOrg(tenant, org_url, app_user_id)
 
 
 @pytest.fixture(scope="session")

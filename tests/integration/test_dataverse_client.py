@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import pytest
 
-from sandbox.pki import make_certificate
 from shared.bootstrap import Services, build_services
 from shared.dataverse_errors import (
     ApplicationUserDisabledError,
@@ -22,6 +21,7 @@ from shared.dataverse_errors import (
 from shared.odata_batch import BatchOperation
 from shared.org_url import InvalidOrgUrlError
 from shared.settings import CredentialSource, Settings
+from tests.integration.conftest import app_with_certificate, customer_org
 
 pytestmark = pytest.mark.integration
 
@@ -42,16 +42,8 @@ class OrgWorld:
 @pytest.fixture
 def org_world(sandbox, sandbox_env, tmp_path):
     st = sandbox.state
-    client_id = st.register_application(display_name="Dataverse client test")
-    bundle = make_certificate("dv-client-test")
-    st.add_application_certificate(client_id, bundle.cert_pem)
-    tenant = st.add_tenant(display_name="Customer")
-    st.grant_consent(tenant, client_id)
-    org_url = f"https://org{uuid.uuid4().hex[:10]}.crm4.dynamics.com"
-    st.add_org(tenant, org_url)
-    app_user = st.add_application_user(org_url, client_id)
-    cert_file = tmp_path / "client.pem"
-    cert_file.write_text(bundle.key_pem + bundle.cert_pem)
+    client_id, _, cert_file = app_with_certificate(st, "Dataverse client test", tmp_path)
+    tenant, org_url, app_user = customer_org(st, client_id, "org", suffix="crm4.dynamics.com")
     settings = Settings(
         entra_client_id=client_id,
         entra_home_tenant_id=st.home_tenant_id,

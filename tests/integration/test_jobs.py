@@ -12,10 +12,10 @@ from dataclasses import replace
 
 import pytest
 
-from sandbox.pki import make_certificate
 from shared.bootstrap import build_services, use_services
 from shared.settings import CredentialSource, Settings
 from shared.tenant_registry import TenantStatus
+from tests.integration.conftest import app_with_certificate, customer_org
 
 pytestmark = pytest.mark.integration
 
@@ -24,17 +24,9 @@ class World:
     def __init__(self, sandbox, azurite, tmp_path, *, rows=250, page_size=100, cert_days=365):
         st = sandbox.state
         self.sandbox = sandbox
-        self.client_id = st.register_application(display_name="Jobs test")
-        bundle = make_certificate("jobs-test", days=cert_days)
-        st.add_application_certificate(self.client_id, bundle.cert_pem)
-        self.tenant = st.add_tenant(display_name="Customer")
-        st.grant_consent(self.tenant, self.client_id)
-        self.org_url = f"https://jobs{uuid.uuid4().hex[:8]}.crm.dynamics.com"
-        st.add_org(self.tenant, self.org_url)
-        st.add_application_user(self.org_url, self.client_id)
+        self.client_id, _, cert = app_with_certificate(st, "Jobs test", tmp_path, days=cert_days)
+        self.tenant, self.org_url, _ = customer_org(st, self.client_id, "jobs")
         self.ids = st.seed_rows(self.org_url, "accounts", rows)
-        cert = tmp_path / f"{self.client_id}.pem"
-        cert.write_text(bundle.key_pem + bundle.cert_pem)
         self.settings = Settings(
             entra_client_id=self.client_id,
             entra_home_tenant_id=st.home_tenant_id,

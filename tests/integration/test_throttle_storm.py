@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from sandbox.pki import make_certificate
 from shared.bootstrap import build_services, use_services
 from shared.settings import CredentialSource, Settings
-from shared.tenant_registry import TenantStatus
+from shared.tenant_registry import TenantRegistry, TenantStatus
+from tests.integration.conftest import app_with_certificate, customer_org
 
 pytestmark = pytest.mark.integration
 
@@ -24,11 +24,7 @@ PAGE = 100
 @pytest.fixture
 def storm(sandbox, sandbox_env, azurite, tmp_path):
     st = sandbox.state
-    client_id = st.register_application(display_name="Storm test")
-    bundle = make_certificate("storm-test")
-    st.add_application_certificate(client_id, bundle.cert_pem)
-    cert = tmp_path / "client.pem"
-    cert.write_text(bundle.key_pem + bundle.cert_pem)
+    client_id, _, cert = app_with_certificate(st, "Storm test", tmp_path)
     services = build_services(
         Settings(
             entra_client_id=client_id,
@@ -44,15 +40,16 @@ def storm(sandbox, sandbox_env, azurite, tmp_path):
             dataverse_retry_budget_seconds=60,
         )
     )
+    # A registry of its own: the sweep covers every active tenant, and the session's registry holds other tests'.
+    suffix = uuid.uuid4().hex[:8]
+    services._registry = TenantRegistry(
+        services.storage.table(f"stormtenants{suffix}"), services.storage.table(f"stormhistory{suffix}")
+    )
+    services.registry.create_tables()
     use_services(services)
     orgs = {}
-    for i in range(TENANTS):
-        tenant = st.add_tenant(display_name=f"Storm customer {i}")
-        st.grant_consent(tenant, client_id)
-        org = f"https://storm{uuid.uuid4().hex[:8]}.crm.dynamics.com"
-        st.add_org(tenant, org)
-        st.add_application_user(org, client_id)
-        st.seed_rows(org, "accounts", ROWS)
+    for _ in range(TENANTS):
+        tenant, org, _ = customer_org(st, client_id, "storm", rows=ROWS)
         for status in (TenantStatus.PENDING_CONSENT, TenantStatus.CONSENTED, TenantStatus.ACTIVE):
             services.registry.record(tenant, status, reason="test", actor="test", org_url=org)
         orgs[tenant] = org

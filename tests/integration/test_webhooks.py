@@ -14,10 +14,10 @@ import pytest
 from cli.main import main as cli_main
 from functions import webhooks as fn
 from sandbox.azurite import Azurite
-from sandbox.pki import make_certificate
 from shared.bootstrap import Services, build_services, use_services
 from shared.settings import CredentialSource, Settings
 from shared.tenant_registry import TenantStatus
+from tests.integration.conftest import app_with_certificate, customer_org
 from tests.unit import webhook_samples as samples
 
 pytestmark = pytest.mark.integration
@@ -70,17 +70,10 @@ class Hook:
 
 def make_hook(sandbox, connection_string, tmp_path) -> Hook:
     st = sandbox.state
-    client_id = st.register_application(display_name="Webhook test")
-    bundle = make_certificate("webhook-test")
-    st.add_application_certificate(client_id, bundle.cert_pem)
-    tenant = st.add_tenant(display_name="Customer")
-    st.grant_consent(tenant, client_id)
-    host_name = f"hook{uuid.uuid4().hex[:8]}.crm.dynamics.com"
-    org_url = f"https://{host_name}"
-    org = st.add_org(tenant, org_url)
-    st.add_application_user(org_url, client_id)
-    cert = tmp_path / "client.pem"
-    cert.write_text(bundle.key_pem + bundle.cert_pem)
+    client_id, _, cert = app_with_certificate(st, "Webhook test", tmp_path)
+    tenant, org_url, _ = customer_org(st, client_id, "hook")
+    host_name = org_url.removeprefix("https://")
+    org = st.get_org(org_url)
     settings = Settings(
         entra_client_id=client_id,
         entra_home_tenant_id=st.home_tenant_id,
