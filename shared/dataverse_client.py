@@ -376,7 +376,7 @@ class DataverseClient:
             # The token is fetched before taking a slot, so a slow token request never holds org capacity.
             request_headers["Authorization"] = f"Bearer {self._tokens.get_token(self.tenant_id, self.org_url).token}"
             try:
-                admitted_at = self.governor.acquire(deadline)
+                ticket = self.governor.acquire(deadline)
             except AdmissionTimeout:
                 raise ThrottledError(
                     "Dataverse asked this worker to wait (Retry-After) longer than the call's retry budget.",
@@ -416,7 +416,7 @@ class DataverseClient:
                     is_transient=True,
                 ) from exc
             finally:
-                self.governor.release()
+                self.governor.release(ticket)
             self.governor.apply_dop_hint(response.headers.get("x-ms-dop-hint"))
             status = response.status_code
             if status < 400:
@@ -427,7 +427,7 @@ class DataverseClient:
             if status == 429:
                 retry_after = _retry_after_seconds(response.headers) or self._backoff(attempt)
                 self.governor.block_for(retry_after)
-                self.governor.refused(admitted_at, rate_limit_named(response.content))
+                self.governor.refused(ticket, rate_limit_named(response.content))
                 logger.warning(
                     "Dataverse %s throttled tenant %s for %.1f s (client request %s, service request %s)",
                     self.org_url,

@@ -6,11 +6,12 @@ request is sent to the org inside it. Concurrency follows the server's ``x-ms-do
 documented limit of 52 concurrent requests.
 
 Pacing: a request-rate 429 (0x80072322) names its limit in the documented message ("Number of requests exceeded
-the limit of 6000 over time window of 300 seconds."). Once the governor has read it, it keeps the start times of
-this worker's recent requests to the org and holds a request back until the oldest of the last ``limit`` leaves
-the window, so the next window's requests go out when the server will take them instead of costing a 429 and a
-whole-second Retry-After. Other workers share the server's count, so a 429 can still come; it is honoured as
-always and widens the pacing margin.
+the limit of 6000 over time window of 300 seconds."). Once the governor has read it, it remembers when the
+answers to this worker's recent requests to the org came back, and holds a request until the last ``limit``
+answers are older than the window. A request reaches the server before its answer comes back and the next one
+after it is sent, so the server's window has always slid by then, whatever the delays on the way: the next
+window's requests go out when the server will take them instead of costing a 429 and a whole-second Retry-After.
+Other workers share the server's count, so a 429 can still come; it is honoured as always and widens the margin.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 # The documented concurrency limit is "52 or higher"; stay below it whatever the hint says.
 MAX_CONCURRENCY = 50
@@ -27,12 +29,18 @@ DEFAULT_CONCURRENCY = 8
 # (the documented one is 6,000 in 300 s) that an occasional 429 costs little, and the log would cost memory.
 PACING_MEMORY = 64
 MAX_PACED_REQUESTS = 1000
-# Arrivals at the server can be closer together than the starts seen here (a new connection is slower than a
-# pooled one), so a window is counted as freeing a little later than the log says: a base, a share of the
-# window, and more after every 429 that pacing did not prevent.
-PACING_MARGIN_SECONDS = 0.04
-PACING_MARGIN_SHARE = 0.01
+# Answers are an upper bound on arrivals, so no margin is needed in principle; a small one covers a server whose
+# window edge is inclusive, and it doubles after every 429 pacing did not prevent (another worker, say).
+PACING_MARGIN_SECONDS = 0.005
 MAX_PACING_MARGIN_SECONDS = 1.0
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One admitted request: when it was admitted, and when its answer came back (None while in flight)."""
+
+    admitted_at: float
+    answered_at: float | None = None
 
 
 class AdmissionTimeout(Exception):
@@ -51,7 +59,7 @@ class OrgGovernor:
         self._limit = max(1, min(initial_limit, MAX_CONCURRENCY))
         self._in_flight = 0
         self._blocked_until = 0.0
-        self._starts: deque[float] = deque(maxlen=PACING_MEMORY)
+        self._recent: deque[Ticket] = deque(maxlen=PACING_MEMORY)
         self._rate: tuple[int, float] | None = None  # (requests, window seconds) learned from a 429
         self._margin = PACING_MARGIN_SECONDS
         self._learned_at = 0.0
@@ -73,12 +81,12 @@ class OrgGovernor:
         """The request limit and window (seconds) this governor paces to, once a 429 has named them."""
         return self._rate
 
-    def acquire(self, deadline: float) -> float:
+    def acquire(self, deadline: float) -> Ticket:
         """Wait until the org is not in a Retry-After window, the learned request rate allows another request,
         and a concurrency slot is free.
 
-        ``deadline`` is on this governor's clock. Raises AdmissionTimeout if it passes first. Returns the
-        admission time, which identifies the request to `refused`.
+        ``deadline`` is on this governor's clock. Raises AdmissionTimeout if it passes first. The ticket goes
+        back with `release` (and with `refused` after a 429).
         """
         with self._cond:
             waited_for_throttle = waited_for_pace = False
@@ -88,18 +96,20 @@ class OrgGovernor:
                 paced = self._pace_free_at() - now
                 if blocked <= 0 and paced <= 0 and self._in_flight < self._limit:
                     self._in_flight += 1
-                    self._starts.append(now)
+                    ticket = Ticket(now)
+                    self._recent.append(ticket)
                     self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
                     if waited_for_throttle:
                         self.throttle_waits += 1
                     elif waited_for_pace:
                         self.pacing_waits += 1
-                    return now
+                    return ticket
                 if now >= deadline:
                     raise AdmissionTimeout()
                 if blocked > 0 or paced > 0:
                     waited_for_throttle = waited_for_throttle or blocked > 0
                     waited_for_pace = waited_for_pace or paced > 0
+                    # An answer still in flight (paced is infinite) wakes this wait through release().
                     timeout = min(max(blocked, paced), deadline - now)
                 else:
                     timeout = deadline - now
@@ -109,31 +119,38 @@ class OrgGovernor:
         if self._rate is None:
             return 0.0
         requests, window = self._rate
-        if len(self._starts) < requests:
+        if len(self._recent) < requests:
             return 0.0
-        return self._starts[-requests] + window + self._margin
+        oldest = self._recent[-requests]
+        if oldest.answered_at is None:
+            return float("inf")  # it may reach the server any moment: wait for its answer
+        return oldest.answered_at + window + self._margin
 
-    def release(self) -> None:
+    def release(self, ticket: Ticket | None = None) -> None:
         with self._cond:
             self._in_flight -= 1
-            self._cond.notify()
+            if ticket is not None:
+                ticket.answered_at = self._clock()
+                self._cond.notify_all()  # a paced waiter may be waiting on this answer
+            else:
+                self._cond.notify()
 
     def block_for(self, seconds: float) -> None:
         """Record a Retry-After: nobody calls the org until it passes (an earlier, longer window is kept)."""
         with self._cond:
             self._blocked_until = max(self._blocked_until, self._clock() + max(0.0, seconds))
 
-    def refused(self, admitted_at: float, rate: tuple[int, float] | None = None) -> None:
-        """A request admitted at ``admitted_at`` was answered 429: the server did not count it, so neither does
-        the pacing log. ``rate`` is the (requests, window seconds) limit the 429 named, if it named one.
+    def refused(self, ticket: Ticket, rate: tuple[int, float] | None = None) -> None:
+        """The request of ``ticket`` was answered 429: the server did not count it, so neither does the pacing
+        log. ``rate`` is the (requests, window seconds) limit the 429 named, if it named one.
 
         A 429 for a request sent while pacing to that same limit means pacing was not enough (other workers, or
         arrivals closer together than the starts seen here): the margin doubles, up to a cap.
         """
         with self._cond:
-            for i in range(len(self._starts) - 1, -1, -1):
-                if self._starts[i] == admitted_at:
-                    del self._starts[i]
+            for i in range(len(self._recent) - 1, -1, -1):
+                if self._recent[i] is ticket:
+                    del self._recent[i]
                     break
             if rate is None:
                 return
@@ -141,15 +158,15 @@ class OrgGovernor:
             if not (0 < requests <= MAX_PACED_REQUESTS) or window <= 0:
                 return
             if self._rate == rate:
-                if admitted_at >= self._learned_at:
+                if ticket.admitted_at >= self._learned_at:
                     self._margin = min(self._margin * 2, MAX_PACING_MARGIN_SECONDS)
                     self._learned_at = self._clock()
                 return
             self._rate = rate
             self._learned_at = self._clock()
-            self._margin = PACING_MARGIN_SECONDS + PACING_MARGIN_SHARE * window
-            if requests > (self._starts.maxlen or 0):
-                self._starts = deque(self._starts, maxlen=requests)
+            self._margin = PACING_MARGIN_SECONDS
+            if requests > (self._recent.maxlen or 0):
+                self._recent = deque(self._recent, maxlen=requests)
 
     def apply_dop_hint(self, hint: str | None) -> None:
         """Follow the server's recommended degree of parallelism (``x-ms-dop-hint``), capped under 52."""

@@ -1,23 +1,25 @@
-"""Pacing learned from a request-rate 429: the next window's requests wait for the window to slide instead of
-costing another 429, a widened margin after a 429 pacing did not prevent, and no pacing without a named limit."""
+"""Pacing learned from a request-rate 429: the next window's requests wait until the answers that filled the
+window are older than it (instead of costing another 429), a widened margin after a 429 pacing did not prevent,
+and no pacing without a named limit."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
 
 from shared.dataverse_errors import rate_limit_named
-from shared.org_governor import MAX_PACED_REQUESTS, PACING_MARGIN_SECONDS, OrgGovernor
+from shared.org_governor import MAX_PACED_REQUESTS, PACING_MARGIN_SECONDS, OrgGovernor, Ticket
 
 WINDOW = 0.3
 
 
-def _send(governor: OrgGovernor) -> float:
-    admitted = governor.acquire(time.monotonic() + 5)
-    governor.release()
-    return admitted
+def _send(governor: OrgGovernor) -> Ticket:
+    ticket = governor.acquire(time.monotonic() + 5)
+    governor.release(ticket)
+    return ticket
 
 
 def _rate_body(limit: int, window: float, code: str = "0x80072322") -> bytes:
@@ -51,12 +53,29 @@ def test_after_a_named_429_the_next_request_waits_for_the_window_to_slide():
     governor.refused(refused_at, (2, WINDOW))
     assert governor.paced_rate == (2, WINDOW)
     fourth = _send(governor)
-    margin = PACING_MARGIN_SECONDS + 0.01 * WINDOW
-    # Paced on the oldest of the last two *counted* requests: the refused one is not in the server's window.
-    assert fourth >= first + WINDOW + margin - 0.005
+    # Paced on the answer to the oldest of the last two *counted* requests (the refused one is not in the
+    # server's window): that answer came after the request reached the server.
+    assert first.answered_at is not None
+    assert fourth.admitted_at >= first.answered_at + WINDOW + PACING_MARGIN_SECONDS
     assert governor.pacing_waits == 1
     fifth = _send(governor)  # the second slot of the new window is free at once after the window slid
-    assert fifth - fourth < WINDOW / 2
+    assert fifth.admitted_at - fourth.admitted_at < WINDOW / 2
+
+
+def test_a_paced_request_waits_for_an_answer_still_in_flight():
+    governor = OrgGovernor()
+    in_flight = governor.acquire(time.monotonic() + 5)  # its answer has not come back yet
+    governor.refused(_send(governor), (1, 0.05))
+    released = []
+
+    def answer_later():
+        time.sleep(0.2)
+        released.append(time.monotonic())
+        governor.release(in_flight)
+
+    threading.Thread(target=answer_later).start()
+    paced = _send(governor)
+    assert released and paced.admitted_at >= released[0] + 0.05
 
 
 def test_without_a_named_limit_nothing_is_paced():
@@ -92,6 +111,6 @@ def test_pacing_keeps_no_more_starts_than_the_limit_needs():
     governor = OrgGovernor()
     for _ in range(200):
         _send(governor)
-    assert len(governor._starts) <= 64
+    assert len(governor._recent) <= 64
     governor.refused(_send(governor), (100, 60.0))
-    assert governor._starts.maxlen == 100
+    assert governor._recent.maxlen == 100
