@@ -148,6 +148,12 @@ def dataverse_part(sb: Sandbox, seed: object, services: object, tenants: dict[st
         f"   429s received: {throttled}; waits honoured: {northwind.governor.throttle_waits}; "
         f"requests sent inside a Retry-After window: {inside}"
     )
+    paced = northwind.governor.paced_rate
+    if paced is not None:
+        print(
+            f"   learned from the 429: {paced[0]} requests per {paced[1]:g} s; requests paced since: "
+            f"{northwind.governor.pacing_waits}"
+        )
     return not failures and inside == 0 and total == 20_000
 
 
