@@ -5,6 +5,7 @@ regenerate it with ``python -c "from shared.troubleshooting import render_markdo
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from shared import aadsts
@@ -177,13 +178,31 @@ def _names(entry: Explanation) -> set[str]:
     return names
 
 
+_AADSTS = re.compile(r"aadsts(\d{4,8})")
+
+
 def explain(code: str) -> Explanation | None:
+    """The catalogue's entry for ``code``; for an AADSTS code it has none for, what every such code means here
+    and where Entra documents it (codes and texts change: entra reference-error-codes)."""
     wanted = code.strip().lower()
     wanted = wanted if wanted.startswith("aadsts") or not wanted.isdigit() else f"aadsts{wanted}"
     for entry in catalog():
         if wanted in _names(entry):
             return entry
-    return None
+    match = _AADSTS.fullmatch(wanted)
+    if match is None:
+        return None
+    number = match.group(1)
+    return Explanation(
+        f"AADSTS{number}",
+        "Entra ID",
+        "An Entra ID error this app has no entry for",
+        "Entra ID refused the token request with a code outside this catalogue. The tenant keeps its status when "
+        "the answer was a 5xx; otherwise the failure is recorded on the tenant's registry entry with Entra's own "
+        "description and correlation id.",
+        f"Look the code up at https://login.microsoftonline.com/error?code={number} (in a sovereign cloud, the "
+        "same path on its sign-in host) and quote the correlation id in a support case.",
+    )
 
 
 def render_markdown() -> str:
@@ -192,6 +211,8 @@ def render_markdown() -> str:
         "",
         "Every Entra ID, Key Vault and Dataverse error the app can meet, what it means in this app, and the fix.",
         "`python -m cli explain <code>` prints the same (e.g. `700016`, `0x80072560`, `disabled`).",
+        "An AADSTS code not listed here: `explain` points to Entra's own lookup,",
+        "`https://login.microsoftonline.com/error?code=<number>`.",
         "Generated from `shared/troubleshooting.py`; a test keeps this file in step.",
         "",
     ]

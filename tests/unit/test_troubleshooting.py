@@ -64,3 +64,13 @@ def test_the_suite_wide_log_watch_recognises_secrets():
     for text in [*leaks, "Token acquired for tenant 1111, resource https://x.crm.dynamics.com, expires in 3599 s"]:
         watch.emit(logging.LogRecord("t", logging.INFO, __file__, 1, text, None, None))
     assert len(watch.findings) == len(leaks)
+
+
+def test_an_aadsts_code_outside_the_catalogue_points_to_entras_own_lookup():
+    from shared.troubleshooting import catalog, explain
+
+    assert "AADSTS90006" not in {e.code for e in catalog()}
+    entry = explain("aadsts90006")
+    assert entry is not None and entry.code == "AADSTS90006" and entry.source == "Entra ID"
+    assert "https://login.microsoftonline.com/error?code=90006" in entry.fix
+    assert explain("not-a-code") is None and explain("AADSTS") is None
