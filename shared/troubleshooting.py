@@ -189,7 +189,8 @@ def explain(code: str) -> Explanation | None:
     for entry in catalog():
         if wanted in _names(entry):
             return entry
-    match = _AADSTS.fullmatch(wanted)
+    # Only a code written as AADSTS<n>: a bare unknown number may as well be a typo of a known one.
+    match = _AADSTS.fullmatch(code.strip().lower())
     if match is None:
         return None
     number = match.group(1)
