@@ -11,9 +11,8 @@ import requests
 
 from devhost import DevHost
 from shared.bootstrap import build_services, use_services
-from shared.settings import CredentialSource, Settings
 from shared.tenant_registry import TenantStatus
-from tests.integration.conftest import app_with_certificate, customer_org
+from tests.integration.conftest import app_with_certificate, cert_file_settings, customer_org
 
 pytestmark = pytest.mark.integration
 
@@ -38,12 +37,10 @@ def world(sandbox, sandbox_env, azurite, tmp_path):
     rows = st.seed_rows(org, "accounts", 5)
     st.assign_rows(org, "accounts", rows[:3], ada.object_id)
     st.assign_rows(org, "accounts", rows[3:], bob.object_id)
-    settings = Settings(
-        entra_client_id=client_id,
-        entra_home_tenant_id=st.home_tenant_id,
-        entra_authority_host=sandbox.authority_host,
-        credential_source=CredentialSource.CERTIFICATE_FILE,
-        certificate_path=str(cert),
+    settings = cert_file_settings(
+        sandbox,
+        client_id,
+        cert,
         storage_connection_string=azurite.connection_string,
         oidc_v1_issuer_template=f"{sandbox.authority_host}/{{tenantid}}/",
     )

@@ -19,6 +19,7 @@ from sandbox import Sandbox
 from sandbox.dataverse_org import Org
 from sandbox.demo import DemoSeed, seed_demo
 from sandbox.pki import CertificateBundle, make_certificate
+from shared.settings import CredentialSource, Settings
 
 
 def app_with_certificate(
@@ -33,6 +34,18 @@ def app_with_certificate(
     if cert_dir is not None:
         path.write_text(bundle.key_pem + bundle.cert_pem)
     return client_id, bundle, path
+
+
+def cert_file_settings(sandbox: Sandbox, client_id: str, cert_path: Path, **overrides: Any) -> Settings:
+    """Settings for the app ``client_id`` signing with a certificate file, against the sandbox's Entra ID."""
+    return Settings(
+        entra_client_id=client_id,
+        entra_home_tenant_id=sandbox.state.home_tenant_id,
+        entra_authority_host=sandbox.authority_host,
+        credential_source=CredentialSource.CERTIFICATE_FILE,
+        certificate_path=str(cert_path),
+        **overrides,
+    )
 
 
 class CustomerOrg(NamedTuple):

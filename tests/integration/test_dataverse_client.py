@@ -20,8 +20,7 @@ from shared.dataverse_errors import (
 )
 from shared.odata_batch import BatchOperation
 from shared.org_url import InvalidOrgUrlError
-from shared.settings import CredentialSource, Settings
-from tests.integration.conftest import app_with_certificate, customer_org
+from tests.integration.conftest import app_with_certificate, cert_file_settings, customer_org
 
 pytestmark = pytest.mark.integration
 
@@ -44,12 +43,10 @@ def org_world(sandbox, sandbox_env, tmp_path):
     st = sandbox.state
     client_id, _, cert_file = app_with_certificate(st, "Dataverse client test", tmp_path)
     tenant, org_url, app_user = customer_org(st, client_id, "org", suffix="crm4.dynamics.com")
-    settings = Settings(
-        entra_client_id=client_id,
-        entra_home_tenant_id=st.home_tenant_id,
-        entra_authority_host=sandbox.authority_host,
-        credential_source=CredentialSource.CERTIFICATE_FILE,
-        certificate_path=str(cert_file),
+    settings = cert_file_settings(
+        sandbox,
+        client_id,
+        cert_file,
         dataverse_retry_budget_seconds=30,
     )
     return OrgWorld(sandbox, build_services(settings), client_id, tenant, org_url, app_user)

@@ -13,9 +13,8 @@ from dataclasses import replace
 import pytest
 
 from shared.bootstrap import build_services, use_services
-from shared.settings import CredentialSource, Settings
 from shared.tenant_registry import TenantStatus
-from tests.integration.conftest import app_with_certificate, customer_org
+from tests.integration.conftest import app_with_certificate, cert_file_settings, customer_org
 
 pytestmark = pytest.mark.integration
 
@@ -27,12 +26,10 @@ class World:
         self.client_id, _, cert = app_with_certificate(st, "Jobs test", tmp_path, days=cert_days)
         self.tenant, self.org_url, _ = customer_org(st, self.client_id, "jobs")
         self.ids = st.seed_rows(self.org_url, "accounts", rows)
-        self.settings = Settings(
-            entra_client_id=self.client_id,
-            entra_home_tenant_id=st.home_tenant_id,
-            entra_authority_host=sandbox.authority_host,
-            credential_source=CredentialSource.CERTIFICATE_FILE,
-            certificate_path=str(cert),
+        self.settings = cert_file_settings(
+            sandbox,
+            self.client_id,
+            cert,
             storage_connection_string=azurite.connection_string,
             sync_tables=(("accounts", ("accountid", "name")),),
             sync_page_size=page_size,

@@ -18,8 +18,9 @@ from devhost import DevHost
 from sandbox.consent_page import read_consent_form
 from sandbox.pki import make_certificate
 from shared.bootstrap import build_services, use_services
-from shared.settings import AppMode, CredentialSource, Settings
+from shared.settings import AppMode, Settings
 from shared.tenant_registry import TenantStatus
+from tests.integration.conftest import cert_file_settings
 
 pytestmark = pytest.mark.integration
 
@@ -73,12 +74,10 @@ def flow(sandbox, sandbox_env, azurite, tmp_path):
     host = DevHost(fresh_app()).start()
     redirect_uri = f"{host.url}/api/consent/callback"
     st.add_redirect_uri(client_id, redirect_uri)
-    settings = Settings(
-        entra_client_id=client_id,
-        entra_home_tenant_id=st.home_tenant_id,
-        entra_authority_host=sandbox.authority_host,
-        credential_source=CredentialSource.CERTIFICATE_FILE,
-        certificate_path=str(cert_file),
+    settings = cert_file_settings(
+        sandbox,
+        client_id,
+        cert_file,
         storage_connection_string=azurite.connection_string,
         onboarding_redirect_uri=redirect_uri,
         app_display_name="Contoso Sync",

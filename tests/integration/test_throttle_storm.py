@@ -10,9 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from shared.bootstrap import build_services, use_services
-from shared.settings import CredentialSource, Settings
 from shared.tenant_registry import TenantRegistry, TenantStatus
-from tests.integration.conftest import app_with_certificate, customer_org
+from tests.integration.conftest import app_with_certificate, cert_file_settings, customer_org
 
 pytestmark = pytest.mark.integration
 
@@ -26,12 +25,10 @@ def storm(sandbox, sandbox_env, azurite, tmp_path):
     st = sandbox.state
     client_id, _, cert = app_with_certificate(st, "Storm test", tmp_path)
     services = build_services(
-        Settings(
-            entra_client_id=client_id,
-            entra_home_tenant_id=st.home_tenant_id,
-            entra_authority_host=sandbox.authority_host,
-            credential_source=CredentialSource.CERTIFICATE_FILE,
-            certificate_path=str(cert),
+        cert_file_settings(
+            sandbox,
+            client_id,
+            cert,
             storage_connection_string=azurite.connection_string,
             sync_tables=(("accounts", ("accountid", "name")),),
             sync_page_size=PAGE,

@@ -15,9 +15,8 @@ from cli.main import main as cli_main
 from functions import webhooks as fn
 from sandbox.azurite import Azurite
 from shared.bootstrap import Services, build_services, use_services
-from shared.settings import CredentialSource, Settings
 from shared.tenant_registry import TenantStatus
-from tests.integration.conftest import app_with_certificate, customer_org
+from tests.integration.conftest import app_with_certificate, cert_file_settings, customer_org
 from tests.unit import webhook_samples as samples
 
 pytestmark = pytest.mark.integration
@@ -48,6 +47,16 @@ class Hook:
             OrganizationId=self.org_id, CorrelationId=str(uuid.uuid4()), OperationId=str(uuid.uuid4()), **overrides
         )
 
+    def only_message(self):
+        """This tenant's one queued event message, hidden from other receivers for 5 s."""
+        queue = self.services.storage.queue("webhook-events")
+        (message,) = [
+            m
+            for m in queue.receive_messages(max_messages=32, visibility_timeout=5)
+            if json.loads(m.content)["tenant_id"] == self.tenant
+        ]
+        return message
+
     def drain(self, dequeue_count: int = 1) -> list[str]:
         """Process this tenant's queued events (the queue is shared by every test on the Azurite session)."""
         queue = self.services.storage.queue("webhook-events")
@@ -74,12 +83,10 @@ def make_hook(sandbox, connection_string, tmp_path) -> Hook:
     tenant, org_url, _ = customer_org(st, client_id, "hook")
     host_name = org_url.removeprefix("https://")
     org = st.get_org(org_url)
-    settings = Settings(
-        entra_client_id=client_id,
-        entra_home_tenant_id=st.home_tenant_id,
-        entra_authority_host=sandbox.authority_host,
-        credential_source=CredentialSource.CERTIFICATE_FILE,
-        certificate_path=str(cert),
+    settings = cert_file_settings(
+        sandbox,
+        client_id,
+        cert,
         storage_connection_string=connection_string,
         dataverse_retry_budget_seconds=5,
     )
@@ -114,12 +121,7 @@ def test_delivery_is_queued_processed_once_and_recorded(hook):
 def test_a_duplicate_message_is_not_processed_twice(hook):
     body = hook.context()
     assert hook.deliver(body).status_code == 202
-    queue = hook.services.storage.queue("webhook-events")
-    (message,) = [
-        m
-        for m in queue.receive_messages(max_messages=32, visibility_timeout=5)
-        if json.loads(m.content)["tenant_id"] == hook.tenant
-    ]
+    message = hook.only_message()
     assert hook.services.webhook_processor.process(message.content, 1) == "done"
     assert hook.services.webhook_processor.process(message.content, 2) == "duplicate"
     assert len(hook.changes()) == 1
@@ -193,11 +195,7 @@ def test_transient_failures_retry_then_poison_at_the_dequeue_limit(hook, monkeyp
     monkeypatch.setattr(handlers, "_handlers", [("*", "*", flaky)])
     assert hook.deliver(hook.context()).status_code == 202
     queue = hook.services.storage.queue("webhook-events")
-    (message,) = [
-        m
-        for m in queue.receive_messages(max_messages=32, visibility_timeout=5)
-        if json.loads(m.content)["tenant_id"] == hook.tenant
-    ]
+    message = hook.only_message()
     processor = hook.services.webhook_processor
     for attempt in range(1, 5):
         with pytest.raises(Exception, match="down"):
@@ -210,11 +208,7 @@ def test_transient_failures_retry_then_poison_at_the_dequeue_limit(hook, monkeyp
 def test_a_redelivery_takes_over_the_lease_its_own_ended_attempt_left(hook, monkeypatch):
     assert hook.deliver(hook.context()).status_code == 202
     queue = hook.services.storage.queue("webhook-events")
-    (message,) = [
-        m
-        for m in queue.receive_messages(max_messages=32, visibility_timeout=5)
-        if json.loads(m.content)["tenant_id"] == hook.tenant
-    ]
+    message = hook.only_message()
     processor = hook.services.webhook_processor
     store = hook.services.webhook_store
     real_complete = store.complete
