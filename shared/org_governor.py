@@ -144,8 +144,9 @@ class OrgGovernor:
         """The request of ``ticket`` was answered 429: the server did not count it, so neither does the pacing
         log. ``rate`` is the (requests, window seconds) limit the 429 named, if it named one.
 
-        A 429 for a request sent while pacing to that same limit means pacing was not enough (other workers, or
-        arrivals closer together than the starts seen here): the margin doubles, up to a cap.
+        A 429 for a request sent while pacing to that same limit means pacing was not enough (other workers
+        count against the same limit, or the server counts its window differently): the margin doubles, up to a
+        cap.
         """
         with self._cond:
             for i in range(len(self._recent) - 1, -1, -1):
