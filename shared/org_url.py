@@ -15,6 +15,12 @@ from shared.errors import S2SError
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
 
+def is_host_name(text: str) -> bool:
+    """A DNS host name of two or more labels (``contoso.crm.dynamics.com``), lower case, at most 253 characters."""
+    labels = text.split(".")
+    return len(text) <= 253 and len(labels) >= 2 and all(_LABEL.fullmatch(label) for label in labels)
+
+
 class InvalidOrgUrlError(S2SError):
     """The text is not the URL of a Dataverse org in the configured cloud; ``message`` says why."""
 
@@ -51,7 +57,7 @@ def validate_org_url(url: str, allowed_suffixes: tuple[str, ...]) -> str:
     for suffix in allowed_suffixes:
         if host.endswith("." + suffix):
             label = host[: -len(suffix) - 1]
-            if _LABEL.match(label):
+            if _LABEL.fullmatch(label):
                 return f"https://{host}"
             break
     examples = ", ".join(allowed_suffixes[:3])

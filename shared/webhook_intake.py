@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.org_index import OrgEntry, OrgIndex
+from shared.org_url import is_host_name
 from shared.remote_context import ExecutionContext, InvalidContextError, parse_context
 from shared.tenant_registry import TenantRegistry, TenantStatus
 from shared.webhook_store import StorageUnavailableError, WebhookStore
@@ -28,9 +28,6 @@ logger = logging.getLogger(__name__)
 TRUNCATED_HEADER = "x-ms-dynamics-msg-size-exceeded"
 ORG_HEADER = "x-ms-dynamics-organization"
 _CACHE_SECONDS = 30.0
-# What Dataverse sends in the organization header: the org's host name (contoso.crm.dynamics.com).
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_HOST_NAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})+")
 
 
 @dataclass(frozen=True)
@@ -98,7 +95,7 @@ class WebhookIntake:
         host = (headers.get(ORG_HEADER) or "").strip().lower()
         if not host:
             return IntakeResult(403, "unknown_organization", f"The {ORG_HEADER} header is missing.")
-        if not _HOST_NAME.fullmatch(host):
+        if not is_host_name(host):  # what Dataverse sends: the org's host name
             # Not a host name at all: no lookup, and nothing of it reaches a log line.
             return IntakeResult(403, "unknown_organization", f"The {ORG_HEADER} header is not a host name.")
         try:
