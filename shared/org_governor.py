@@ -126,14 +126,12 @@ class OrgGovernor:
             return float("inf")  # it may reach the server any moment: wait for its answer
         return oldest.answered_at + window + self._margin
 
-    def release(self, ticket: Ticket | None = None) -> None:
+    def release(self, ticket: Ticket) -> None:
+        """The request of ``ticket`` is over (answered, or failed): its slot frees and its answer time counts."""
         with self._cond:
             self._in_flight -= 1
-            if ticket is not None:
-                ticket.answered_at = self._clock()
-                self._cond.notify_all()  # a paced waiter may be waiting on this answer
-            else:
-                self._cond.notify()
+            ticket.answered_at = self._clock()
+            self._cond.notify_all()  # a slot waiter, or a paced waiter waiting on this answer
 
     def block_for(self, seconds: float) -> None:
         """Record a Retry-After: nobody calls the org until it passes (an earlier, longer window is kept)."""
