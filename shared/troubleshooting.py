@@ -117,7 +117,8 @@ _DATAVERSE = [
         "Dataverse",
         "Too many requests (6,000 per 5 minutes per user)",
         "Service protection: the app user sent too many requests to one web server. The client waits out "
-        "Retry-After for every caller of that org and sends again; nothing is lost.",
+        "Retry-After for every caller of that org and sends again; nothing is lost. From then on it paces its "
+        "requests to the limit the message names, so later windows do not reach it again.",
         "Nothing, usually. If it persists: lower SWEEP_CONCURRENCY, sync fewer tables or columns, use $batch.",
         (),
     ),
