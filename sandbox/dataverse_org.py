@@ -136,6 +136,9 @@ class OrgStore:
         self.sorted_rows_cache: dict[tuple[str, str, str, str], tuple[int, list[Any]]] = {}
         # Pre-encoded rows per (entity set, $select): see sandbox.dataverse_wire.render_cached.
         self.rendered_rows_cache: dict[Any, dict[str, Any]] = {}
+        # Whole encoded pages per (query, caller scope, $select, position, size), valid while `version` is
+        # unchanged, for the same reason: see sandbox.dataverse_reads.
+        self.rendered_pages_cache: dict[Any, tuple[int, Any]] = {}
         self.system_user_id = str(uuid.uuid4())
         self._users[self.system_user_id] = SystemUser(self.system_user_id, "SYSTEM")
 

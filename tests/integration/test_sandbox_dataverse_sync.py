@@ -233,3 +233,32 @@ def test_batch_over_1000_operations_is_refused(new_org: Callable[..., DataverseO
 
     assert response.status_code == 400
     assert response.json()["error"]["message"] == "The batch contains 1001 requests; the limit is 1000."
+
+
+def test_a_page_read_again_shows_writes_made_since_and_only_the_columns_asked(
+    new_org: Callable[..., DataverseOrg], sandbox_env: Sandbox
+) -> None:
+    """The stand-in keeps encoded pages while an org is unchanged; a write, or another $select, is a new page."""
+    org = new_org()
+    sandbox_env.state.seed_rows(org.url, "accounts", 12, prefix="Cached")
+    headers = org.headers(Prefer="odata.maxpagesize=5")
+    url = f"{org.api}/accounts?$select=name"
+
+    def first_page(query_url: str = url) -> requests.Response:
+        response = requests.get(query_url, headers=headers, timeout=10)
+        assert response.status_code == 200, response.text
+        return response
+
+    before = first_page()
+    assert first_page().content == before.content
+    target = before.json()["value"][2]["accountid"]
+    patched = requests.patch(
+        f"{org.api}/accounts({target})", json={"name": "Renamed"}, headers=org.headers(), timeout=10
+    )
+    assert patched.status_code == 204, patched.text
+    after = first_page().json()["value"]
+    assert [row["accountid"] for row in after] == [row["accountid"] for row in before.json()["value"]]
+    assert after[2]["name"] == "Renamed" and after[2]["@odata.etag"] != before.json()["value"][2]["@odata.etag"]
+    wider = first_page(f"{org.api}/accounts?$select=name,revenue").json()["value"]
+    assert all(set(row) == {"@odata.etag", "name", "revenue", "accountid"} for row in wider)
+    assert all(set(row) == {"@odata.etag", "name", "accountid"} for row in after)
