@@ -62,6 +62,15 @@ class HttpSession(Protocol):
 
 
 @dataclass(frozen=True)
+class _Answer:
+    """A response whose body has been read: what ``_send`` gives its callers."""
+
+    status_code: int
+    headers: Any  # the response's case-insensitive mapping
+    content: bytes
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     max_attempts: int = 6
     budget_seconds: float = 300.0  # the longest one call may spend waiting and retrying
@@ -279,13 +288,18 @@ class DataverseClient:
         prefer = f"odata.track-changes,odata.maxpagesize={_page_size(page_size)}"
         while url is not None:
             payload = self._json("GET", url, headers={"Prefer": prefer})
-            upserts: list[dict[str, Any]] = []
+            rows: list[dict[str, Any]] = payload.get("value", [])
+            upserts = rows
             deletions: list[str] = []
-            for row in payload.get("value", []):
-                if _is_deleted_entity(row):
-                    deletions.append(str(row["id"]).lower())
-                else:
-                    upserts.append(row)
+            # Only a row with an "id" can be a $deletedEntity; most pages have none, and then the page's list is
+            # the upserts as it is, without a Python step per row.
+            if any(_is_deleted_entity(row) for row in [row for row in rows if "id" in row]):
+                upserts = []
+                for row in rows:
+                    if _is_deleted_entity(row):
+                        deletions.append(str(row["id"]).lower())
+                    else:
+                        upserts.append(row)
             next_link = self._same_org_link(payload.get("@odata.nextLink"))
             new_delta = self._same_org_link(payload.get("@odata.deltaLink"))
             yield ChangePage(upserts, deletions, next_link, new_delta)
@@ -340,6 +354,13 @@ class DataverseClient:
                 status_code=response.status_code,
             ) from exc
 
+    @staticmethod
+    def _answer(response: Any) -> _Answer:
+        """The status, headers and whole body of a response sent with ``stream=True``. One ``read()`` of the
+        body costs a third of the CPU of ``Response.content``'s 10 KB chunks, and a 5,000-row page is close to
+        1 MB; the connection goes back to the pool once the body is read to its end."""
+        return _Answer(response.status_code, response.headers, response.raw.read(decode_content=True))
+
     def _send(
         self,
         method: str,
@@ -351,8 +372,9 @@ class DataverseClient:
         idempotent: bool,
         caller_object_id: str | None = None,
         multipart_errors: bool = False,
-    ) -> Any:
+    ) -> _Answer:
         import requests
+        import urllib3
 
         if caller_object_id is not None and not is_guid(caller_object_id):
             raise ValueError("caller_object_id must be the user's Entra object id (a GUID)")
@@ -387,10 +409,18 @@ class DataverseClient:
                     is_transient=True,
                 ) from None
             try:
-                response = self._session.request(
-                    method, url, headers=request_headers, data=data, timeout=self._timeout, allow_redirects=False
+                response = self._answer(
+                    self._session.request(
+                        method,
+                        url,
+                        headers=request_headers,
+                        data=data,
+                        timeout=self._timeout,
+                        allow_redirects=False,
+                        stream=True,
+                    )
                 )
-            except requests.RequestException as exc:
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
                 never_sent = _never_left_the_client(exc)
                 if (idempotent or never_sent) and self._can_retry(attempt, deadline):
                     delay = self._backoff(attempt)
@@ -520,7 +550,7 @@ def _is_multipart(headers: Any) -> bool:
 
 
 def _is_deleted_entity(row: Mapping[str, Any]) -> bool:
-    if "id" not in row:  # fast path: every changed row of a 5,000-row page comes through here
+    if "id" not in row:
         return False
     context = row.get("@odata.context")
     if isinstance(context, str) and context.endswith("/$deletedEntity"):

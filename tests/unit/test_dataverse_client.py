@@ -5,6 +5,7 @@ import time
 
 import pytest
 import requests
+import urllib3
 
 from shared.dataverse_client import DataverseClient, RetryPolicy
 from shared.dataverse_errors import (
@@ -38,11 +39,33 @@ class Tokens:
         return AccessToken(SECRET_TOKEN, time.time() + 3600, tenant_id, resource, "cache")
 
 
+class RawBody:
+    """The urllib3 response a ``stream=True`` request leaves in ``Response.raw``: read once, to the end."""
+
+    def __init__(self, body):
+        self.body = body
+        self.reads = 0
+
+    def read(self, *, decode_content):
+        assert decode_content is True
+        self.reads += 1
+        body, self.body = self.body, b""
+        return body
+
+
+class BrokenBody(RawBody):
+    """A body cut off after the headers arrived (urllib3 raises from ``read``, not requests)."""
+
+    def read(self, *, decode_content):
+        self.reads += 1
+        raise urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead(1200 bytes read, 800 more expected)")
+
+
 class Response:
     def __init__(self, status, headers=None, body=b""):
         self.status_code = status
         self.headers = requests.structures.CaseInsensitiveDict(headers or {})
-        self.content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.raw = RawBody(body if isinstance(body, bytes) else json.dumps(body).encode())
 
 
 class ScriptedSession:
@@ -59,7 +82,7 @@ class ScriptedSession:
             item = self.script.pop(0) if self.script else (200, {}, {"value": []})
         if isinstance(item, Exception):
             raise item
-        return Response(*item)
+        return item if isinstance(item, Response) else Response(*item)
 
 
 def client(session, **kwargs):
@@ -301,6 +324,39 @@ def test_change_tracking_separates_deletions_and_returns_the_delta_link():
     resumed = ScriptedSession((200, {}, {"value": [], "@odata.deltaLink": delta}))
     list(client(resumed).track_changes("accounts", select=["name"], delta_link=delta))
     assert resumed.sent[0]["url"] == delta
+
+
+def test_change_tracking_keeps_row_order_and_tells_a_deletion_from_a_row_with_an_id_column():
+    deleted = {"@odata.context": f"{API}/$metadata#accounts/$deletedEntity", "id": USER, "reason": "deleted"}
+    rows = [{"accountid": f"{ROW[:-2]}{i:02d}", "name": f"r{i}"} for i in range(4)]
+    with_id_column = {"id": "not-a-deletion", "name": "x", "reason": "deleted", "extra": 1}
+    page = [rows[0], deleted, rows[1], with_id_column, rows[2], rows[3]]
+    session = ScriptedSession((200, {}, {"value": page, "@odata.deltaLink": f"{API}/accounts?$deltatoken=1"}))
+    (only,) = client(session).track_changes("accounts", select=["name"])
+    assert only.upserts == [rows[0], rows[1], with_id_column, rows[2], rows[3]]
+    assert only.deletions == [USER.lower()]
+
+
+def test_bodies_are_streamed_and_read_once_whole():
+    response = Response(200, {}, {"value": [{"name": "a"}]})
+    session = ScriptedSession(response)
+    (page,) = client(session).query("accounts", select=["name"])
+    assert page.rows == [{"name": "a"}]
+    assert session.sent[0]["stream"] is True and response.raw.reads == 1
+
+
+def test_a_body_cut_off_mid_read_is_retried_on_a_read_but_not_replayed_for_a_create():
+    cut = Response(200)
+    cut.raw = BrokenBody(b"")
+    session = ScriptedSession(cut, (200, {}, {"name": "ok"}))
+    assert client(session).get_row("accounts", ROW) == {"name": "ok"}
+    assert len(session.sent) == 2 and cut.raw.reads == 1
+    cut_create = Response(204)
+    cut_create.raw = BrokenBody(b"")
+    post = ScriptedSession(cut_create)
+    with pytest.raises(DataverseUnreachableError, match="may have been applied") as info:
+        client(post).create("accounts", {"name": "x"})
+    assert len(post.sent) == 1 and info.value.is_transient
 
 
 def test_no_token_in_logs_or_errors(caplog):
