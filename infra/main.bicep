@@ -123,6 +123,13 @@ param dataverseMaxAttempts int = 6
 @minValue(1)
 param dataverseRetryBudgetSeconds int = 300
 
+@description('Optional. DATAVERSE_SHARED_THROTTLE: share each 429 Retry-After window with every instance through the orgthrottle table.')
+param dataverseSharedThrottle bool = true
+
+@description('Optional. DATAVERSE_THROTTLE_REFRESH_MS: how old the shared windows an instance acts on may be (0: read before every request).')
+@minValue(0)
+param dataverseThrottleRefreshMs int = 1000
+
 @description('Optional. CONSENT_STATE_TTL_SECONDS: how long an onboarding attempt may take (60-600).')
 @minValue(60)
 @maxValue(600)
@@ -234,6 +241,7 @@ var tableNames = [
   'webhookevents'
   'processedchanges'
   'syncstate'
+  'orgthrottle'
 ]
 var containerNames = [
   'webhook-payloads'
@@ -350,6 +358,8 @@ module functionApp 'modules/function-app.bicep' = {
     dataverseTimeoutSeconds: dataverseTimeoutSeconds
     dataverseMaxAttempts: dataverseMaxAttempts
     dataverseRetryBudgetSeconds: dataverseRetryBudgetSeconds
+    dataverseSharedThrottle: dataverseSharedThrottle
+    dataverseThrottleRefreshMs: dataverseThrottleRefreshMs
     consentStateTtlSeconds: consentStateTtlSeconds
     appDisplayName: appDisplayName
     verificationRetryDelays: verificationRetryDelays

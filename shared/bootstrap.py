@@ -33,6 +33,7 @@ from shared.storage import StorageClients
 from shared.sync import SYNC_STATE_TABLE, CheckpointStore
 from shared.sync_sink import BlobNdjsonSink, ChangeSink
 from shared.tenant_registry import HISTORY_TABLE, TENANTS_TABLE, TenantRegistry
+from shared.throttle_board import THROTTLE_TABLE, ThrottleBoard
 from shared.token_provider import TenantTokenProvider
 from shared.user_auth import JwksCache, UserTokenValidator
 from shared.webhook_intake import WebhookIntake
@@ -272,7 +273,15 @@ def build_services(
         max_tenants=settings.token_client_cache_size,
         http_timeout=settings.http_timeout_seconds,
     )
-    return Services(settings, tokens, DataverseClients(settings, tokens), storage)
+    if storage is None and (settings.storage_connection_string or settings.storage_account_name):
+        storage = StorageClients(settings)  # builds nothing until first used
+    board = None
+    if storage is not None and settings.dataverse_shared_throttle:
+        tables = storage
+        board = ThrottleBoard(
+            lambda: tables.table(THROTTLE_TABLE), refresh_seconds=settings.dataverse_throttle_refresh_ms / 1000
+        )
+    return Services(settings, tokens, DataverseClients(settings, tokens, shared_windows=board), storage)
 
 
 _services: Services | None = None

@@ -55,6 +55,14 @@ class TokenSource(Protocol):
     def get_token(self, tenant_id: str, resource: str) -> AccessToken: ...
 
 
+class SharedWindows(Protocol):
+    """Retry-After windows shared with the app's other instances (shared.throttle_board.ThrottleBoard)."""
+
+    def remaining(self, org_url: str) -> float: ...
+
+    def publish(self, org_url: str, seconds: float) -> None: ...
+
+
 class HttpSession(Protocol):
     """The slice of ``requests.Session`` the client uses."""
 
@@ -118,6 +126,7 @@ class DataverseClient:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        shared_windows: SharedWindows | None = None,
     ) -> None:
         self.org_url = org_url
         self.tenant_id = tenant_id
@@ -130,6 +139,7 @@ class DataverseClient:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self._shared = shared_windows
 
     # -- operations ----------------------------------------------------------------------------------------
 
@@ -397,6 +407,11 @@ class DataverseClient:
             request_headers.update(headers or {})
             # The token is fetched before taking a slot, so a slow token request never holds org capacity.
             request_headers["Authorization"] = f"Bearer {self._tokens.get_token(self.tenant_id, self.org_url).token}"
+            if self._shared is not None:
+                # A window another instance was given for this org becomes this worker's window too.
+                elsewhere = self._shared.remaining(self.org_url)
+                if elsewhere > 0:
+                    self.governor.block_for(elsewhere)
             try:
                 ticket = self.governor.acquire(deadline)
             except AdmissionTimeout:
@@ -458,6 +473,8 @@ class DataverseClient:
                 retry_after = _retry_after_seconds(response.headers) or self._backoff(attempt)
                 self.governor.block_for(retry_after)
                 self.governor.refused(ticket, rate_limit_named(response.content))
+                if self._shared is not None:
+                    self._shared.publish(self.org_url, retry_after)
                 logger.warning(
                     "Dataverse %s throttled tenant %s for %.1f s (client request %s, service request %s)",
                     self.org_url,

@@ -1,5 +1,6 @@
 """Dataverse clients for the worker: one per (tenant, org), sharing one pooled HTTP session and one governor
-per org, so every caller of an org in this worker honours the same Retry-After window and concurrency cap.
+per org, so every caller of an org in this worker honours the same Retry-After window and concurrency cap; with
+``shared_windows``, the windows other instances of the app were given too (shared.throttle_board).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-from shared.dataverse_client import DataverseClient, RetryPolicy, TokenSource
+from shared.dataverse_client import DataverseClient, RetryPolicy, SharedWindows, TokenSource
 from shared.errors import InvalidTenantError, S2SError
 from shared.org_governor import GovernorRegistry
 from shared.org_url import validate_org_url
@@ -44,9 +45,16 @@ class DataverseClients:
     """Hands out clients. ``for_org`` validates the org URL for the configured cloud before anything else."""
 
     def __init__(
-        self, settings: Settings, tokens: TokenSource, *, session: Any = None, bulk_session: Any = None
+        self,
+        settings: Settings,
+        tokens: TokenSource,
+        *,
+        session: Any = None,
+        bulk_session: Any = None,
+        shared_windows: SharedWindows | None = None,
     ) -> None:
         self._settings = settings
+        self.shared_windows = shared_windows
         self._tokens = tokens
         self._session = session
         self._bulk_session = bulk_session
@@ -74,6 +82,7 @@ class DataverseClients:
                     self.governors.for_org(canonical),
                     timeout_seconds=self._settings.dataverse_timeout_seconds,
                     retry=self._retry,
+                    shared_windows=self.shared_windows,
                 )
                 self._clients[key] = client
             return client

@@ -106,6 +106,8 @@ class Settings:
     dataverse_timeout_seconds: float = 60.0
     dataverse_max_attempts: int = 6
     dataverse_retry_budget_seconds: float = 300.0
+    dataverse_shared_throttle: bool = True
+    dataverse_throttle_refresh_ms: int = 1000
     storage_connection_string: str | None = field(default=None, repr=False)
     storage_account_name: str | None = None
     storage_suffix: str = "core.windows.net"
@@ -170,6 +172,8 @@ class Settings:
             raise ConfigurationError("DATAVERSE_MAX_ATTEMPTS", "must be at least 1")
         if self.dataverse_retry_budget_seconds <= 0:
             raise ConfigurationError("DATAVERSE_RETRY_BUDGET_SECONDS", "must be greater than 0")
+        if self.dataverse_throttle_refresh_ms < 0:
+            raise ConfigurationError("DATAVERSE_THROTTLE_REFRESH_MS", "must not be negative")
         if not 60 <= self.consent_state_ttl_seconds <= 600:
             raise ConfigurationError("CONSENT_STATE_TTL_SECONDS", "must be between 60 and 600 (at most 10 minutes)")
         if self.onboarding_redirect_uri is not None:
@@ -267,6 +271,8 @@ class Settings:
             dataverse_timeout_seconds=parsed("DATAVERSE_TIMEOUT_SECONDS", float, 60.0),
             dataverse_max_attempts=parsed("DATAVERSE_MAX_ATTEMPTS", int, 6),
             dataverse_retry_budget_seconds=parsed("DATAVERSE_RETRY_BUDGET_SECONDS", float, 300.0),
+            dataverse_shared_throttle=parsed("DATAVERSE_SHARED_THROTTLE", _parse_bool, True),
+            dataverse_throttle_refresh_ms=parsed("DATAVERSE_THROTTLE_REFRESH_MS", int, 1000),
             storage_connection_string=get("STORAGE_CONNECTION_STRING"),
             storage_account_name=get("STORAGE_ACCOUNT_NAME"),
             storage_suffix=get("STORAGE_SUFFIX") or preset.storage_suffix,

@@ -115,6 +115,12 @@ param dataverseMaxAttempts int
 @description('Required. DATAVERSE_RETRY_BUDGET_SECONDS.')
 param dataverseRetryBudgetSeconds int
 
+@description('Required. DATAVERSE_SHARED_THROTTLE.')
+param dataverseSharedThrottle bool
+
+@description('Required. DATAVERSE_THROTTLE_REFRESH_MS.')
+param dataverseThrottleRefreshMs int
+
 @description('Required. CONSENT_STATE_TTL_SECONDS.')
 param consentStateTtlSeconds int
 
@@ -280,6 +286,8 @@ var appSettings = {
   DATAVERSE_TIMEOUT_SECONDS: string(dataverseTimeoutSeconds)
   DATAVERSE_MAX_ATTEMPTS: string(dataverseMaxAttempts)
   DATAVERSE_RETRY_BUDGET_SECONDS: string(dataverseRetryBudgetSeconds)
+  DATAVERSE_SHARED_THROTTLE: dataverseSharedThrottle ? 'true' : 'false'
+  DATAVERSE_THROTTLE_REFRESH_MS: string(dataverseThrottleRefreshMs)
   STORAGE_ACCOUNT_NAME: storageAccountName
   STORAGE_SUFFIX: storageSuffix
   ONBOARDING_REDIRECT_URI: 'https://${functionApp.properties.defaultHostName}/api/consent/callback'

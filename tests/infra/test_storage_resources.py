@@ -19,6 +19,7 @@ from shared.bootstrap import (
     POISON_QUEUE,
     SYNC_STATE_TABLE,
     TENANTS_TABLE,
+    THROTTLE_TABLE,
     VERIFY_QUEUE,
 )
 from shared.settings import Settings
@@ -51,6 +52,7 @@ def test_tables_are_the_apps() -> None:
         EVENTS_TABLE,
         CHANGES_TABLE,
         SYNC_STATE_TABLE,
+        THROTTLE_TABLE,
     }
     assert created("var tableNames = [") == expected
 

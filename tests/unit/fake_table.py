@@ -19,7 +19,7 @@ class FakeTable:
         self._serial = itertools.count(1)
         self._lock = threading.Lock()
 
-    def create_table(self) -> None:
+    def create_table(self, **_: Any) -> None:
         return None
 
     def _entity(self, key: tuple[str, str]) -> TableEntity:
@@ -27,13 +27,13 @@ class FakeTable:
         entity._metadata = {"etag": self.etags[key]}  # what the SDK exposes as entity.metadata
         return entity
 
-    def get_entity(self, partition_key: str, row_key: str) -> TableEntity:
+    def get_entity(self, partition_key: str, row_key: str, **_: Any) -> TableEntity:
         with self._lock:
             if (partition_key, row_key) not in self.rows:
                 raise ResourceNotFoundError("not found")
             return self._entity((partition_key, row_key))
 
-    def create_entity(self, entity: dict[str, Any]) -> dict[str, Any]:
+    def create_entity(self, entity: dict[str, Any], **_: Any) -> dict[str, Any]:
         key = (entity["PartitionKey"], entity["RowKey"])
         with self._lock:
             if key in self.rows:
@@ -49,6 +49,7 @@ class FakeTable:
         *,
         etag: str | None = None,
         match_condition: MatchConditions | None = None,
+        **_: Any,
     ) -> dict[str, Any]:
         key = (entity["PartitionKey"], entity["RowKey"])
         with self._lock:

@@ -1,0 +1,260 @@
+"""The shared Retry-After board: windows published by one instance are honoured by the others, the latest end
+wins, reads follow the refresh interval, and a storage failure never holds calls up."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import pytest
+from azure.core.exceptions import ServiceRequestError
+
+from shared.dataverse_client import DataverseClient, RetryPolicy
+from shared.org_governor import OrgGovernor
+from shared.throttle_board import MAX_SHARED_WINDOW_SECONDS, REST_AFTER_FAILURE_SECONDS, ThrottleBoard
+from shared.token_provider import AccessToken
+from tests.unit.fake_table import FakeTable
+
+ORG = "https://contoso.crm.dynamics.com"
+OTHER = "https://fabrikam.crm4.dynamics.com"
+TENANT = "11111111-1111-1111-1111-111111111111"
+
+
+class Clocks:
+    """A wall clock and a monotonic clock that tests move by hand."""
+
+    def __init__(self) -> None:
+        self.wall = 1_800_000_000.0
+        self.mono = 100.0
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+
+class CountingTable(FakeTable):
+    def __init__(self) -> None:
+        super().__init__()
+        self.queries = 0
+        self.calls = 0
+        self.failing: Exception | None = None
+
+    def _maybe_fail(self) -> None:
+        self.calls += 1
+        if self.failing is not None:
+            raise self.failing
+
+    def query_entities(self, query_filter: str, *, parameters: dict[str, Any], **kwargs: Any) -> list[Any]:
+        self._maybe_fail()
+        self.queries += 1
+        assert "BlockedUntil gt @now" in query_filter and kwargs["retry_total"] == 0
+        return super().query_entities(query_filter, parameters=parameters)
+
+    def get_entity(self, partition_key: str, row_key: str, **kwargs: Any) -> Any:
+        self._maybe_fail()
+        return super().get_entity(partition_key, row_key)
+
+
+def board(table: FakeTable, clocks: Clocks, refresh: float = 0.0) -> ThrottleBoard:
+    return ThrottleBoard(
+        lambda: table, refresh_seconds=refresh, clock=lambda: clocks.wall, monotonic=lambda: clocks.mono
+    )
+
+
+def test_a_window_published_by_one_instance_is_seen_by_another_for_that_org_only() -> None:
+    table, clocks = CountingTable(), Clocks()
+    first, second = board(table, clocks), board(table, clocks)
+    assert second.remaining(ORG) == 0.0
+    first.publish(ORG, 7.0)
+    assert second.remaining(ORG) == pytest.approx(7.0)
+    assert second.remaining(OTHER) == 0.0
+    clocks.advance(5.0)
+    assert second.remaining(ORG) == pytest.approx(2.0)
+    clocks.advance(2.5)
+    assert second.remaining(ORG) == 0.0
+
+
+def test_the_latest_end_wins_whoever_writes_last() -> None:
+    table, clocks = CountingTable(), Clocks()
+    first, second, reader = board(table, clocks), board(table, clocks), board(table, clocks)
+    first.publish(ORG, 10.0)
+    second.publish(ORG, 2.0)  # shorter: must not cut the first instance's window
+    assert reader.remaining(ORG) == pytest.approx(10.0)
+    second.publish(ORG, 20.0)
+    assert reader.remaining(ORG) == pytest.approx(20.0)
+    assert len(table.rows) == 1  # one row per org host
+
+
+def test_reads_follow_the_refresh_interval() -> None:
+    table, clocks = CountingTable(), Clocks()
+    writer, reader = board(table, clocks), board(table, clocks, refresh=1.0)
+    assert reader.remaining(ORG) == 0.0 and table.queries == 1
+    writer.publish(ORG, 5.0)
+    clocks.advance(0.5)
+    assert reader.remaining(ORG) == 0.0  # snapshot still fresh enough: the window is not seen yet
+    assert table.queries == 1
+    clocks.advance(0.5)
+    assert reader.remaining(ORG) == pytest.approx(4.0)
+    assert table.queries == 2
+
+
+def test_refresh_zero_reads_for_every_request() -> None:
+    table, clocks = CountingTable(), Clocks()
+    reader = board(table, clocks)
+    for _ in range(3):
+        reader.remaining(ORG)
+    assert table.queries == 3
+
+
+def test_refresh_zero_callers_waiting_for_a_query_that_began_after_they_asked_share_it() -> None:
+    table, clocks = CountingTable(), Clocks()
+    reader = board(table, clocks)
+    gate, entered = threading.Event(), threading.Event()
+    original = table.query_entities
+
+    def slow_query(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        gate.wait(5)
+        return original(*args, **kwargs)
+
+    table.query_entities = slow_query  # type: ignore[method-assign]
+    first = threading.Thread(target=reader.remaining, args=(ORG,))
+    first.start()
+    entered.wait(5)  # the first caller's query has begun; these callers asked before it ends, after it began
+    entered.clear()
+    late = [threading.Thread(target=reader.remaining, args=(ORG,)) for _ in range(4)]
+    for thread in late:
+        thread.start()
+    time.sleep(0.2)  # let them ask and queue on the refresh lock
+    gate.set()
+    first.join()
+    for thread in late:
+        thread.join()
+    # The first query began before the late callers asked, so one more query serves all four of them.
+    assert table.queries == 2
+
+
+def test_own_windows_count_at_once_even_before_the_table_has_them() -> None:
+    table, clocks = CountingTable(), Clocks()
+    own = board(table, clocks, refresh=60.0)
+    own.remaining(ORG)
+    table.failing = ServiceRequestError("storage down")
+    own.publish(ORG, 3.0)
+    assert own.remaining(ORG) == pytest.approx(3.0)
+
+
+def test_a_storage_failure_never_holds_calls_and_the_board_rests_before_trying_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    table, clocks = CountingTable(), Clocks()
+    reader = board(table, clocks)
+    table.failing = ServiceRequestError("connection refused by AccountKey=c2VjcmV0")
+    with caplog.at_level(logging.WARNING, logger="shared.throttle_board"):
+        assert reader.remaining(ORG) == 0.0
+        calls = table.calls
+        for _ in range(5):
+            assert reader.remaining(ORG) == 0.0
+            reader.publish(OTHER, 1.0)  # kept locally, not written while resting
+    assert table.calls == calls  # resting: the table is left alone
+    assert reader.failures == 1
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "orgthrottle" in warnings[0] and "ServiceRequestError" in warnings[0]
+    assert "c2VjcmV0" not in warnings[0]
+    table.failing = None
+    clocks.advance(REST_AFTER_FAILURE_SECONDS)
+    other = board(table, clocks)
+    other.publish(ORG, 4.0)
+    assert reader.remaining(ORG) == pytest.approx(4.0)
+
+
+def test_published_windows_are_capped() -> None:
+    table, clocks = CountingTable(), Clocks()
+    board(table, clocks).publish(ORG, 1e9)
+    assert board(table, clocks).remaining(ORG) == pytest.approx(MAX_SHARED_WINDOW_SECONDS)
+
+
+def test_concurrent_publishers_keep_the_latest_end() -> None:
+    table, clocks = CountingTable(), Clocks()
+    boards = [board(table, clocks) for _ in range(8)]
+    threads = [threading.Thread(target=b.publish, args=(ORG, float(i + 1))) for i, b in enumerate(boards)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert board(table, clocks).remaining(ORG) == pytest.approx(8.0)
+
+
+# -- the client with a board ------------------------------------------------------------------------------
+
+
+class Tokens:
+    def get_token(self, tenant_id: str, resource: str) -> AccessToken:
+        return AccessToken("token", time.time() + 3600, tenant_id, resource, "cache")
+
+
+class Raw:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def read(self, *, decode_content: bool) -> bytes:
+        return self.body
+
+
+class Answer:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        import requests
+
+        self.status_code = status
+        self.headers = requests.structures.CaseInsensitiveDict(headers)
+        self.raw = Raw(body)
+
+
+class Session:
+    def __init__(self, *answers: Answer) -> None:
+        self.answers = list(answers)
+        self.sent_at: list[float] = []
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Answer:
+        self.sent_at.append(time.monotonic())
+        return self.answers.pop(0)
+
+
+class Windows:
+    def __init__(self, remaining: float = 0.0) -> None:
+        self.left = remaining
+        self.published: list[tuple[str, float]] = []
+
+    def remaining(self, org_url: str) -> float:
+        left, self.left = self.left, 0.0
+        return left
+
+    def publish(self, org_url: str, seconds: float) -> None:
+        self.published.append((org_url, seconds))
+
+
+def _client(session: Session, windows: Windows) -> DataverseClient:
+    retry = RetryPolicy(max_attempts=3, budget_seconds=10, base_backoff_seconds=0.01, max_backoff_seconds=0.02)
+    return DataverseClient(ORG, TENANT, Tokens(), session, OrgGovernor(), retry=retry, shared_windows=windows)
+
+
+WHO = b'{"UserId": "u", "BusinessUnitId": "b", "OrganizationId": "o"}'
+
+
+def test_a_429_is_published_for_the_other_instances() -> None:
+    throttled = b'{"error": {"code": "0x80072322", "message": "Number of requests exceeded the limit."}}'
+    session = Session(Answer(429, {"Retry-After": "0.2"}, throttled), Answer(200, {}, WHO))
+    windows = Windows()
+    _client(session, windows).whoami()
+    assert windows.published == [(ORG, 0.2)]
+    assert session.sent_at[1] - session.sent_at[0] >= 0.2
+
+
+def test_a_window_from_another_instance_holds_the_request_back() -> None:
+    session = Session(Answer(200, {}, WHO))
+    started = time.monotonic()
+    client = _client(session, Windows(remaining=0.3))
+    client.whoami()
+    assert session.sent_at[0] - started >= 0.3
+    assert client.governor.throttle_waits == 1
