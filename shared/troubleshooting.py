@@ -117,8 +117,10 @@ _DATAVERSE = [
         "Dataverse",
         "Too many requests (6,000 per 5 minutes per user)",
         "Service protection: the app user sent too many requests to one web server. The client waits out "
-        "Retry-After for every caller of that org and sends again; nothing is lost. From then on it paces its "
-        "requests to the limit the message names, so later windows do not reach it again.",
+        "Retry-After for every caller of that org and sends again; nothing is lost. The window is published in "
+        "the `orgthrottle` table, so the app's other instances wait it out too (within "
+        "DATAVERSE_THROTTLE_REFRESH_MS). From then on the worker paces its requests to the limit the message "
+        "names, so later windows do not reach it again.",
         "Nothing, usually. If it persists: lower SWEEP_CONCURRENCY, sync fewer tables or columns, use $batch.",
         (),
     ),
