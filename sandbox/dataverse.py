@@ -44,9 +44,12 @@ _CLOCK_SKEW_SECONDS = 300
 
 def _disabled(user: SystemUser, store: OrgStore) -> DataverseError:
     # protocol §4: the message is documented (plug-in troubleshooting); the Web API status for a disabled
-    # user is not verified (open item 1). 403 is the sandbox's choice.
+    # user is not (open item 1). The one wire observation found is a Web API call answered 'BadRequest' with
+    # this message (microsoft/PowerPlatform-DataverseServiceClient#71), so 400. The code is the documented
+    # 0x80040225 "The specified user is either disabled or is not a member of any business unit." The client
+    # keys on code and message, not on the status.
     return DataverseError(
-        403,
+        400,
         errors.USER_DISABLED,
         f"The user with SystemUserId={user.systemuserid} in OrganizationContext={store.org.org_id} is disabled. "
         "Disabled users cannot access the system. Consider enabling this user. Also, users are disabled if "

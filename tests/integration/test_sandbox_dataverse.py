@@ -127,7 +127,7 @@ def test_disabled_application_user_is_refused_and_can_be_enabled(
     sandbox_env.state.set_application_user(org.url, org.app.client_id, enabled=True)
     allowed = requests.get(f"{org.api}/WhoAmI", headers=org.headers(), timeout=10)
 
-    assert refused.status_code == 403
+    assert refused.status_code == 400
     error = refused.json()["error"]
     assert error["code"] == "0x80040225"
     assert error["message"].startswith(
@@ -228,6 +228,6 @@ def test_impersonating_unknown_or_disabled_users_fails_clearly(
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "0x80040217"
     assert unknown in missing.json()["error"]["message"]
-    assert off.status_code == 403
+    assert off.status_code == 400
     assert off.json()["error"]["code"] == "0x80040225"
     assert f"SystemUserId={disabled_id}" in off.json()["error"]["message"]

@@ -203,6 +203,11 @@ def test_delete_of_a_row_already_gone_is_success():
             {"error": {"code": "0x80040225", "message": "The user with SystemUserId=x is disabled."}},
             ApplicationUserDisabledError,
         ),
+        (  # the status a disabled user has been seen answered with (the code and message decide, not it)
+            400,
+            {"error": {"code": "0x80040225", "message": "The user with SystemUserId=x is disabled."}},
+            ApplicationUserDisabledError,
+        ),
         (
             403,
             {"error": {"code": "0x80040220", "message": "Principal user is missing prvActOnBehalfOfAnotherUser"}},
