@@ -60,8 +60,10 @@ def version_mismatch() -> DataverseError:
 
 
 def delta_token_expired() -> DataverseError:
-    # protocol.md open item 6: the Web API status for an expired token is not verified; the message is the
-    # platform's "perform a full sync" text, and clients are expected to restart with a full sync either way.
+    # The code and message are the documented ExpiredVersionStamp (0x80044352, data-service error codes), which
+    # the SDK is seen to raise for an expired change-tracking token (MicrosoftDocs/powerapps-docs#3845). The
+    # Web API status is not verified (protocol.md open item 6); 400 is the sandbox's choice, and clients are
+    # expected to restart with a full sync whatever it is.
     return DataverseError(
         400, DELTA_TOKEN_EXPIRED, "Version stamp associated with the client has expired. Please perform a full sync."
     )
