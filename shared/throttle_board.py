@@ -63,7 +63,8 @@ class ThrottleBoard:
         self._refresh_seconds = refresh_seconds
         self._clock = clock
         self._monotonic = monotonic
-        self._refresh_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()  # one query at a time
+        self._windows_lock = threading.Lock()  # never held across a call to the table
         self._table_lock = threading.Lock()
         self._windows: dict[str, float] = {}  # org host -> end of its window (epoch seconds)
         self._snapshot_began = -math.inf  # when the query behind `_windows` was sent (monotonic)
@@ -90,7 +91,7 @@ class ThrottleBoard:
         seconds = min(max(0.0, seconds), MAX_SHARED_WINDOW_SECONDS)
         host = _host(org_url)
         end = self._clock() + seconds
-        with self._refresh_lock:
+        with self._windows_lock:
             self._windows = {**self._windows, host: max(self._windows.get(host, 0.0), end)}
         if self._monotonic() < self._resting_until:
             return
@@ -138,11 +139,12 @@ class ThrottleBoard:
         except Exception as exc:  # any storage failure: keep the last snapshot and rest
             self._failed("read", exc)
             return
-        # Windows this instance published since the query began are kept even if the query missed them.
-        for host, end in self._windows.items():
-            if end > windows.get(host, 0.0) and end > now.timestamp():
-                windows[host] = end
-        self._windows = windows
+        with self._windows_lock:
+            # Windows this instance published since the query began are kept even if the query missed them.
+            for host, end in self._windows.items():
+                if end > windows.get(host, 0.0) and end > now.timestamp():
+                    windows[host] = end
+            self._windows = windows
         self._snapshot_began, self._snapshot_serial = began, serial
         self.reads += 1
 

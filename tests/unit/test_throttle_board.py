@@ -258,3 +258,28 @@ def test_a_window_from_another_instance_holds_the_request_back() -> None:
     client.whoami()
     assert session.sent_at[0] - started >= 0.3
     assert client.governor.throttle_waits == 1
+
+
+def test_publishing_does_not_wait_for_a_slow_read() -> None:
+    table, clocks = CountingTable(), Clocks()
+    shared = board(table, clocks)
+    gate, entered = threading.Event(), threading.Event()
+    original = table.query_entities
+
+    def stuck_query(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        gate.wait(5)
+        return original(*args, **kwargs)
+
+    table.query_entities = stuck_query  # type: ignore[method-assign]
+    reader = threading.Thread(target=shared.remaining, args=(ORG,))
+    reader.start()
+    entered.wait(5)
+    started = time.monotonic()
+    shared.publish(ORG, 3.0)
+    took = time.monotonic() - started
+    gate.set()
+    reader.join()
+    assert took < 1.0
+    assert board(table, clocks).remaining(ORG) == pytest.approx(3.0)
+    assert shared.remaining(ORG) == pytest.approx(3.0)  # the read that was under way did not drop it
