@@ -38,7 +38,7 @@ from shared.odata_batch import (
     build_batch_body,
     parse_batch_response,
 )
-from shared.org_governor import AdmissionTimeout, OrgGovernor
+from shared.org_governor import AdmissionTimeout, OrgGovernor, Ticket
 from shared.settings import is_guid
 from shared.token_provider import AccessToken
 
@@ -58,7 +58,7 @@ class TokenSource(Protocol):
 class SharedWindows(Protocol):
     """Retry-After windows shared with the app's other instances (shared.throttle_board.ThrottleBoard)."""
 
-    def remaining(self, org_url: str) -> float: ...
+    def remaining(self, org_url: str, *, read: bool = True) -> float: ...
 
     def publish(self, org_url: str, seconds: float) -> None: ...
 
@@ -364,6 +364,24 @@ class DataverseClient:
                 status_code=response.status_code,
             ) from exc
 
+    def _admit(self, deadline: float) -> Ticket:
+        """A governor ticket for one request. A window another instance was given for this org (shared windows)
+        becomes this worker's window too, and after any wait the shared windows are looked at again: another
+        instance may have been given a later one meanwhile. That second look reads the table only when the
+        refresh interval is 0, so a request paced to the server's window is not delayed by storage.
+        Raises AdmissionTimeout."""
+        elsewhere = self._shared.remaining(self.org_url) if self._shared is not None else 0.0
+        while True:
+            if elsewhere > 0:
+                self.governor.block_for(elsewhere)
+            ticket = self.governor.acquire(deadline)
+            if self._shared is None or not ticket.waited:
+                return ticket
+            elsewhere = self._shared.remaining(self.org_url, read=False)
+            if elsewhere <= 0:
+                return ticket
+            self.governor.withdraw(ticket)
+
     @staticmethod
     def _answer(response: Any) -> _Answer:
         """The status, headers and whole body of a response sent with ``stream=True``. One ``read()`` of the
@@ -407,13 +425,8 @@ class DataverseClient:
             request_headers.update(headers or {})
             # The token is fetched before taking a slot, so a slow token request never holds org capacity.
             request_headers["Authorization"] = f"Bearer {self._tokens.get_token(self.tenant_id, self.org_url).token}"
-            if self._shared is not None:
-                # A window another instance was given for this org becomes this worker's window too.
-                elsewhere = self._shared.remaining(self.org_url)
-                if elsewhere > 0:
-                    self.governor.block_for(elsewhere)
             try:
-                ticket = self.governor.acquire(deadline)
+                ticket = self._admit(deadline)
             except AdmissionTimeout:
                 raise ThrottledError(
                     "Dataverse asked this worker to wait (Retry-After) longer than the call's retry budget.",

@@ -41,6 +41,7 @@ class Ticket:
 
     admitted_at: float
     answered_at: float | None = None
+    waited: bool = False  # held back by a Retry-After window or by pacing before it was admitted
 
 
 class AdmissionTimeout(Exception):
@@ -66,6 +67,7 @@ class OrgGovernor:
         self.throttle_waits = 0
         self.pacing_waits = 0
         self.peak_in_flight = 0
+        self.withdrawn = 0  # tickets given back unsent (a later shared window turned up while waiting)
 
     @property
     def limit(self) -> int:
@@ -96,7 +98,7 @@ class OrgGovernor:
                 paced = self._pace_free_at() - now
                 if blocked <= 0 and paced <= 0 and self._in_flight < self._limit:
                     self._in_flight += 1
-                    ticket = Ticket(now)
+                    ticket = Ticket(now, waited=waited_for_throttle or waited_for_pace)
                     self._recent.append(ticket)
                     self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
                     if waited_for_throttle:
@@ -132,6 +134,17 @@ class OrgGovernor:
             self._in_flight -= 1
             ticket.answered_at = self._clock()
             self._cond.notify_all()  # a slot waiter, or a paced waiter waiting on this answer
+
+    def withdraw(self, ticket: Ticket) -> None:
+        """The request of ``ticket`` will not be sent after all: its slot frees and pacing forgets it."""
+        with self._cond:
+            self._in_flight -= 1
+            self.withdrawn += 1
+            for i in range(len(self._recent) - 1, -1, -1):
+                if self._recent[i] is ticket:
+                    del self._recent[i]
+                    break
+            self._cond.notify_all()
 
     def block_for(self, seconds: float) -> None:
         """Record a Retry-After: nobody calls the org until it passes (an earlier, longer window is kept)."""

@@ -6,9 +6,11 @@ inside the window and draw 429s of their own. So the window a 429 opens is also 
 org host that keeps the latest end, and before calling an org a client adopts any window it finds for it.
 
 Reads come from a snapshot of every open window (one query for all orgs), taken again when it is older than
-``refresh_seconds``. With 0, every request starts from a snapshot taken after the request began. Otherwise
-another instance may call the org for up to that long after a 429 it has not seen yet. The instance that got
-the 429 always keeps its own window exactly.
+``refresh_seconds`` by one caller while the others go on with the snapshot they have. With 0, every request
+starts from a snapshot taken after the request began. Otherwise another instance may call the org for up to
+that long (plus one query) after a 429 it has not seen yet. The instance that got the 429 always keeps its own
+window exactly, and a client reads the windows again after any wait, since another instance may have been given
+a later one meanwhile.
 
 The board can only add waiting, never hold calls up on its own account. When the table cannot be read or
 written, clients carry on with their own windows, a warning is logged at most once a minute, and the board
@@ -76,13 +78,21 @@ class ThrottleBoard:
         self.writes = 0
         self.failures = 0
 
-    def remaining(self, org_url: str) -> float:
-        """Seconds left in the window published for the org (by any instance); 0 when there is none."""
+    def remaining(self, org_url: str, *, read: bool = True) -> float:
+        """Seconds left in the window published for the org (by any instance); 0 when there is none.
+
+        ``read=False`` answers from the snapshot at hand whatever its age, unless the refresh interval is 0:
+        for a request that has just waited, when a read would delay it further."""
         asked, next_query = self._monotonic(), self._next_serial
-        if self._stale(asked, next_query):
-            with self._refresh_lock:
-                if self._stale(asked, next_query):  # no query began after this call asked, or it failed
-                    self._refresh()
+        if (read or self._refresh_seconds == 0) and self._stale(asked, next_query):
+            # With a refresh interval, a caller that finds a query under way goes on with the snapshot it has
+            # rather than wait for the table; with 0, it waits for a query that began after it asked.
+            if self._refresh_lock.acquire(blocking=self._refresh_seconds == 0):
+                try:
+                    if self._stale(asked, next_query):  # no query began after this call asked, or it failed
+                        self._refresh()
+                finally:
+                    self._refresh_lock.release()
         end = self._windows.get(_host(org_url))
         return 0.0 if end is None else max(0.0, end - self._clock())
 

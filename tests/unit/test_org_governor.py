@@ -114,3 +114,15 @@ def test_pacing_keeps_no_more_starts_than_the_limit_needs():
     assert len(governor._recent) <= 64
     governor.refused(_send(governor), (100, 60.0))
     assert governor._recent.maxlen == 100
+
+
+def test_a_withdrawn_ticket_frees_its_slot_and_is_not_paced() -> None:
+    governor = OrgGovernor(initial_limit=1)
+    first = governor.acquire(time.monotonic() + 1)
+    governor.release(first)
+    governor.refused(first, rate=(1, 60.0))  # a 429 that teaches the governor: 1 request per minute
+    ticket = governor.acquire(time.monotonic() + 1)
+    governor.withdraw(ticket)
+    assert governor.withdrawn == 1
+    again = governor.acquire(time.monotonic() + 0.5)  # neither the slot nor the pacing log holds it back
+    assert not again.waited

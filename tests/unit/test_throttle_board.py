@@ -100,6 +100,18 @@ def test_reads_follow_the_refresh_interval() -> None:
     assert table.queries == 2
 
 
+def test_a_look_without_reading_answers_from_the_snapshot_unless_the_interval_is_zero() -> None:
+    table, clocks = CountingTable(), Clocks()
+    writer, lazy, strict = board(table, clocks), board(table, clocks, refresh=1.0), board(table, clocks)
+    lazy.remaining(ORG)
+    strict.remaining(ORG)
+    writer.publish(ORG, 5.0)
+    clocks.advance(2.0)
+    queries = table.queries
+    assert lazy.remaining(ORG, read=False) == 0.0 and table.queries == queries
+    assert strict.remaining(ORG, read=False) == pytest.approx(3.0) and table.queries == queries + 1
+
+
 def test_refresh_zero_reads_for_every_request() -> None:
     table, clocks = CountingTable(), Clocks()
     reader = board(table, clocks)
@@ -222,13 +234,16 @@ class Session:
 
 
 class Windows:
-    def __init__(self, remaining: float = 0.0) -> None:
-        self.left = remaining
+    """Shared windows that report the given remaining seconds on successive reads, then none."""
+
+    def __init__(self, *remaining: float) -> None:
+        self.left = list(remaining)
+        self.reads = 0
         self.published: list[tuple[str, float]] = []
 
-    def remaining(self, org_url: str) -> float:
-        left, self.left = self.left, 0.0
-        return left
+    def remaining(self, org_url: str, *, read: bool = True) -> float:
+        self.reads += 1
+        return self.left.pop(0) if self.left else 0.0
 
     def publish(self, org_url: str, seconds: float) -> None:
         self.published.append((org_url, seconds))
@@ -254,10 +269,47 @@ def test_a_429_is_published_for_the_other_instances() -> None:
 def test_a_window_from_another_instance_holds_the_request_back() -> None:
     session = Session(Answer(200, {}, WHO))
     started = time.monotonic()
-    client = _client(session, Windows(remaining=0.3))
+    client = _client(session, Windows(0.3))
     client.whoami()
     assert session.sent_at[0] - started >= 0.3
     assert client.governor.throttle_waits == 1
+
+
+def test_after_a_wait_the_windows_are_read_again_and_a_later_one_is_waited_out_too() -> None:
+    session = Session(Answer(200, {}, WHO))
+    windows = Windows(0.2, 0.3)  # another instance was given a later window while this one waited
+    started = time.monotonic()
+    client = _client(session, windows)
+    client.whoami()
+    assert session.sent_at[0] - started >= 0.5
+    assert windows.reads == 3  # before, after the first wait, after the second
+    assert client.governor.peak_in_flight == 1 and client.governor.withdrawn == 1
+
+
+def test_a_caller_that_finds_a_read_under_way_goes_on_with_its_snapshot_when_there_is_an_interval() -> None:
+    table, clocks = CountingTable(), Clocks()
+    writer, shared = board(table, clocks), board(table, clocks, refresh=1.0)
+    writer.publish(ORG, 5.0)
+    assert shared.remaining(ORG) == pytest.approx(5.0)
+    clocks.advance(1.0)
+    gate, entered = threading.Event(), threading.Event()
+    original = table.query_entities
+
+    def stuck_query(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        gate.wait(5)
+        return original(*args, **kwargs)
+
+    table.query_entities = stuck_query  # type: ignore[method-assign]
+    refresher = threading.Thread(target=shared.remaining, args=(ORG,))
+    refresher.start()
+    entered.wait(5)
+    started = time.monotonic()
+    assert shared.remaining(ORG) == pytest.approx(4.0)  # the snapshot it had, at once
+    took = time.monotonic() - started
+    gate.set()
+    refresher.join()
+    assert took < 1.0
 
 
 def test_publishing_does_not_wait_for_a_slow_read() -> None:
