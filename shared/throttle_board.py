@@ -84,15 +84,19 @@ class ThrottleBoard:
         ``read=False`` answers from the snapshot at hand whatever its age, unless the refresh interval is 0:
         for a request that has just waited, when a read would delay it further."""
         asked, next_query = self._monotonic(), self._next_serial
-        if (read or self._refresh_seconds == 0) and self._stale(asked, next_query):
-            # With a refresh interval, a caller that finds a query under way goes on with the snapshot it has
-            # rather than wait for the table; with 0, it waits for a query that began after it asked.
-            if self._refresh_lock.acquire(blocking=self._refresh_seconds == 0):
-                try:
-                    if self._stale(asked, next_query):  # no query began after this call asked, or it failed
-                        self._refresh()
-                finally:
-                    self._refresh_lock.release()
+        strict = self._refresh_seconds == 0
+        # With a refresh interval, a caller that finds a query under way goes on with the snapshot it has rather
+        # than wait for the table; with 0, it waits for a query that began after it asked.
+        if (
+            (read or strict)
+            and self._stale(asked, next_query)
+            and self._refresh_lock.acquire(blocking=strict)  # released in the finally below
+        ):
+            try:
+                if self._stale(asked, next_query):  # no query began after this call asked, or it failed
+                    self._refresh()
+            finally:
+                self._refresh_lock.release()
         end = self._windows.get(_host(org_url))
         return 0.0 if end is None else max(0.0, end - self._clock())
 
