@@ -235,6 +235,40 @@ def webhook_part(sb: Sandbox, services: object, host: object, tenant: str, org: 
     return sorted(processed) == ["done", "done"] and len(rows) == 2
 
 
+def shared_window_part(sb: Sandbox, settings: Settings, tenant: str) -> bool:
+    """Two instances of the app (each its own services, as two workers): the one that never got the 429 waits
+    out the window the other was given, learned through the orgthrottle table."""
+    st = sb.state
+    org = "https://adatum-eu.crm4.dynamics.com"  # a second org of Adatum's, with no traffic yet
+    st.add_org(tenant, org, name="Adatum EU")
+    st.add_application_user(org, settings.entra_client_id)
+    step(f"Two instances of the app share a Retry-After window through the orgthrottle table ({org})")
+    st.set_dataverse_limits(org, max_requests=2, window_seconds=2, retry_after_seconds=2)
+    first = build_services(settings).dataverse.for_org(tenant, org)
+    second = build_services(settings).dataverse.for_org(tenant, org)
+    throttled_before = st.count("dataverse_throttled", org=org)
+    inside_before = st.count("dataverse_request_in_retry_after", org=org)
+    reader = threading.Thread(target=lambda: [first.whoami() for _ in range(3)])
+    reader.start()
+    deadline = time.monotonic() + 10
+    while st.count("dataverse_throttled", org=org) == throttled_before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # instance B starts after instance A's 429, without having seen it
+    started = time.perf_counter()
+    second.whoami()
+    waited = time.perf_counter() - started
+    reader.join()
+    st.set_dataverse_limits(org)
+    throttled = st.count("dataverse_throttled", org=org) - throttled_before
+    inside = st.count("dataverse_request_in_retry_after", org=org) - inside_before
+    print(f"   instance A: 3 WhoAmI in a row, the third answered 429 with Retry-After: 2 (429s in all: {throttled})")
+    print(
+        f"   instance B (never got a 429): its WhoAmI waited {waited:.1f} s for A's window; "
+        f"requests sent inside a Retry-After window: {inside}"
+    )
+    return throttled == 1 and inside == 0 and second.governor.throttle_waits == 1
+
+
 def onboarding_part(sb: Sandbox, seed: object, app_settings: dict[str, str]) -> bool:
     """Two new customer tenants onboard through the real flow: form, admin consent page, callback, registry."""
     import re
@@ -318,7 +352,8 @@ def onboarding_part(sb: Sandbox, seed: object, app_settings: dict[str, str]) -> 
         jobs_ok = jobs_part(
             sb, services, {name: (tenant, org) for name, (tenant, org, _text) in results.items()}, client_id
         )
-        return ok and hooks_ok and jobs_ok
+        shared_ok = shared_window_part(sb, settings, results["Adatum"][0])
+        return ok and hooks_ok and jobs_ok and shared_ok
     finally:
         use_services(None)
         host.stop()

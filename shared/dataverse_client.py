@@ -58,7 +58,7 @@ class TokenSource(Protocol):
 class SharedWindows(Protocol):
     """Retry-After windows shared with the app's other instances (shared.throttle_board.ThrottleBoard)."""
 
-    def remaining(self, org_url: str, *, read: bool = True) -> float: ...
+    def remaining(self, org_url: str) -> float: ...
 
     def publish(self, org_url: str, seconds: float) -> None: ...
 
@@ -366,10 +366,9 @@ class DataverseClient:
 
     def _admit(self, deadline: float) -> Ticket:
         """A governor ticket for one request. A window another instance was given for this org (shared windows)
-        becomes this worker's window too, and after any wait the shared windows are looked at again: another
-        instance may have been given a later one meanwhile. That second look reads the table only when the
-        refresh interval is 0, so a request paced to the server's window is not delayed by storage.
-        Raises AdmissionTimeout."""
+        becomes this worker's window too, and after any wait the shared windows are looked at again (read again
+        if the snapshot has grown older than the refresh interval meanwhile): another instance may have been given
+        a later one. Raises AdmissionTimeout."""
         elsewhere = self._shared.remaining(self.org_url) if self._shared is not None else 0.0
         while True:
             if elsewhere > 0:
@@ -377,7 +376,7 @@ class DataverseClient:
             ticket = self.governor.acquire(deadline)
             if self._shared is None or not ticket.waited:
                 return ticket
-            elsewhere = self._shared.remaining(self.org_url, read=False)
+            elsewhere = self._shared.remaining(self.org_url)
             if elsewhere <= 0:
                 return ticket
             self.governor.withdraw(ticket)

@@ -78,20 +78,13 @@ class ThrottleBoard:
         self.writes = 0
         self.failures = 0
 
-    def remaining(self, org_url: str, *, read: bool = True) -> float:
-        """Seconds left in the window published for the org (by any instance); 0 when there is none.
-
-        ``read=False`` answers from the snapshot at hand whatever its age, unless the refresh interval is 0:
-        for a request that has just waited, when a read would delay it further."""
+    def remaining(self, org_url: str) -> float:
+        """Seconds left in the window published for the org (by any instance); 0 when there is none."""
         asked, next_query = self._monotonic(), self._next_serial
         strict = self._refresh_seconds == 0
         # With a refresh interval, a caller that finds a query under way goes on with the snapshot it has rather
         # than wait for the table; with 0, it waits for a query that began after it asked.
-        if (
-            (read or strict)
-            and self._stale(asked, next_query)
-            and self._refresh_lock.acquire(blocking=strict)  # released in the finally below
-        ):
+        if self._stale(asked, next_query) and self._refresh_lock.acquire(blocking=strict):
             try:
                 if self._stale(asked, next_query):  # no query began after this call asked, or it failed
                     self._refresh()

@@ -100,16 +100,17 @@ def test_reads_follow_the_refresh_interval() -> None:
     assert table.queries == 2
 
 
-def test_a_look_without_reading_answers_from_the_snapshot_unless_the_interval_is_zero() -> None:
+def test_a_snapshot_older_than_the_interval_is_read_again_after_a_long_wait() -> None:
+    """An instance that waited out one window must not act on that old snapshot: another instance may have been
+    given a later window meanwhile."""
     table, clocks = CountingTable(), Clocks()
-    writer, lazy, strict = board(table, clocks), board(table, clocks, refresh=1.0), board(table, clocks)
-    lazy.remaining(ORG)
-    strict.remaining(ORG)
-    writer.publish(ORG, 5.0)
-    clocks.advance(2.0)
-    queries = table.queries
-    assert lazy.remaining(ORG, read=False) == 0.0 and table.queries == queries
-    assert strict.remaining(ORG, read=False) == pytest.approx(3.0) and table.queries == queries + 1
+    other, waiting = board(table, clocks), board(table, clocks, refresh=1.0)
+    other.publish(ORG, 2.0)
+    assert waiting.remaining(ORG) == pytest.approx(2.0)
+    clocks.advance(1.5)
+    other.publish(ORG, 3.0)  # a second 429 at the other instance, while this one waits
+    clocks.advance(0.5)
+    assert waiting.remaining(ORG) == pytest.approx(2.5)
 
 
 def test_refresh_zero_reads_for_every_request() -> None:
@@ -241,7 +242,7 @@ class Windows:
         self.reads = 0
         self.published: list[tuple[str, float]] = []
 
-    def remaining(self, org_url: str, *, read: bool = True) -> float:
+    def remaining(self, org_url: str) -> float:
         self.reads += 1
         return self.left.pop(0) if self.left else 0.0
 
@@ -335,3 +336,22 @@ def test_publishing_does_not_wait_for_a_slow_read() -> None:
     assert took < 1.0
     assert board(table, clocks).remaining(ORG) == pytest.approx(3.0)
     assert shared.remaining(ORG) == pytest.approx(3.0)  # the read that was under way did not drop it
+
+
+def test_a_client_that_waited_out_one_window_reads_again_and_waits_out_a_later_one() -> None:
+    """Real clocks: the other instance gets a second 429 while this one waits for the first window to end."""
+    table = CountingTable()
+    other = ThrottleBoard(lambda: table, refresh_seconds=0.2)
+    mine = ThrottleBoard(lambda: table, refresh_seconds=0.2)
+    session = Session(Answer(200, {}, WHO))
+    retry = RetryPolicy(max_attempts=3, budget_seconds=10, base_backoff_seconds=0.01, max_backoff_seconds=0.02)
+    client = DataverseClient(ORG, TENANT, Tokens(), session, OrgGovernor(), retry=retry, shared_windows=mine)
+    started = time.monotonic()
+    other.publish(ORG, 0.4)
+    caller = threading.Thread(target=client.whoami)
+    caller.start()
+    time.sleep(0.25)
+    other.publish(ORG, 0.5)  # ends 0.75 s after the start
+    caller.join(5)
+    assert session.sent_at[0] - started >= 0.7
+    assert client.governor.withdrawn == 1
