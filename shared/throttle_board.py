@@ -117,12 +117,14 @@ class ThrottleBoard:
         return asked - self._snapshot_began >= self._refresh_seconds
 
     def _get_table(self) -> Any:
-        from azure.core.exceptions import ResourceExistsError
+        from azure.core.exceptions import HttpResponseError
 
         with self._table_lock:
             if self._table is None:
                 table = self._table_factory()
-                with contextlib.suppress(ResourceExistsError):
+                # main.bicep creates the table; creating it here serves local work. An identity that may use
+                # the table but not create one is answered 403 here, and that must not turn the board off.
+                with contextlib.suppress(HttpResponseError):
                     table.create_table(**_CALL_OPTIONS)
                 self._table = table
             return self._table

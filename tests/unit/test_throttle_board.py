@@ -355,3 +355,16 @@ def test_a_client_that_waited_out_one_window_reads_again_and_waits_out_a_later_o
     caller.join(5)
     assert session.sent_at[0] - started >= 0.7
     assert client.governor.withdrawn == 1
+
+
+def test_a_table_that_may_not_be_created_by_this_identity_is_still_used() -> None:
+    from azure.core.exceptions import HttpResponseError
+
+    class NoCreate(CountingTable):
+        def create_table(self, **_: Any) -> None:
+            raise HttpResponseError("This request is not authorized to perform this operation.")
+
+    table, clocks = NoCreate(), Clocks()
+    board(table, clocks).publish(ORG, 4.0)
+    reader = board(table, clocks)
+    assert reader.remaining(ORG) == pytest.approx(4.0) and reader.failures == 0
