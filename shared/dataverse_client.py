@@ -436,17 +436,19 @@ class DataverseClient:
                     is_transient=True,
                 ) from None
             try:
-                response = self._answer(
-                    self._session.request(
-                        method,
-                        url,
-                        headers=request_headers,
-                        data=data,
-                        timeout=self._timeout,
-                        allow_redirects=False,
-                        stream=True,
-                    )
+                started = self._session.request(
+                    method,
+                    url,
+                    headers=request_headers,
+                    data=data,
+                    timeout=self._timeout,
+                    allow_redirects=False,
+                    stream=True,
                 )
+                # The answer has begun, so the server has counted the request: pacing counts from now, not from
+                # when the body has been read.
+                self.governor.answered(ticket)
+                response = self._answer(started)
             except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
                 never_sent = _never_left_the_client(exc)
                 if (idempotent or never_sent) and self._can_retry(attempt, deadline):

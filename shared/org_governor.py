@@ -128,11 +128,21 @@ class OrgGovernor:
             return float("inf")  # it may reach the server any moment: wait for its answer
         return oldest.answered_at + window + self._margin
 
+    def answered(self, ticket: Ticket) -> None:
+        """The answer to the request of ``ticket`` has begun (status and headers are in): its time counts for
+        pacing from now, while the body is still being read and the slot still held."""
+        with self._cond:
+            if ticket.answered_at is None:
+                ticket.answered_at = self._clock()
+                self._cond.notify_all()  # a paced waiter waiting on this answer
+
     def release(self, ticket: Ticket) -> None:
-        """The request of ``ticket`` is over (answered, or failed): its slot frees and its answer time counts."""
+        """The request of ``ticket`` is over (answered, or failed): its slot frees, and its answer time counts
+        from now unless `answered` has already set it."""
         with self._cond:
             self._in_flight -= 1
-            ticket.answered_at = self._clock()
+            if ticket.answered_at is None:
+                ticket.answered_at = self._clock()
             self._cond.notify_all()  # a slot waiter, or a paced waiter waiting on this answer
 
     def withdraw(self, ticket: Ticket) -> None:

@@ -126,3 +126,17 @@ def test_a_withdrawn_ticket_frees_its_slot_and_is_not_paced() -> None:
     assert governor.withdrawn == 1
     again = governor.acquire(time.monotonic() + 0.5)  # neither the slot nor the pacing log holds it back
     assert not again.waited
+
+
+def test_pacing_counts_from_when_the_answer_began_not_from_when_its_body_was_read():
+    governor = OrgGovernor()
+    governor.refused(_send(governor), (1, WINDOW))  # learn: one request per window
+    slow_body = governor.acquire(time.monotonic() + 5)
+    governor.answered(slow_body)  # status and headers are in
+    began = slow_body.answered_at
+    time.sleep(0.2)  # the body takes a while to read
+    governor.release(slow_body)
+    assert slow_body.answered_at == began
+    following = _send(governor)
+    assert began is not None and following.admitted_at >= began + WINDOW
+    assert following.admitted_at < began + WINDOW + 0.15  # not held until the body's end + window
