@@ -26,6 +26,7 @@ from sandbox.counters import Counters
 from sandbox.dataverse_context import ContextUser
 from sandbox.dataverse_events import MESSAGES
 from sandbox.dataverse_org import READ_DEPTHS, Actor, Org, OrgStore, SystemUser, canonical_org_url
+from sandbox.dataverse_reads import warm_default_order
 from sandbox.dataverse_schema import TABLES, TABLES_BY_LOGICAL_NAME, Table
 from sandbox.dataverse_throttle import DataverseLimits
 from sandbox.dataverse_webhooks import WebhookHub
@@ -853,7 +854,9 @@ class SandboxState:
                 {"firstname": prefix, "lastname": str(n), "emailaddress1": f"{prefix.lower()}.{n}@example.com"}
                 for n in range(1, count + 1)
             )
-        return store.bulk_insert(schema, values, Actor(owner or store.system_user_id))
+        ids = store.bulk_insert(schema, values, Actor(owner or store.system_user_id))
+        warm_default_order(store, schema)
+        return ids
 
     def rows(self, org_url: str, table: str) -> list[dict[str, object]]:
         """A copy of every row of "accounts" or "contacts", for assertions."""
