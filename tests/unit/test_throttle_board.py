@@ -40,6 +40,14 @@ class CountingTable(FakeTable):
         self.queries = 0
         self.calls = 0
         self.failing: Exception | None = None
+        self.hold: threading.Event | None = None  # when set, each query waits for this event first
+        self.query_began = threading.Event()
+
+    def hold_queries(self) -> threading.Event:
+        """From now on queries wait until the returned event is set; `query_began` tells when one is waiting."""
+        self.query_began.clear()
+        self.hold = threading.Event()
+        return self.hold
 
     def _maybe_fail(self) -> None:
         self.calls += 1
@@ -48,6 +56,9 @@ class CountingTable(FakeTable):
 
     def query_entities(self, query_filter: str, *, parameters: dict[str, Any], **kwargs: Any) -> list[Any]:
         self._maybe_fail()
+        self.query_began.set()
+        if self.hold is not None:
+            self.hold.wait(5)
         self.queries += 1
         assert "BlockedUntil gt @now" in query_filter and kwargs["retry_total"] == 0
         return super().query_entities(query_filter, parameters=parameters)
@@ -124,24 +135,15 @@ def test_refresh_zero_reads_for_every_request() -> None:
 def test_refresh_zero_callers_waiting_for_a_query_that_began_after_they_asked_share_it() -> None:
     table, clocks = CountingTable(), Clocks()
     reader = board(table, clocks)
-    gate, entered = threading.Event(), threading.Event()
-    original = table.query_entities
-
-    def slow_query(*args: Any, **kwargs: Any) -> Any:
-        entered.set()
-        gate.wait(5)
-        return original(*args, **kwargs)
-
-    table.query_entities = slow_query  # type: ignore[method-assign]
+    release = table.hold_queries()
     first = threading.Thread(target=reader.remaining, args=(ORG,))
     first.start()
-    entered.wait(5)  # the first caller's query has begun; these callers asked before it ends, after it began
-    entered.clear()
+    table.query_began.wait(5)  # the first caller's query has begun; these callers ask before it ends
     late = [threading.Thread(target=reader.remaining, args=(ORG,)) for _ in range(4)]
     for thread in late:
         thread.start()
     time.sleep(0.2)  # let them ask and queue on the refresh lock
-    gate.set()
+    release.set()
     first.join()
     for thread in late:
         thread.join()
@@ -293,22 +295,14 @@ def test_a_caller_that_finds_a_read_under_way_goes_on_with_its_snapshot_when_the
     writer.publish(ORG, 5.0)
     assert shared.remaining(ORG) == pytest.approx(5.0)
     clocks.advance(1.0)
-    gate, entered = threading.Event(), threading.Event()
-    original = table.query_entities
-
-    def stuck_query(*args: Any, **kwargs: Any) -> Any:
-        entered.set()
-        gate.wait(5)
-        return original(*args, **kwargs)
-
-    table.query_entities = stuck_query  # type: ignore[method-assign]
+    release = table.hold_queries()
     refresher = threading.Thread(target=shared.remaining, args=(ORG,))
     refresher.start()
-    entered.wait(5)
+    table.query_began.wait(5)
     started = time.monotonic()
     assert shared.remaining(ORG) == pytest.approx(4.0)  # the snapshot it had, at once
     took = time.monotonic() - started
-    gate.set()
+    release.set()
     refresher.join()
     assert took < 1.0
 
@@ -316,22 +310,14 @@ def test_a_caller_that_finds_a_read_under_way_goes_on_with_its_snapshot_when_the
 def test_publishing_does_not_wait_for_a_slow_read() -> None:
     table, clocks = CountingTable(), Clocks()
     shared = board(table, clocks)
-    gate, entered = threading.Event(), threading.Event()
-    original = table.query_entities
-
-    def stuck_query(*args: Any, **kwargs: Any) -> Any:
-        entered.set()
-        gate.wait(5)
-        return original(*args, **kwargs)
-
-    table.query_entities = stuck_query  # type: ignore[method-assign]
+    release = table.hold_queries()
     reader = threading.Thread(target=shared.remaining, args=(ORG,))
     reader.start()
-    entered.wait(5)
+    table.query_began.wait(5)
     started = time.monotonic()
     shared.publish(ORG, 3.0)
     took = time.monotonic() - started
-    gate.set()
+    release.set()
     reader.join()
     assert took < 1.0
     assert board(table, clocks).remaining(ORG) == pytest.approx(3.0)
