@@ -303,7 +303,8 @@ class DataverseClient:
             deletions: list[str] = []
             # Only a row with an "id" can be a $deletedEntity; most pages have none, and then the page's list is
             # the upserts as it is, without a Python step per row.
-            if any(_is_deleted_entity(row) for row in [row for row in rows if "id" in row]):
+            candidates = [row for row in rows if "id" in row]
+            if candidates and any(_is_deleted_entity(row) for row in candidates):
                 upserts = []
                 for row in rows:
                     if _is_deleted_entity(row):
