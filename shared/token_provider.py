@@ -281,16 +281,9 @@ class TenantTokenProvider:
     def _unreachable(tenant_id: str, exc: Exception) -> TokenAcquisitionError:
         import requests
 
-        info = aadsts.CONDITIONS[aadsts.ENTRA_UNREACHABLE]
         what = "did not answer in time" if isinstance(exc, requests.Timeout) else "could not be reached"
-        return TokenAcquisitionError(
-            f"Entra ID {what} for tenant {tenant_id} ({type(exc).__name__}).",
-            tenant_id=tenant_id,
-            error=aadsts.ENTRA_UNREACHABLE,
-            category=info.category,
-            meaning=info.meaning,
-            fix=info.fix,
-            is_transient=True,
+        return _condition_error(
+            tenant_id, aadsts.ENTRA_UNREACHABLE, f"Entra ID {what} for tenant {tenant_id} ({type(exc).__name__})."
         )
 
     def _server_error(self, tenant_id: str, exc: Exception) -> TokenAcquisitionError:
@@ -319,16 +312,11 @@ class TenantTokenProvider:
                 trace_id=parsed.trace_id,
                 is_transient=True,
             )
-        info = aadsts.CONDITIONS[aadsts.ENTRA_UNAVAILABLE]
         recent = "" if seen is not None else " recently; new requests for this tenant wait until its Retry-After"
-        return TokenAcquisitionError(
+        return _condition_error(
+            tenant_id,
+            aadsts.ENTRA_UNAVAILABLE,
             f"Entra ID answered HTTP {status or '5xx'} for tenant {tenant_id}{recent}.",
-            tenant_id=tenant_id,
-            error=aadsts.ENTRA_UNAVAILABLE,
-            category=info.category,
-            meaning=info.meaning,
-            fix=info.fix,
-            is_transient=True,
         )
 
     def _error_from(self, result: Mapping[str, Any], tenant_id: str) -> TokenAcquisitionError:
@@ -370,3 +358,17 @@ class TenantTokenProvider:
             http_client=http_client,
         )
         return app
+
+
+def _condition_error(tenant_id: str, condition: str, message: str) -> TokenAcquisitionError:
+    """A transient failure that has no AADSTS code of its own, explained by one of ``aadsts.CONDITIONS``."""
+    info = aadsts.CONDITIONS[condition]
+    return TokenAcquisitionError(
+        message,
+        tenant_id=tenant_id,
+        error=condition,
+        category=info.category,
+        meaning=info.meaning,
+        fix=info.fix,
+        is_transient=True,
+    )
