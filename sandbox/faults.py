@@ -77,6 +77,17 @@ class FaultInjector:
         endpoint: str | None = None,
         retry_after: int | None = None,
     ) -> str:
+        """Arm a fault; returns its id.
+
+        `status` answers with the service's documented error body (Entra: AADSTS JSON, 503 → AADSTS90033
+        temporarily_unavailable, 500 → AADSTS50000 server_error; Key Vault: `{"error": {"code", "message"}}`);
+        `delay` sleeps that many seconds first (with `status=None` the request is then served normally: a slow
+        service, for client timeouts). `count` requests are hit (None: until cleared). Entra only: `tenant`
+        limits the fault to that tenant's authority, `endpoint` to "token" or "discovery" requests.
+        `retry_after` adds a Retry-After header (seconds) to the error. Raises ValueError for anything else.
+        """
+        if tenant is not None:
+            tenant = str(uuid.UUID(tenant))  # canonical lower-case GUID text; ValueError for anything else
         if service not in SERVICES:
             raise ValueError(f"service must be one of {SERVICES}, not {service!r}")
         if status is None and not delay:

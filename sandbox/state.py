@@ -225,37 +225,10 @@ class SandboxState:
 
     # -- fault injection (sandbox.faults) -------------------------------------------------------
 
-    def inject_fault(
-        self,
-        service: str,
-        *,
-        status: int | None = 503,
-        delay: float | None = None,
-        count: int | None = None,
-        tenant: str | None = None,
-        endpoint: str | None = None,
-        retry_after: int | None = None,
-    ) -> str:
+    def inject_fault(self, service: str, **options: Any) -> str:
         """Make the "entra" or "keyvault" stand-in fail before handling requests normally; returns the fault id.
-
-        `status` answers with the service's documented error body (Entra: AADSTS JSON, 503 → AADSTS90033
-        temporarily_unavailable, 500 → AADSTS50000 server_error; Key Vault: `{"error": {"code", "message"}}`);
-        `delay` sleeps that many seconds first (with `status=None` the request is then served normally: a slow
-        service, for client timeouts). `count` requests are hit (None: until `clear_faults`). Entra only:
-        `tenant` limits the fault to that tenant's authority, `endpoint` to "token" or "discovery" requests.
-        `retry_after` adds a Retry-After header (seconds) to the error. Raises ValueError for anything else.
-        """
-        if tenant is not None:
-            tenant = normalize_guid(tenant)
-        return self.faults.inject(
-            service,
-            status=status,
-            delay=delay,
-            count=count,
-            tenant=tenant,
-            endpoint=endpoint,
-            retry_after=retry_after,
-        )
+        The options and what they do: sandbox.faults.FaultInjector.inject."""
+        return self.faults.inject(service, **options)
 
     def clear_faults(self, service: str | None = None, fault_id: str | None = None) -> int:
         """Disarm injected faults (every one, one service's, or one by id); returns how many were armed."""
