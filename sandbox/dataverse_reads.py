@@ -43,10 +43,32 @@ def warm_default_order(store: OrgStore, table: Table) -> None:
     """Sort the table's rows the way an unfiltered, unordered query and change tracking read them, now rather
     than on the first read: what the real service's index on the primary key gives it. Seeding calls this, so the
     first query after a large seed does not stall on sorting the whole table."""
-    key = sort_key(parse_orderby(None, table), table.primary_id)
     with store.exclusive():
-        rows = sorted(store.rows(table.entity_set), key=key)
-        store.sorted_rows_cache[(table.entity_set, "", "", "")] = (store.version, rows)
+        sorted_rows(store, table, None, None, None)
+
+
+def sorted_rows(
+    store: OrgStore, table: Table, filter_text: str | None, orderby_text: str | None, scope: str | None
+) -> list[Any]:
+    """The table's rows that match ``$filter`` (and the owner a Basic-depth caller is limited to), in ``$orderby``
+    order and then by primary key; kept per query while the org's version is unchanged, so paging through a large
+    table does not filter and sort it again for every page. Call with the store's lock held. Raises
+    DataverseError for a ``$filter`` or ``$orderby`` the sandbox does not accept."""
+    cache_key = (table.entity_set, filter_text or "", orderby_text or "", scope or "")
+    cached = store.sorted_rows_cache.get(cache_key)
+    if cached is not None and cached[0] == store.version:
+        return cached[1]
+    predicate = parse_filter(filter_text, table_filter_kinds(table), table.logical_name)
+    rows = [
+        row
+        for row in store.rows(table.entity_set)
+        if predicate(row) and (scope is None or row.get("_ownerid_value") == scope)
+    ]
+    rows.sort(key=sort_key(parse_orderby(orderby_text, table), table.primary_id))
+    if len(store.sorted_rows_cache) > 16:
+        store.sorted_rows_cache.clear()
+    store.sorted_rows_cache[cache_key] = (store.version, rows)
+    return rows
 
 
 class CollectionReader:
@@ -107,28 +129,14 @@ class CollectionReader:
         tracking: bool,
     ) -> dict[str, Any]:
         query = request.query
-        predicate = parse_filter(query.get("$filter"), table_filter_kinds(table), table.logical_name)
         order = parse_orderby(query.get("$orderby"), table)
         top = parse_top(query.get("$top"))
         key = sort_key(order, table.primary_id)
-        scope = self._access.owner_scope
-        cache_key = (table.entity_set, query.get("$filter", ""), query.get("$orderby", ""), scope or "")
+        filter_text, orderby_text, scope = query.get("$filter"), query.get("$orderby"), self._access.owner_scope
         with self._store.exclusive():
             since = cookie.since if cookie and cookie.since is not None else self._store.version
             version = self._store.version
-            cached = self._store.sorted_rows_cache.get(cache_key)
-            if cached is not None and cached[0] == self._store.version:
-                rows = cached[1]
-            else:
-                rows = [
-                    row
-                    for row in self._store.rows(table.entity_set)
-                    if predicate(row) and (scope is None or row.get("_ownerid_value") == scope)
-                ]
-                rows.sort(key=key)
-                if len(self._store.sorted_rows_cache) > 16:
-                    self._store.sorted_rows_cache.clear()
-                self._store.sorted_rows_cache[cache_key] = (self._store.version, rows)
+            rows = sorted_rows(self._store, table, filter_text, orderby_text, scope)
         start = bisect.bisect_right(rows, key(cookie.last), key=key) if cookie else 0
         size = prefs.max_page_size or MAX_PAGE_SIZE
         if top is not None and prefs.max_page_size is None:
@@ -138,7 +146,8 @@ class CollectionReader:
         body: dict[str, Any] = {"@odata.context": f"{self._root}/$metadata#{table.entity_set}{selection(select)}"}
         if query.get("$count") == "true":
             body["@odata.count"] = min(len(rows), COUNT_LIMIT)
-        body["value"] = self._encoded_page(table, select, page, (cache_key, select, start, size), version)
+        page_key = (table.entity_set, filter_text, orderby_text, scope, select, start, size)
+        body["value"] = self._encoded_page(table, select, page, page_key, version)
         collection = f"{self._root}/{table.entity_set}"
         if more:
             last = {name: page[-1].get(name) for name, _ in order} | {table.primary_id: page[-1][table.primary_id]}
