@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 from bench.figures import report, write  # noqa: E402
 from sandbox import Sandbox  # noqa: E402
 from sandbox.demo import demo_settings, seed_demo  # noqa: E402
+from shared.auth.token_provider import TenantTokenProvider  # noqa: E402
 from shared.bootstrap import build_services  # noqa: E402
 from shared.settings import Settings  # noqa: E402
-from shared.token_provider import TenantTokenProvider  # noqa: E402
 
 ORG = "https://contoso.crm.dynamics.com"
 

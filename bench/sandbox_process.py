@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _child(org_count: int, rows_per_org: int, latency: float) -> None:
     sys.path.insert(0, str(ROOT))
     from sandbox import Sandbox
-    from sandbox.pki import make_certificate
+    from sandbox.net.pki import make_certificate
 
     with Sandbox() as sb:
         st = sb.state

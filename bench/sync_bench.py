@@ -84,7 +84,7 @@ def main() -> int:
     from sandbox.azurite import Azurite
     from shared.bootstrap import build_services, use_services
     from shared.settings import CredentialSource, Settings
-    from shared.tenant_registry import TenantStatus
+    from shared.tenants.registry import TenantStatus
 
     logging.basicConfig(level=logging.ERROR)
     print(

@@ -112,7 +112,7 @@ _REVOKE_ADVICE = (
 
 
 def _tenants(services: Any, args: argparse.Namespace) -> Any:
-    from shared.tenant_registry import TenantStatus
+    from shared.tenants.registry import TenantStatus
 
     registry = services.registry
     if args.tenants_command == "list":
@@ -204,8 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.env_file:
         load_env_file(args.env_file)
     from shared.bootstrap import build_services, installed_services
+    from shared.dataverse.org_url import InvalidOrgUrlError
     from shared.errors import ConfigurationError, InvalidTenantError
-    from shared.org_url import InvalidOrgUrlError
     from shared.settings import Settings
 
     try:

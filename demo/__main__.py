@@ -17,10 +17,10 @@ import jwt
 
 from sandbox import Sandbox
 from sandbox.demo import demo_settings, seed_demo
-from sandbox.pki import make_certificate
+from sandbox.net.pki import make_certificate
 from shared.bootstrap import build_services
 from shared.settings import Settings
-from shared.tenant_registry import TenantStatus
+from shared.tenants.registry import TenantStatus
 
 ORGS = {"Fabrikam": "https://fabrikam.crm4.dynamics.com", "Northwind": "https://northwind.crm.dynamics.com"}
 REFRESH_SECONDS = 3
@@ -42,7 +42,7 @@ def show_token(services: object, tenant: str, org: str) -> None:
 def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="   [log] %(levelname)s %(name)s: %(message)s")
     # The throttling warnings are one per 429; the summary line below counts them instead.
-    logging.getLogger("shared.dataverse_client").setLevel(logging.ERROR)
+    logging.getLogger("shared.dataverse.client").setLevel(logging.ERROR)
     with Sandbox() as sb:
         os.environ.update(sb.env())
         seed = seed_demo(sb.state)
@@ -277,7 +277,7 @@ def onboarding_part(sb: Sandbox, seed: object, app_settings: dict[str, str]) -> 
 
     from devhost import DevHost
     from sandbox.azurite import Azurite
-    from sandbox.consent_page import read_consent_form
+    from sandbox.entra.consent_page import read_consent_form
     from shared.bootstrap import build_services, use_services
 
     st = sb.state

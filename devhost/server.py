@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from sandbox.httpd import LoopbackServer
+from sandbox.net.httpd import LoopbackServer
 
 logger = logging.getLogger(__name__)
 

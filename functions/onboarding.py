@@ -20,8 +20,8 @@ from functions.http_errors import json_error, request_id, storage_unavailable_is
 from functions.services import get_services
 
 if TYPE_CHECKING:
-    from shared.onboarding import VerificationResult
     from shared.settings import Settings
+    from shared.tenants.onboarding import VerificationResult
 
 
 logger = logging.getLogger(__name__)
@@ -59,9 +59,9 @@ def onboard_form(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="onboard", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 @storage_unavailable_is_503("html")
 def onboard_start(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.dataverse_clients import OrgDiscoveryError
-    from shared.onboarding import TenantNotAllowedError
-    from shared.org_url import InvalidOrgUrlError
+    from shared.dataverse.clients import OrgDiscoveryError
+    from shared.dataverse.org_url import InvalidOrgUrlError
+    from shared.tenants.onboarding import TenantNotAllowedError
 
     services = get_services()
     settings = services.settings
@@ -109,8 +109,8 @@ def onboard_start(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="consent/callback", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 @storage_unavailable_is_503("html")
 def consent_callback(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.consent_states import ConsentStateError
-    from shared.onboarding import ConsentDeniedError, TenantNotAllowedError
+    from shared.tenants.consent_states import ConsentStateError
+    from shared.tenants.onboarding import ConsentDeniedError, TenantNotAllowedError
 
     services = get_services()
     settings = services.settings
@@ -131,7 +131,7 @@ def consent_callback(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _result_page(settings: Settings, result: VerificationResult) -> func.HttpResponse:
-    from shared.tenant_registry import TenantStatus
+    from shared.tenants.registry import TenantStatus
 
     app_name = settings.app_display_name
     if result.status is TenantStatus.ACTIVE:
@@ -181,7 +181,7 @@ def recheck(req: func.HttpRequest) -> func.HttpResponse:
 def verify_tenant(req: func.HttpRequest) -> func.HttpResponse:
     """Operators only (the host's master key): re-verify a tenant now and return the outcome as JSON."""
     from shared.settings import is_guid
-    from shared.tenant_registry import TenantNotFoundError
+    from shared.tenants.registry import TenantNotFoundError
 
     tenant_id = req.route_params.get("tenant_id", "")
     if not is_guid(tenant_id):
@@ -206,7 +206,7 @@ def verify_tenant(req: func.HttpRequest) -> func.HttpResponse:
 def verify_tenant_from_queue(msg: func.QueueMessage) -> None:
     """Re-checks a fresh consent that Entra had not replicated yet; re-enqueues itself while attempts remain."""
     from shared.settings import is_guid
-    from shared.tenant_registry import TenantNotFoundError
+    from shared.tenants.registry import TenantNotFoundError
 
     try:
         payload = json.loads(msg.get_body().decode("utf-8"))

@@ -19,8 +19,8 @@ from functions.http_errors import json_error, request_id, storage_unavailable_is
 from functions.services import get_services
 
 if TYPE_CHECKING:
-    from shared.tenant_registry import Tenant
-    from shared.user_auth import UserPrincipal
+    from shared.signin.user_tokens import UserPrincipal
+    from shared.tenants.registry import Tenant
 
 logger = logging.getLogger(__name__)
 bp = func.Blueprint()
@@ -37,8 +37,8 @@ def _unauthorized(description: str, req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _authenticate(req: func.HttpRequest) -> tuple[UserPrincipal, Tenant] | func.HttpResponse:
-    from shared.tenant_registry import TenantStatus
-    from shared.user_auth import InvalidUserTokenError
+    from shared.signin.user_tokens import InvalidUserTokenError
+    from shared.tenants.registry import TenantStatus
 
     services = get_services()
     try:
@@ -81,7 +81,7 @@ def me(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _dataverse_error(exc: Exception, req: func.HttpRequest) -> func.HttpResponse:
-    from shared.dataverse_errors import DataverseError, ImpersonationNotAllowedError
+    from shared.dataverse.errors import DataverseError, ImpersonationNotAllowedError
 
     if isinstance(exc, ImpersonationNotAllowedError):
         return json_error(403, exc.code, exc.message, req)

@@ -47,7 +47,7 @@ _Key = tuple[str, frozenset[tuple[str, str]]]
 
 
 class Counters:
-    """Thread-safe event counts, sharing the sandbox state's lock."""
+    """Thread-safe event counts behind the lock they are given."""
 
     def __init__(self, lock: threading.RLock) -> None:
         self._lock = lock

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sandbox.pki import CertificateBundle, make_certificate
+from sandbox.entra.directory import ManagedIdentity
+from sandbox.net.pki import CertificateBundle, make_certificate
 from sandbox.server import Sandbox
-from sandbox.state import ManagedIdentity, SandboxState
+from sandbox.state import SandboxState
 
 CERTIFICATE_NAME = "s2s-client"
 # The onboarding callback as served by `python -m devhost` on its default port (local.settings.example.json).

@@ -22,14 +22,14 @@ from types import TracebackType
 
 import certifi
 
-from sandbox.connect_proxy import ConnectProxy
-from sandbox.dataverse import DataverseService
-from sandbox.dataverse_schema import DATAVERSE_SUFFIXES
-from sandbox.entra import EntraService
-from sandbox.httpd import LoopbackServer
-from sandbox.keyvault import VAULT_RESOURCE, KeyVaultService
-from sandbox.managed_identity import TOKEN_PATH, ManagedIdentityService
-from sandbox.pki import CertificateBundle, make_certificate_authority, make_server_certificate
+from sandbox.dataverse.schema import DATAVERSE_SUFFIXES
+from sandbox.dataverse.service import DataverseService
+from sandbox.entra.service import EntraService
+from sandbox.keyvault.service import VAULT_RESOURCE, KeyVaultService
+from sandbox.managed_identity.service import TOKEN_PATH, ManagedIdentityService
+from sandbox.net.connect_proxy import ConnectProxy
+from sandbox.net.httpd import LoopbackServer
+from sandbox.net.pki import CertificateBundle, make_certificate_authority, make_server_certificate
 from sandbox.state import SandboxState
 
 logger = logging.getLogger(__name__)

@@ -12,33 +12,34 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from shared.certificate_sources import (
+from shared.auth.azure_identity import azure_credential
+from shared.auth.certificate_sources import (
     CertificateProvider,
     CertificateSource,
     FileCertificateSource,
     KeyVaultCertificateSource,
 )
-from shared.client_assertions import (
+from shared.auth.client_assertions import (
     CertificateAssertionSource,
     ClientAssertionSource,
     ManagedIdentityAssertionSource,
 )
-from shared.consent_states import CONSENT_STATES_TABLE, ConsentStateStore
-from shared.dataverse_clients import DataverseClients
-from shared.jobs import JobRunner
-from shared.onboarding import VERIFY_QUEUE, OnboardingService
-from shared.org_index import ORG_INDEX_TABLE, OrgIndex
+from shared.auth.token_provider import TenantTokenProvider
+from shared.dataverse.clients import DataverseClients
+from shared.dataverse.throttle_board import THROTTLE_TABLE, ThrottleBoard
+from shared.jobs.sinks import BlobNdjsonSink, ChangeSink
+from shared.jobs.sweeps import JobRunner
+from shared.jobs.sync import SYNC_STATE_TABLE, CheckpointStore
 from shared.settings import CredentialSource, Settings
+from shared.signin.user_tokens import JwksCache, UserTokenValidator
 from shared.storage import StorageClients
-from shared.sync import SYNC_STATE_TABLE, CheckpointStore
-from shared.sync_sink import BlobNdjsonSink, ChangeSink
-from shared.tenant_registry import HISTORY_TABLE, TENANTS_TABLE, TenantRegistry
-from shared.throttle_board import THROTTLE_TABLE, ThrottleBoard
-from shared.token_provider import TenantTokenProvider
-from shared.user_auth import JwksCache, UserTokenValidator
-from shared.webhook_intake import WebhookIntake
-from shared.webhook_processing import CHANGES_TABLE, WebhookProcessor
-from shared.webhook_store import EVENTS_QUEUE, EVENTS_TABLE, PAYLOAD_CONTAINER, POISON_QUEUE, WebhookStore
+from shared.tenants.consent_states import CONSENT_STATES_TABLE, ConsentStateStore
+from shared.tenants.onboarding import VERIFY_QUEUE, OnboardingService
+from shared.tenants.org_index import ORG_INDEX_TABLE, OrgIndex
+from shared.tenants.registry import HISTORY_TABLE, TENANTS_TABLE, TenantRegistry
+from shared.webhooks.intake import WebhookIntake
+from shared.webhooks.processing import CHANGES_TABLE, WebhookProcessor
+from shared.webhooks.store import EVENTS_QUEUE, EVENTS_TABLE, PAYLOAD_CONTAINER, POISON_QUEUE, WebhookStore
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -219,17 +220,6 @@ class Services:
         with contextlib.suppress(ResourceExistsError):
             queue.create_queue()
         queue.send_message(json.dumps(message), visibility_timeout=delay_seconds)
-
-
-def azure_credential(settings: Settings) -> TokenCredential:
-    """The app's own Azure identity for Azure resources (Key Vault): the managed identity in Azure, developer
-    credentials (Azure CLI and friends) on a workstation."""
-    from azure.identity import DefaultAzureCredential
-
-    return DefaultAzureCredential(
-        managed_identity_client_id=settings.managed_identity_client_id,
-        exclude_interactive_browser_credential=True,
-    )
 
 
 def build_certificate_source(

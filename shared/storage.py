@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.auth.azure_identity import azure_credential
 from shared.errors import ConfigurationError
 from shared.settings import Settings
 
@@ -35,8 +36,6 @@ class StorageClients:
             if self._credential_factory is not None:
                 self._credential = self._credential_factory()
             else:
-                from shared.bootstrap import azure_credential
-
                 self._credential = azure_credential(self._settings)
         return self._credential
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from shared import aadsts
-from shared import dataverse_errors as dv
+from shared.auth import aadsts
+from shared.dataverse import errors as dv
 
 
 @dataclass(frozen=True)

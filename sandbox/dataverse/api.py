@@ -1,10 +1,10 @@
 """The Dataverse Web API operations under `/api/data/v9.2/` for one authenticated caller: routing, WhoAmI,
 create / retrieve / update / upsert / delete, CreateMultiple / UpdateMultiple and `$batch` with atomic change
-sets (protocol §4). Entity-set reads live in sandbox.dataverse_reads, metadata in sandbox.dataverse_metadata;
-authentication, impersonation and service protection happen before this, in sandbox.dataverse; reads are held
-to the caller's read depth (sandbox.dataverse_security).
+sets (protocol §4). Entity-set reads live in sandbox.dataverse.odata.reads, metadata in
+sandbox.dataverse.odata.metadata; authentication, impersonation and service protection happen before this, in
+sandbox.dataverse.service; reads are held to the caller's read depth (sandbox.dataverse.security).
 
-Every write is reported to a ChangeJournal (sandbox.dataverse_events) with the same transaction boundaries as
+Every write is reported to a ChangeJournal (sandbox.dataverse.events) with the same transaction boundaries as
 the rows: what a change set or CreateMultiple rolls back is rolled back in the journal too.
 """
 
@@ -19,8 +19,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from sandbox import dataverse_errors as errors
-from sandbox.dataverse_batch import (
+from sandbox.dataverse import errors
+from sandbox.dataverse.errors import DataverseError
+from sandbox.dataverse.events import ChangeJournal, NoJournal, RowChange
+from sandbox.dataverse.odata.batch import (
     MAX_OPERATIONS,
     BatchFormatError,
     BatchOperation,
@@ -31,15 +33,13 @@ from sandbox.dataverse_batch import (
     parse_batch,
     write_batch_response,
 )
-from sandbox.dataverse_errors import DataverseError
-from sandbox.dataverse_events import ChangeJournal, NoJournal, RowChange
-from sandbox.dataverse_metadata import entity_definitions
-from sandbox.dataverse_org import OrgStore, Row
-from sandbox.dataverse_query import Preferences, parse_prefer, parse_select
-from sandbox.dataverse_reads import COUNT_LIMIT, CollectionReader
-from sandbox.dataverse_schema import STATE_VALUES, TABLES, Column, Table
-from sandbox.dataverse_security import read_access
-from sandbox.dataverse_wire import (
+from sandbox.dataverse.odata.metadata import entity_definitions
+from sandbox.dataverse.odata.query import Preferences, parse_prefer, parse_select
+from sandbox.dataverse.odata.reads import COUNT_LIMIT, CollectionReader
+from sandbox.dataverse.org import OrgStore, Row
+from sandbox.dataverse.schema import STATE_VALUES, TABLES, Column, Table
+from sandbox.dataverse.security import read_access
+from sandbox.dataverse.wire import (
     JSON_TYPE,
     ApiRequest,
     ApiResponse,
@@ -50,7 +50,7 @@ from sandbox.dataverse_wire import (
     render,
     selection,
 )
-from sandbox.state import is_guid
+from sandbox.identifiers import is_guid
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Row changes as the event pipeline sees them (message, table, the row before and after), and the journal seam
-through which sandbox.dataverse_api reports every change it writes. The webhook sender implements the journal
-(sandbox.dataverse_webhooks); the Web API only records, rolls back to savepoints and lets a journal fail a change.
+through which sandbox.dataverse.api reports every change it writes. The webhook sender implements the journal
+(sandbox.dataverse.webhooks.hub); the Web API only records, rolls back to savepoints and lets a journal fail a change.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from sandbox.dataverse_org import Row
-from sandbox.dataverse_schema import Table
+from sandbox.dataverse.org import Row
+from sandbox.dataverse.schema import Table
 
 MESSAGES = ("Create", "Update", "Delete")
 

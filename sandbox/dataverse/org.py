@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from sandbox import dataverse_errors as errors
-from sandbox.dataverse_schema import DATAVERSE_SUFFIXES, TABLES, Table
-from sandbox.dataverse_throttle import ServiceProtection
+from sandbox.dataverse import errors
+from sandbox.dataverse.schema import DATAVERSE_SUFFIXES, TABLES, Table
+from sandbox.dataverse.throttle import ServiceProtection
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Org:
         return self.url.removeprefix("https://")
 
 
-# Read depths the stand-in models for accounts and contacts (sandbox.dataverse_security): no read privilege,
+# Read depths the stand-in models for accounts and contacts (sandbox.dataverse.security): no read privilege,
 # Basic ("user": the rows the user owns) and Organization (every row).
 READ_DEPTHS = ("none", "user", "organization")
 
@@ -131,13 +131,13 @@ class OrgStore:
         self._token_serial = itertools.count(1)
         # Filtered, sorted rows per (entity set, $filter, $orderby), valid while `version` is unchanged: paging
         # through a large table must not re-filter and re-sort it for every page, or the emulator rather than
-        # the client under test dominates every measurement. Used by sandbox.dataverse_reads.
+        # the client under test dominates every measurement. Used by sandbox.dataverse.odata.reads.
         # Keyed also by the owner a Basic-depth caller is limited to ("" for every row).
         self.sorted_rows_cache: dict[tuple[str, str, str, str], tuple[int, list[Any]]] = {}
-        # Pre-encoded rows per (entity set, $select): see sandbox.dataverse_wire.render_cached.
+        # Pre-encoded rows per (entity set, $select): see sandbox.dataverse.wire.render_cached.
         self.rendered_rows_cache: dict[Any, dict[str, Any]] = {}
         # Whole encoded pages per (query, caller scope, $select, position, size), valid while `version` is
-        # unchanged, for the same reason: see sandbox.dataverse_reads.
+        # unchanged, for the same reason: see sandbox.dataverse.odata.reads.
         self.rendered_pages_cache: dict[Any, tuple[int, Any]] = {}
         self.system_user_id = str(uuid.uuid4())
         self._users[self.system_user_id] = SystemUser(self.system_user_id, "SYSTEM")

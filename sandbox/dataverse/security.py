@@ -17,11 +17,11 @@ import json
 import uuid
 from dataclasses import dataclass
 
-from sandbox import dataverse_errors as errors
-from sandbox.dataverse_errors import DataverseError
-from sandbox.dataverse_org import READ_DEPTHS, Row, SystemUser
-from sandbox.dataverse_schema import Table
-from sandbox.dataverse_wire import Caller
+from sandbox.dataverse import errors
+from sandbox.dataverse.errors import DataverseError
+from sandbox.dataverse.org import READ_DEPTHS, Row, SystemUser
+from sandbox.dataverse.schema import Table
+from sandbox.dataverse.wire import Caller
 
 # Privilege ids are fixed per org in Dataverse; the sandbox derives stable ones from the privilege name.
 _PRIVILEGE_NAMESPACE = uuid.UUID("6f0b2f8e-6b41-4c53-9a56-0f7d2f7f5a10")

@@ -5,7 +5,7 @@ Checks run in the order Dataverse reports them (protocol §1, §4): token (401 +
 org's tenant), application user (403 0x80072560), disabled user (403 0x80040225), impersonation privilege,
 service protection (429 + Retry-After).
 
-Writes go to the org's webhooks (sandbox.dataverse_webhooks) through a journal per request: synchronous steps
+Writes go to the org's webhooks (sandbox.dataverse.webhooks.hub) through a journal per request: synchronous steps
 run before the answer, asynchronous ones are queued once the answer is on the wire.
 """
 
@@ -20,17 +20,17 @@ from urllib.parse import unquote
 
 import jwt
 
-from sandbox import dataverse_errors as errors
-from sandbox.dataverse_api import WebApi
-from sandbox.dataverse_batch import BatchFormatError, operation_count, parse_batch
-from sandbox.dataverse_context import ContextUser
-from sandbox.dataverse_errors import DataverseError
-from sandbox.dataverse_org import OrgStore, SystemUser
-from sandbox.dataverse_throttle import DEFAULT_DOP_HINT
-from sandbox.dataverse_wire import ApiRequest, ApiResponse, Caller, error_response, json_body
-from sandbox.httpd import HttpRequest, HttpResponse
-from sandbox.state import is_guid
-from sandbox.tokens import TokenMinter
+from sandbox.dataverse import errors
+from sandbox.dataverse.api import WebApi
+from sandbox.dataverse.errors import DataverseError
+from sandbox.dataverse.odata.batch import BatchFormatError, operation_count, parse_batch
+from sandbox.dataverse.org import OrgStore, SystemUser
+from sandbox.dataverse.throttle import DEFAULT_DOP_HINT
+from sandbox.dataverse.webhooks.context import ContextUser
+from sandbox.dataverse.wire import ApiRequest, ApiResponse, Caller, error_response, json_body
+from sandbox.entra.tokens import TokenMinter
+from sandbox.identifiers import is_guid
+from sandbox.net.httpd import HttpRequest, HttpResponse
 
 if TYPE_CHECKING:
     from sandbox.state import SandboxState

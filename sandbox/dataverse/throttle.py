@@ -12,7 +12,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from sandbox.dataverse_errors import CONCURRENCY_LIMIT, RATE_LIMIT
+from sandbox.dataverse.errors import CONCURRENCY_LIMIT, RATE_LIMIT
 
 DEFAULT_DOP_HINT = 8
 # A request that reaches the server just after a 429 went out was usually on the wire already, sent by another

@@ -9,9 +9,9 @@ from typing import Any
 
 import orjson
 
-from sandbox.dataverse_errors import DataverseError
-from sandbox.dataverse_org import Actor, Row, SystemUser
-from sandbox.dataverse_schema import Table
+from sandbox.dataverse.errors import DataverseError
+from sandbox.dataverse.org import Actor, Row, SystemUser
+from sandbox.dataverse.schema import Table
 
 JSON_TYPE = "application/json; odata.metadata=minimal"
 

@@ -15,9 +15,9 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.types import Options
 
-from sandbox import entra_errors
-from sandbox.signing import SigningKeyRing
-from sandbox.state import Application, RegisteredCertificate
+from sandbox.entra import errors as entra_errors
+from sandbox.entra.directory import Application, RegisteredCertificate
+from sandbox.entra.signing import SigningKeyRing
 
 logger = logging.getLogger(__name__)
 

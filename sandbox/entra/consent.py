@@ -15,12 +15,18 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from sandbox import consent_page, entra_errors
-from sandbox.entra_errors import EntraError
-from sandbox.httpd import HttpRequest, HttpResponse
-from sandbox.state import Application, SandboxLookupError, SandboxState, Tenant
+from sandbox.entra import consent_page
+from sandbox.entra import errors as entra_errors
+from sandbox.entra.directory import Application, Tenant
+from sandbox.entra.errors import EntraError
+from sandbox.identifiers import SandboxLookupError
+from sandbox.net.httpd import HttpRequest, HttpResponse
+
+if TYPE_CHECKING:
+    from sandbox.state import SandboxState
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 without a browser (tests, the demo) that GET the page and POST the decision with plain `requests`.
 
 The form POSTs `application/x-www-form-urlencoded` to the page's own URL with these fields:
-- `consent_nonce`: hidden, single use, bound to the request's parameters (sandbox.entra_consent);
+- `consent_nonce`: hidden, single use, bound to the request's parameters (sandbox.entra.consent);
 - `tenant`: the consenting tenant's GUID; a `<select>` at /common and /organizations, hidden otherwise;
 - `decision`: `accept` or `cancel`, carried by the two submit buttons.
 Every value the request supplied is HTML-escaped before it is written into a page.
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from html import escape
 from html.parser import HTMLParser
 
-from sandbox.state import Application, Tenant
+from sandbox.entra.directory import Application, Tenant
 
 NONCE_FIELD = "consent_nonce"
 TENANT_FIELD = "tenant"

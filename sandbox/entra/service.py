@@ -1,5 +1,5 @@
 """Entra ID stand-in: OIDC discovery (v1 and v2), JWKS, the client-credentials token endpoint, and the
-admin-consent page (sandbox.entra_consent). Injected faults (sandbox.faults) are answered before any of it.
+admin-consent page (sandbox.entra.consent). Injected faults (sandbox.faults) are answered before any of it.
 
 Checks run in the order the project relies on (protocol §1-2): tenant, scope, app, service principal,
 consent, app enabled, credential form, then the assertion itself.
@@ -10,17 +10,20 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sandbox import entra_errors
-from sandbox.client_assertion import JWT_BEARER, ClientAssertionValidator
-from sandbox.entra_consent import AdminConsentEndpoint
-from sandbox.entra_errors import EntraError
+from sandbox.entra import errors as entra_errors
+from sandbox.entra.client_assertion import JWT_BEARER, ClientAssertionValidator
+from sandbox.entra.consent import AdminConsentEndpoint
+from sandbox.entra.directory import Tenant
+from sandbox.entra.errors import EntraError
+from sandbox.entra.issuers import TENANT_TEMPLATE, v1_issuer, v2_issuer
+from sandbox.entra.tokens import TokenMinter
 from sandbox.faults import entra_error
-from sandbox.httpd import HttpRequest, HttpResponse, json_response
-from sandbox.issuers import TENANT_TEMPLATE, v1_issuer, v2_issuer
-from sandbox.state import SandboxState, Tenant
-from sandbox.tokens import TokenMinter
+from sandbox.net.httpd import HttpRequest, HttpResponse, json_response
+
+if TYPE_CHECKING:
+    from sandbox.state import SandboxState
 
 logger = logging.getLogger(__name__)
 

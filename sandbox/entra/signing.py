@@ -17,7 +17,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 
-from sandbox.pki import CertificateBundle, make_certificate
+from sandbox.net.pki import CertificateBundle, make_certificate
 
 logger = logging.getLogger(__name__)
 

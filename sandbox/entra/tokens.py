@@ -1,7 +1,7 @@
 """Claims of the access tokens the sandbox issues: v1 app-only tokens and managed identity tokens.
 
-Issuers come from sandbox.issuers (v1 `{authority_host}/{tid}/` stands in for `https://sts.windows.net/{tid}/`);
-delegated user tokens are built in sandbox.user_tokens.
+Issuers come from sandbox.entra.issuers (v1 `{authority_host}/{tid}/` stands in for `https://sts.windows.net/{tid}/`);
+delegated user tokens are built in sandbox.entra.user_tokens.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox import issuers
-from sandbox.pki import base64url
-from sandbox.signing import SigningKeyRing
-from sandbox.state import TOKEN_EXCHANGE_AUDIENCE, ManagedIdentity
+from sandbox.entra import issuers
+from sandbox.entra.directory import TOKEN_EXCHANGE_AUDIENCE, ManagedIdentity
+from sandbox.entra.signing import SigningKeyRing
+from sandbox.net.pki import base64url
 
 APP_TOKEN_LIFETIME = 3599  # protocol §2: expires_in 3599 in Entra's sample response
 MANAGED_IDENTITY_TOKEN_LIFETIME = 86399  # App Service hands out managed identity tokens for about 24 h

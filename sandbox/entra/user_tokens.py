@@ -1,5 +1,5 @@
 """Delegated access tokens: what Entra issues to a signed-in user of a customer tenant for our app's API, with the
-v1 and v2 claim sets of entra/access-tokens.md (protocol §6). Issuers, built in sandbox.issuers:
+v1 and v2 claim sets of entra/access-tokens.md (protocol §6). Issuers, built in sandbox.entra.issuers:
 
 - v2 (`ver` "2.0"): `iss` = `{authority_host}/{tid}/v2.0`, as `https://login.microsoftonline.com/{tid}/v2.0`;
 - v1 (`ver` "1.0"): `iss` = `{authority_host}/{tid}/`, the sandbox's stand-in for `https://sts.windows.net/{tid}/`.
@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox.pki import base64url
+from sandbox.net.pki import base64url
 
 
 @dataclass(frozen=True)

@@ -10,15 +10,15 @@ import base64
 import logging
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 
+from sandbox.entra.tokens import TokenMinter
 from sandbox.faults import key_vault_error
-from sandbox.httpd import HttpRequest, HttpResponse, json_response
-from sandbox.pki import pem_to_pfx
-from sandbox.state import PEM_CONTENT_TYPE, PFX_CONTENT_TYPE, SandboxState, SecretVersion
-from sandbox.tokens import TokenMinter
+from sandbox.keyvault.vault import PEM_CONTENT_TYPE, PFX_CONTENT_TYPE, SecretVersion
+from sandbox.net.httpd import HttpRequest, HttpResponse, json_response
+from sandbox.net.pki import pem_to_pfx
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,9 @@ _NOT_FOUND_HINT = (
     "If you recently deleted this secret you may be able to recover it using the correct recovery "
     "command. For help resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125182"
 )
+
+if TYPE_CHECKING:
+    from sandbox.state import SandboxState
 _DEFAULT_PAGE_SIZE = 25
 
 

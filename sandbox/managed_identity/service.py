@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sandbox.httpd import HttpRequest, HttpResponse, json_response
-from sandbox.state import ManagedIdentity, SandboxState
-from sandbox.tokens import TokenMinter
+from sandbox.entra.directory import ManagedIdentity
+from sandbox.entra.tokens import TokenMinter
+from sandbox.net.httpd import HttpRequest, HttpResponse, json_response
+
+if TYPE_CHECKING:
+    from sandbox.state import SandboxState
 
 logger = logging.getLogger(__name__)
 

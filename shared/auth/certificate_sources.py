@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shared.certificates import PKCS12_CONTENT_TYPE, ClientCertificate, parse_pem, parse_pkcs12
+from shared.auth.certificates import PKCS12_CONTENT_TYPE, ClientCertificate, parse_pem, parse_pkcs12
 from shared.errors import CertificateError
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import jwt
 
-from shared.certificate_sources import CertificateProvider
+from shared.auth.certificate_sources import CertificateProvider
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from shared import aadsts
-from shared.client_assertions import ClientAssertionSource
+from shared.auth import aadsts
+from shared.auth.client_assertions import ClientAssertionSource
 from shared.errors import InvalidTenantError, S2SError, TokenAcquisitionError
 from shared.settings import is_guid
 

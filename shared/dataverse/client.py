@@ -17,13 +17,20 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 from urllib.parse import quote
 
 import orjson
 
-from shared.dataverse_errors import (
+from shared.auth.token_provider import AccessToken
+from shared.dataverse.batch import (
+    MAX_BATCH_OPERATIONS,
+    BatchOperation,
+    BatchPartResponse,
+    build_batch_body,
+    parse_batch_response,
+)
+from shared.dataverse.errors import (
     DataverseError,
     DataverseUnreachableError,
     RowNotFoundError,
@@ -31,23 +38,23 @@ from shared.dataverse_errors import (
     error_from_response,
     rate_limit_named,
 )
-from shared.odata_batch import (
-    MAX_BATCH_OPERATIONS,
-    BatchOperation,
-    BatchPartResponse,
-    build_batch_body,
-    parse_batch_response,
+from shared.dataverse.governor import AdmissionTimeout, OrgGovernor, Ticket
+from shared.dataverse.odata import (
+    ATTRIBUTE,
+    ENTITY_SET,
+    MAX_PAGE_SIZE,
+    checked_page_size,
+    is_deleted_entity,
+    is_multipart,
+    never_left_the_client,
+    query_string,
+    retry_after_seconds,
 )
-from shared.org_governor import AdmissionTimeout, OrgGovernor, Ticket
 from shared.settings import is_guid
-from shared.token_provider import AccessToken
 
 logger = logging.getLogger(__name__)
 
 API_PATH = "/api/data/v9.2"
-MAX_PAGE_SIZE = 5000  # the default and maximum odata.maxpagesize (pad/webapi/query/page-results)
-_ENTITY_SET = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_ATTRIBUTE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _ENTITY_ID_IN_URL = re.compile(r"\(([0-9a-fA-F-]{36})\)\s*$")
 
 
@@ -56,7 +63,7 @@ class TokenSource(Protocol):
 
 
 class SharedWindows(Protocol):
-    """Retry-After windows shared with the app's other instances (shared.throttle_board.ThrottleBoard)."""
+    """Retry-After windows shared with the app's other instances (shared.dataverse.throttle_board.ThrottleBoard)."""
 
     def remaining(self, org_url: str) -> float: ...
 
@@ -151,7 +158,7 @@ class DataverseClient:
         self, table: str, row_id: str, *, select: Sequence[str] | None = None, caller_object_id: str | None = None
     ) -> dict[str, Any]:
         """Raises RowNotFoundError when the row does not exist."""
-        url = f"{self._row_url(table, row_id)}{_query_string(select=select)}"
+        url = f"{self._row_url(table, row_id)}{query_string(select=select)}"
         result: dict[str, Any] = self._json("GET", url, caller_object_id=caller_object_id)
         return result
 
@@ -169,9 +176,9 @@ class DataverseClient:
         """Yield the result page by page (``Prefer: odata.maxpagesize``), following ``@odata.nextLink`` unchanged,
         so memory holds one page whatever the row count."""
         url: str | None = (
-            f"{self._table_url(table)}{_query_string(select=select, filter=filter, orderby=orderby, top=top)}"
+            f"{self._table_url(table)}{query_string(select=select, filter=filter, orderby=orderby, top=top)}"
         )
-        prefer = f"odata.maxpagesize={_page_size(page_size)}"
+        prefer = f"odata.maxpagesize={checked_page_size(page_size)}"
         while url is not None:
             payload = self._json("GET", url, headers={"Prefer": prefer}, caller_object_id=caller_object_id)
             next_link = self._same_org_link(payload.get("@odata.nextLink"))
@@ -294,8 +301,8 @@ class DataverseClient:
             if url is None:
                 raise ValueError("delta_link is empty")
         else:
-            url = f"{self._table_url(table)}{_query_string(select=select)}"
-        prefer = f"odata.track-changes,odata.maxpagesize={_page_size(page_size)}"
+            url = f"{self._table_url(table)}{query_string(select=select)}"
+        prefer = f"odata.track-changes,odata.maxpagesize={checked_page_size(page_size)}"
         while url is not None:
             payload = self._json("GET", url, headers={"Prefer": prefer})
             rows: list[dict[str, Any]] = payload.get("value", [])
@@ -304,10 +311,10 @@ class DataverseClient:
             # Only a row with an "id" can be a $deletedEntity; most pages have none, and then the page's list is
             # the upserts as it is, without a Python step per row.
             candidates = [row for row in rows if "id" in row]
-            if candidates and any(_is_deleted_entity(row) for row in candidates):
+            if candidates and any(is_deleted_entity(row) for row in candidates):
                 upserts = []
                 for row in rows:
-                    if _is_deleted_entity(row):
+                    if is_deleted_entity(row):
                         deletions.append(str(row["id"]).lower())
                     else:
                         upserts.append(row)
@@ -319,7 +326,7 @@ class DataverseClient:
     # -- plumbing ------------------------------------------------------------------------------------------
 
     def _table_url(self, table: str) -> str:
-        if not _ENTITY_SET.match(table):
+        if not ENTITY_SET.match(table):
             raise ValueError(f"{table!r} is not an entity set name")
         return f"{self.api_root}/{table}"
 
@@ -332,7 +339,7 @@ class DataverseClient:
             raise ValueError("an alternate key needs at least one attribute")
         pairs = []
         for name, value in key.items():
-            if not _ATTRIBUTE.match(name):
+            if not ATTRIBUTE.match(name):
                 raise ValueError(f"{name!r} is not an attribute name")
             literal = str(value) if isinstance(value, int) else "'" + str(value).replace("'", "''") + "'"
             pairs.append(f"{name}={quote(literal, safe=chr(39))}")
@@ -451,7 +458,7 @@ class DataverseClient:
                 self.governor.answered(ticket)
                 response = self._answer(started)
             except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-                never_sent = _never_left_the_client(exc)
+                never_sent = never_left_the_client(exc)
                 if (idempotent or never_sent) and self._can_retry(attempt, deadline):
                     delay = self._backoff(attempt)
                     logger.warning(
@@ -481,11 +488,11 @@ class DataverseClient:
             status = response.status_code
             if status < 400:
                 return response
-            if multipart_errors and status == 400 and _is_multipart(response.headers):
+            if multipart_errors and status == 400 and is_multipart(response.headers):
                 # A batch stopped by a failing operation answers 400 with the per-operation responses inside.
                 return response
             if status == 429:
-                retry_after = _retry_after_seconds(response.headers) or self._backoff(attempt)
+                retry_after = retry_after_seconds(response.headers) or self._backoff(attempt)
                 self.governor.block_for(retry_after)
                 self.governor.refused(ticket, rate_limit_named(response.content))
                 if self._shared is not None:
@@ -510,7 +517,7 @@ class DataverseClient:
                     retry_after=retry_after,
                 )
             if status in (502, 503, 504) and idempotent and self._can_retry(attempt, deadline):
-                delay = _retry_after_seconds(response.headers) or self._backoff(attempt)
+                delay = retry_after_seconds(response.headers) or self._backoff(attempt)
                 logger.warning(
                     "Dataverse %s answered %d for tenant %s; retry %d in %.1f s",
                     self.org_url,
@@ -547,71 +554,3 @@ class DataverseClient:
         """Exponential backoff with jitter: uniform(c/2, c) where c = min(cap, base * 2^(n-1))."""
         ceiling = min(self._retry.max_backoff_seconds, self._retry.base_backoff_seconds * 2 ** (attempt - 1))
         return self._rng.uniform(ceiling / 2, ceiling)
-
-
-def _query_string(
-    *,
-    select: Sequence[str] | None = None,
-    filter: str | None = None,
-    orderby: str | None = None,
-    top: int | None = None,
-) -> str:
-    params: list[str] = []
-    if select:
-        for name in select:
-            if not _ATTRIBUTE.match(name):
-                raise ValueError(f"{name!r} is not an attribute name")
-        params.append("$select=" + ",".join(select))
-    if filter:
-        params.append("$filter=" + quote(filter, safe="'(),"))
-    if orderby:
-        params.append("$orderby=" + quote(orderby, safe=","))
-    if top is not None:
-        params.append(f"$top={int(top)}")
-    return "?" + "&".join(params) if params else ""
-
-
-def _page_size(page_size: int) -> int:
-    if not 1 <= page_size <= MAX_PAGE_SIZE:
-        raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
-    return page_size
-
-
-def _is_multipart(headers: Any) -> bool:
-    return str(headers.get("Content-Type", "")).lower().startswith("multipart/mixed")
-
-
-def _is_deleted_entity(row: Mapping[str, Any]) -> bool:
-    if "id" not in row:
-        return False
-    context = row.get("@odata.context")
-    if isinstance(context, str) and context.endswith("/$deletedEntity"):
-        return True
-    return row.get("reason") == "deleted" and "id" in row and len(row) <= 3
-
-
-def _retry_after_seconds(headers: Any) -> float | None:
-    """``Retry-After`` is seconds (what Dataverse sends) or an HTTP date (RFC 9110 §10.2.3)."""
-    value = headers.get("Retry-After") if headers is not None else None
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, moment.timestamp() - time.time())
-
-
-def _never_left_the_client(exc: BaseException) -> bool:
-    """True when the failure happened before any byte of the request reached the server (connect phase)."""
-    import requests
-    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
-
-    if isinstance(exc, requests.ConnectTimeout | requests.exceptions.ProxyError):
-        return True
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return isinstance(reason, NewConnectionError | ConnectTimeoutError)

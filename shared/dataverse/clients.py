@@ -1,6 +1,6 @@
 """Dataverse clients for the worker: one per (tenant, org), sharing one pooled HTTP session and one governor
 per org, so every caller of an org in this worker honours the same Retry-After window and concurrency cap; with
-``shared_windows``, the windows other instances of the app were given too (shared.throttle_board).
+``shared_windows``, the windows other instances of the app were given too (shared.dataverse.throttle_board).
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-from shared.dataverse_client import DataverseClient, RetryPolicy, SharedWindows, TokenSource
+from shared.dataverse.client import DataverseClient, RetryPolicy, SharedWindows, TokenSource
+from shared.dataverse.governor import GovernorRegistry
+from shared.dataverse.org_url import validate_org_url
 from shared.errors import InvalidTenantError, S2SError
-from shared.org_governor import GovernorRegistry
-from shared.org_url import validate_org_url
 from shared.settings import Settings, is_guid
 
 _AUTHORIZATION_URI = re.compile(r'authorization_uri="?([^",\s]+)"?', re.IGNORECASE)

@@ -1,6 +1,6 @@
 """Retry-After windows shared by every instance of the app, through the ``orgthrottle`` table.
 
-A worker process honours a 429 for all of its own calls to that org (shared.org_governor). The app's other
+A worker process honours a 429 for all of its own calls to that org (shared.dataverse.governor). The app's other
 instances are the same application user to Dataverse, so without telling them they would go on calling the org
 inside the window and draw 429s of their own. So the window a 429 opens is also published here, one row per
 org host that keeps the latest end, and before calling an org a client adopts any window it finds for it.

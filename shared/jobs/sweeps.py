@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from shared.errors import S2SError, TokenAcquisitionError
-from shared.tenant_registry import Tenant, TenantStatus, Verification, utc_now
+from shared.tenants.registry import Tenant, TenantStatus, Verification, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class JobRunner:
         return [t for t in registry.iter_tenants(page_size=1000) if t.status in wanted]
 
     def run_sync(self, tenant_id: str | None = None, progress: Progress | None = None) -> SweepSummary:
-        from shared.sync import TableSync
+        from shared.jobs.sync import TableSync
 
         services = self._services
         settings = services.settings

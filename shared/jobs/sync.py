@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from shared.dataverse_client import DataverseClient
-from shared.dataverse_errors import DeltaTokenExpiredError
-from shared.sync_sink import ChangeSink
+from shared.dataverse.client import DataverseClient
+from shared.dataverse.errors import DeltaTokenExpiredError
+from shared.jobs.sinks import ChangeSink
 
 logger = logging.getLogger(__name__)
 

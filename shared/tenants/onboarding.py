@@ -21,20 +21,20 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from shared import aadsts
-from shared.consent_states import ConsentStateStore
-from shared.dataverse_clients import DataverseClients
-from shared.dataverse_errors import (
+from shared.auth import aadsts
+from shared.auth.token_provider import TenantTokenProvider
+from shared.dataverse.clients import DataverseClients
+from shared.dataverse.errors import (
     ApplicationUserDisabledError,
     ApplicationUserMissingError,
     DataverseError,
 )
+from shared.dataverse.org_url import validate_org_url
 from shared.errors import ConfigurationError, CredentialError, S2SError, TokenAcquisitionError
-from shared.org_index import OrgIndex
-from shared.org_url import validate_org_url
 from shared.settings import Settings
-from shared.tenant_registry import TenantRegistry, TenantStatus, Verification, utc_now
-from shared.token_provider import TenantTokenProvider
+from shared.tenants.consent_states import ConsentStateStore
+from shared.tenants.org_index import OrgIndex
+from shared.tenants.registry import TenantRegistry, TenantStatus, Verification, utc_now
 
 logger = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shared.org_index import OrgEntry, OrgIndex
-from shared.org_url import is_host_name
-from shared.remote_context import ExecutionContext, InvalidContextError, parse_context
-from shared.tenant_registry import TenantRegistry, TenantStatus
-from shared.webhook_store import StorageUnavailableError, WebhookStore
+from shared.dataverse.org_url import is_host_name
+from shared.tenants.org_index import OrgEntry, OrgIndex
+from shared.tenants.registry import TenantRegistry, TenantStatus
+from shared.webhooks.remote_context import ExecutionContext, InvalidContextError, parse_context
+from shared.webhooks.store import StorageUnavailableError, WebhookStore
 
 logger = logging.getLogger(__name__)
 

@@ -21,13 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.dataverse_client import DataverseClient
-from shared.dataverse_clients import DataverseClients
-from shared.dataverse_errors import DataverseError
+from shared.dataverse.client import DataverseClient
+from shared.dataverse.clients import DataverseClients
+from shared.dataverse.errors import DataverseError
 from shared.errors import CredentialError, S2SError, TokenAcquisitionError
-from shared.remote_context import ExecutionContext, InvalidContextError, parse_context
-from shared.webhook_intake import envelope_from_message
-from shared.webhook_store import StorageUnavailableError, WebhookStore
+from shared.webhooks.intake import envelope_from_message
+from shared.webhooks.remote_context import ExecutionContext, InvalidContextError, parse_context
+from shared.webhooks.store import StorageUnavailableError, WebhookStore
 
 logger = logging.getLogger(__name__)
 

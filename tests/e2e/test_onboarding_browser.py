@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from shared.tenant_registry import TenantStatus
+from shared.tenants.registry import TenantStatus
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import requests
 
 from devhost import DevHost
 from shared.bootstrap import build_services, use_services
-from shared.tenant_registry import TenantStatus
+from shared.tenants.registry import TenantStatus
 from tests.integration.conftest import app_with_certificate, cert_file_settings, customer_org
 
 pytestmark = pytest.mark.integration

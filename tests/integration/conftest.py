@@ -16,9 +16,9 @@ import msal
 import pytest
 
 from sandbox import Sandbox
-from sandbox.dataverse_org import Org
+from sandbox.dataverse.org import Org
 from sandbox.demo import DemoSeed, seed_demo
-from sandbox.pki import CertificateBundle, make_certificate
+from sandbox.net.pki import CertificateBundle, make_certificate
 from shared.settings import CredentialSource, Settings
 
 

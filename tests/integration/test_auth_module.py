@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 import jwt
 import pytest
 
-from sandbox.pki import make_certificate, pem_to_pfx
+from sandbox.net.pki import make_certificate, pem_to_pfx
 from shared.bootstrap import build_services
 from shared.errors import CertificateError, TokenAcquisitionError
 from shared.settings import CredentialSource, Settings

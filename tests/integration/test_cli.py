@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from cli.main import main
-from sandbox.pki import make_certificate
+from sandbox.net.pki import make_certificate
 
 pytestmark = pytest.mark.integration
 

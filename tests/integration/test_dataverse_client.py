@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import pytest
 
 from shared.bootstrap import Services, build_services
-from shared.dataverse_errors import (
+from shared.dataverse.batch import BatchOperation
+from shared.dataverse.errors import (
     ApplicationUserDisabledError,
     ApplicationUserMissingError,
     DeltaTokenExpiredError,
@@ -18,8 +19,7 @@ from shared.dataverse_errors import (
     PreconditionFailedError,
     RowNotFoundError,
 )
-from shared.odata_batch import BatchOperation
-from shared.org_url import InvalidOrgUrlError
+from shared.dataverse.org_url import InvalidOrgUrlError
 from tests.integration.conftest import app_with_certificate, cert_file_settings, customer_org
 
 pytestmark = pytest.mark.integration

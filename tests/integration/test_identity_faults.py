@@ -23,12 +23,13 @@ from dataclasses import replace
 
 import pytest
 
-from sandbox.pki import make_certificate
-from shared.bootstrap import Services, azure_credential, build_services
-from shared.certificate_sources import CertificateProvider, KeyVaultCertificateSource
-from shared.client_assertions import CertificateAssertionSource
+from sandbox.net.pki import make_certificate
+from shared.auth.azure_identity import azure_credential
+from shared.auth.certificate_sources import CertificateProvider, KeyVaultCertificateSource
+from shared.auth.client_assertions import CertificateAssertionSource
+from shared.bootstrap import Services, build_services
 from shared.settings import Settings
-from shared.tenant_registry import TenantRegistry, TenantStatus
+from shared.tenants.registry import TenantRegistry, TenantStatus
 from shared.troubleshooting import explain
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]

@@ -15,11 +15,11 @@ import pytest
 import requests
 
 from devhost import DevHost
-from sandbox.consent_page import read_consent_form
-from sandbox.pki import make_certificate
+from sandbox.entra.consent_page import read_consent_form
+from sandbox.net.pki import make_certificate
 from shared.bootstrap import build_services, use_services
 from shared.settings import AppMode, Settings
-from shared.tenant_registry import TenantStatus
+from shared.tenants.registry import TenantStatus
 from tests.integration.conftest import cert_file_settings
 
 pytestmark = pytest.mark.integration

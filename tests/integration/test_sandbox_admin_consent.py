@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from sandbox import Sandbox
-from sandbox.consent_page import ConsentForm, read_consent_form
+from sandbox.entra.consent_page import ConsentForm, read_consent_form
 
 from .conftest import RegisteredApp
 

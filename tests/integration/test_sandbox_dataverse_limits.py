@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from sandbox import Sandbox
-from sandbox.dataverse_throttle import IN_FLIGHT_GRACE_SECONDS
+from sandbox.dataverse.throttle import IN_FLIGHT_GRACE_SECONDS
 
 from .conftest import DataverseOrg
 

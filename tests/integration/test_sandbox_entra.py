@@ -17,7 +17,7 @@ import requests
 from azure.identity import CertificateCredential
 
 from sandbox import Sandbox
-from sandbox.pki import make_certificate
+from sandbox.net.pki import make_certificate
 
 from .conftest import RegisteredApp
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from sandbox import Sandbox
 from sandbox.demo import DemoSeed
-from sandbox.pki import CertificateBundle, make_certificate
+from sandbox.net.pki import CertificateBundle, make_certificate
 
 from .conftest import RegisteredApp
 

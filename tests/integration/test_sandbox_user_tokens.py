@@ -13,8 +13,8 @@ import pytest
 import requests
 
 from sandbox import Sandbox
+from sandbox.entra.user_tokens import SandboxUser
 from sandbox.state import SandboxLookupError
-from sandbox.user_tokens import SandboxUser
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ import time
 import pytest
 
 from shared.bootstrap import build_services
-from shared.dataverse_errors import ThrottledError
-from shared.throttle_board import THROTTLE_TABLE, ThrottleBoard
+from shared.dataverse.errors import ThrottledError
+from shared.dataverse.throttle_board import THROTTLE_TABLE, ThrottleBoard
 from tests.integration.conftest import app_with_certificate, cert_file_settings, customer_org
 
 pytestmark = pytest.mark.integration

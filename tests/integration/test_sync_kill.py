@@ -37,10 +37,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from shared.bootstrap import build_services, use_services
-from shared.odata_batch import BatchOperation
+from shared.dataverse.batch import BatchOperation
+from shared.jobs.sync import Checkpoint
 from shared.settings import Settings
-from shared.sync import Checkpoint
-from shared.tenant_registry import TenantStatus
+from shared.tenants.registry import TenantStatus
 
 pytestmark = pytest.mark.integration
 
@@ -234,7 +234,7 @@ def _delta_version(delta_link: str) -> int:
 
 class KillHarness:
     def __init__(self, sandbox: Any, azurite: Any, tmp_path: Path) -> None:
-        from sandbox.pki import make_certificate
+        from sandbox.net.pki import make_certificate
 
         st = sandbox.state
         self.sandbox, self.tmp = sandbox, tmp_path

@@ -8,8 +8,8 @@ import uuid
 import pytest
 from azure.data.tables import TableServiceClient
 
-from shared.consent_states import ConsentStateError, ConsentStateStore
-from shared.tenant_registry import (
+from shared.tenants.consent_states import ConsentStateError, ConsentStateStore
+from shared.tenants.registry import (
     TenantNotFoundError,
     TenantRegistry,
     TenantStatus,

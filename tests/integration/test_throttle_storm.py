@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from shared.bootstrap import build_services, use_services
-from shared.tenant_registry import TenantRegistry, TenantStatus
+from shared.tenants.registry import TenantRegistry, TenantStatus
 from tests.integration.conftest import app_with_certificate, cert_file_settings, customer_org
 
 pytestmark = pytest.mark.integration

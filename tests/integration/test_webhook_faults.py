@@ -2,7 +2,7 @@
 and restarted mid-run.
 
 Dataverse waits 60 s for an answer, counts anything but a 2xx as a failure and tries once more only after a 502,
-503 or 504 (protocol.md §5, sandbox/webhook_delivery.py). So during a storage outage every delivery must end
+503 or 504 (protocol.md §5, sandbox/dataverse/webhooks/delivery.py). So during a storage outage every delivery must end
 either acknowledged (2xx, and then processed exactly once) or refused with a status Dataverse retries; the retry,
 sent once storage is back, must then be processed exactly once too.
 
@@ -42,9 +42,9 @@ from devhost.server import LoopbackHttpServer
 from sandbox.azurite import Azurite
 from shared.bootstrap import Services, build_services, use_services
 from shared.settings import CredentialSource, Settings
-from shared.tenant_registry import TenantStatus
-from shared.webhook_processing import HandlerRegistry, TransientProcessingError, WebhookProcessor
-from shared.webhook_store import EVENTS_QUEUE, POISON_QUEUE
+from shared.tenants.registry import TenantStatus
+from shared.webhooks.processing import HandlerRegistry, TransientProcessingError, WebhookProcessor
+from shared.webhooks.store import EVENTS_QUEUE, POISON_QUEUE
 from tests.unit.webhook_samples import update_contact
 
 pytestmark = pytest.mark.integration

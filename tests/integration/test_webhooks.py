@@ -15,7 +15,7 @@ from cli.main import main as cli_main
 from functions import webhooks as fn
 from sandbox.azurite import Azurite
 from shared.bootstrap import Services, build_services, use_services
-from shared.tenant_registry import TenantStatus
+from shared.tenants.registry import TenantStatus
 from tests.integration.conftest import app_with_certificate, cert_file_settings, customer_org
 from tests.unit import webhook_samples as samples
 
@@ -183,8 +183,8 @@ def test_permanent_failure_is_poisoned_with_its_reason_and_can_be_replayed(hook,
 
 
 def test_transient_failures_retry_then_poison_at_the_dequeue_limit(hook, monkeypatch):
-    from shared.dataverse_errors import DataverseUnreachableError
-    from shared.webhook_processing import handlers
+    from shared.dataverse.errors import DataverseUnreachableError
+    from shared.webhooks.processing import handlers
 
     calls = []
 

@@ -4,8 +4,8 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from shared.certificate_sources import CertificateProvider, FileCertificateSource
-from shared.certificates import parse_pem, parse_pkcs12
+from shared.auth.certificate_sources import CertificateProvider, FileCertificateSource
+from shared.auth.certificates import parse_pem, parse_pkcs12
 from shared.errors import CertificateError
 
 

@@ -5,9 +5,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from shared.certificate_sources import CertificateProvider
-from shared.certificates import parse_pem
-from shared.client_assertions import CertificateAssertionSource, ManagedIdentityAssertionSource
+from shared.auth.certificate_sources import CertificateProvider
+from shared.auth.certificates import parse_pem
+from shared.auth.client_assertions import CertificateAssertionSource, ManagedIdentityAssertionSource
 from shared.errors import CredentialError
 
 CONTEXT = {

@@ -7,8 +7,9 @@ import pytest
 import requests
 import urllib3
 
-from shared.dataverse_client import DataverseClient, RetryPolicy
-from shared.dataverse_errors import (
+from shared.auth.token_provider import AccessToken
+from shared.dataverse.client import DataverseClient, RetryPolicy
+from shared.dataverse.errors import (
     ApplicationUserDisabledError,
     ApplicationUserMissingError,
     DataverseError,
@@ -19,8 +20,7 @@ from shared.dataverse_errors import (
     RowNotFoundError,
     ThrottledError,
 )
-from shared.org_governor import OrgGovernor
-from shared.token_provider import AccessToken
+from shared.dataverse.governor import OrgGovernor
 
 ORG = "https://contoso.crm.dynamics.com"
 API = f"{ORG}/api/data/v9.2"

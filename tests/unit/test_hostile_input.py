@@ -37,18 +37,18 @@ from hypothesis import strategies as st
 
 from functions import health, onboarding, onboarding_pages, user_api, webhooks
 from shared.bootstrap import use_services
-from shared.consent_states import ConsentStateStore
-from shared.dataverse_client import Page, WhoAmI
-from shared.dataverse_clients import OrgDiscoveryError
-from shared.dataverse_errors import ApplicationUserMissingError
-from shared.onboarding import OnboardingService
-from shared.org_index import OrgIndex
-from shared.org_url import validate_org_url
+from shared.dataverse.client import Page, WhoAmI
+from shared.dataverse.clients import OrgDiscoveryError
+from shared.dataverse.errors import ApplicationUserMissingError
+from shared.dataverse.org_url import validate_org_url
 from shared.settings import AppMode, Settings
-from shared.tenant_registry import TenantRegistry, TenantStatus
-from shared.user_auth import JwksCache, UserTokenValidator
-from shared.webhook_intake import WebhookIntake
-from shared.webhook_store import WebhookStore
+from shared.signin.user_tokens import JwksCache, UserTokenValidator
+from shared.tenants.consent_states import ConsentStateStore
+from shared.tenants.onboarding import OnboardingService
+from shared.tenants.org_index import OrgIndex
+from shared.tenants.registry import TenantRegistry, TenantStatus
+from shared.webhooks.intake import WebhookIntake
+from shared.webhooks.store import WebhookStore
 from tests.unit import hostile_strategies as hs
 from tests.unit import webhook_samples as samples
 from tests.unit.fake_table import FakeTable

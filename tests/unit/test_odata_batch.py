@@ -1,6 +1,6 @@
 import pytest
 
-from shared.odata_batch import BatchOperation, build_batch_body, parse_batch_response
+from shared.dataverse.batch import BatchOperation, build_batch_body, parse_batch_response
 
 ROOT = "https://contoso.crm.dynamics.com/api/data/v9.2"
 

@@ -11,12 +11,12 @@ import pytest
 
 from functions import onboarding as fn
 from shared.bootstrap import use_services
-from shared.consent_states import ConsentStateError
-from shared.dataverse_clients import OrgDiscoveryError
-from shared.onboarding import ConsentDeniedError, OnboardingStart, TenantNotAllowedError, VerificationResult
-from shared.org_url import InvalidOrgUrlError
+from shared.dataverse.clients import OrgDiscoveryError
+from shared.dataverse.org_url import InvalidOrgUrlError
 from shared.settings import Settings
-from shared.tenant_registry import TenantStatus
+from shared.tenants.consent_states import ConsentStateError
+from shared.tenants.onboarding import ConsentDeniedError, OnboardingStart, TenantNotAllowedError, VerificationResult
+from shared.tenants.registry import TenantStatus
 
 CLIENT = "11111111-2222-3333-4444-555555555555"
 TENANT = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"

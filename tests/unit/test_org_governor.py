@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from shared.dataverse_errors import rate_limit_named
-from shared.org_governor import MAX_PACED_REQUESTS, PACING_MARGIN_SECONDS, OrgGovernor, Ticket
+from shared.dataverse.errors import rate_limit_named
+from shared.dataverse.governor import MAX_PACED_REQUESTS, PACING_MARGIN_SECONDS, OrgGovernor, Ticket
 
 WINDOW = 0.3
 

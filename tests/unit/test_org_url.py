@@ -1,6 +1,6 @@
 import pytest
 
-from shared.org_url import InvalidOrgUrlError, validate_org_url
+from shared.dataverse.org_url import InvalidOrgUrlError, validate_org_url
 from shared.settings import CLOUD_PRESETS
 
 PUBLIC = CLOUD_PRESETS["public"].dataverse_domain_suffixes

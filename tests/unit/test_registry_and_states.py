@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from shared.consent_states import ConsentStateError, ConsentStateStore
-from shared.tenant_registry import (
+from shared.tenants.consent_states import ConsentStateError, ConsentStateStore
+from shared.tenants.registry import (
     ALLOWED_TRANSITIONS,
     TenantRegistry,
     TenantStatus,

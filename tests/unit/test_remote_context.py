@@ -4,8 +4,8 @@ from decimal import Decimal
 
 import pytest
 
-from shared.remote_context import Entity, EntityReference, InvalidContextError, parse_context, parse_date
-from shared.webhook_intake import event_key
+from shared.webhooks.intake import event_key
+from shared.webhooks.remote_context import Entity, EntityReference, InvalidContextError, parse_context, parse_date
 from tests.unit import webhook_samples as samples
 
 

@@ -13,7 +13,7 @@ from functions import onboarding, user_api
 from functions.http_errors import STORAGE_RETRY_AFTER_SECONDS
 from shared.bootstrap import use_services
 from shared.settings import Settings
-from shared.user_auth import UserPrincipal
+from shared.signin.user_tokens import UserPrincipal
 
 CLIENT = "11111111-2222-3333-4444-555555555555"
 TENANT = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"

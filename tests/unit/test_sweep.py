@@ -2,8 +2,8 @@ import json
 import logging
 import threading
 
-from shared.jobs import Sweep, TenantOutcome
-from shared.tenant_registry import Tenant, TenantStatus
+from shared.jobs.sweeps import Sweep, TenantOutcome
+from shared.tenants.registry import Tenant, TenantStatus
 
 
 def tenants(n):

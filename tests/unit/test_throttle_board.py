@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from azure.core.exceptions import ServiceRequestError
 
-from shared.dataverse_client import DataverseClient, RetryPolicy
-from shared.org_governor import OrgGovernor
-from shared.throttle_board import MAX_SHARED_WINDOW_SECONDS, REST_AFTER_FAILURE_SECONDS, ThrottleBoard
-from shared.token_provider import AccessToken
+from shared.auth.token_provider import AccessToken
+from shared.dataverse.client import DataverseClient, RetryPolicy
+from shared.dataverse.governor import OrgGovernor
+from shared.dataverse.throttle_board import MAX_SHARED_WINDOW_SECONDS, REST_AFTER_FAILURE_SECONDS, ThrottleBoard
 from tests.unit.fake_table import FakeTable
 
 ORG = "https://contoso.crm.dynamics.com"
@@ -166,7 +166,7 @@ def test_a_storage_failure_never_holds_calls_and_the_board_rests_before_trying_a
     table, clocks = CountingTable(), Clocks()
     reader = board(table, clocks)
     table.failing = ServiceRequestError("connection refused by AccountKey=c2VjcmV0")
-    with caplog.at_level(logging.WARNING, logger="shared.throttle_board"):
+    with caplog.at_level(logging.WARNING, logger="shared.dataverse.throttle_board"):
         assert reader.remaining(ORG) == 0.0
         calls = table.calls
         for _ in range(5):

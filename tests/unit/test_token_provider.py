@@ -2,8 +2,8 @@ import threading
 
 import pytest
 
+from shared.auth.token_provider import TenantTokenProvider, scope_for_resource
 from shared.errors import InvalidTenantError, TokenAcquisitionError
-from shared.token_provider import TenantTokenProvider, scope_for_resource
 from tests.unit.conftest import FakeConfidentialClient
 
 T1 = "11111111-1111-1111-1111-111111111111"

@@ -9,11 +9,11 @@ import pytest
 
 from functions import user_api as fn
 from shared.bootstrap import use_services
-from shared.dataverse_client import WhoAmI
-from shared.dataverse_errors import ImpersonationNotAllowedError
+from shared.dataverse.client import WhoAmI
+from shared.dataverse.errors import ImpersonationNotAllowedError
 from shared.settings import Settings
-from shared.tenant_registry import Tenant, TenantStatus
-from shared.user_auth import InvalidUserTokenError, UserPrincipal
+from shared.signin.user_tokens import InvalidUserTokenError, UserPrincipal
+from shared.tenants.registry import Tenant, TenantStatus
 
 CLIENT = "11111111-2222-3333-4444-555555555555"
 TID = "aaaaaaaa-0000-0000-0000-000000000001"

@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from shared.user_auth import InvalidUserTokenError, JwksCache, UserTokenValidator
+from shared.signin.user_tokens import InvalidUserTokenError, JwksCache, UserTokenValidator
 
 HOST = "https://login.example"
 CLIENT = "11111111-2222-3333-4444-555555555555"

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from shared.org_index import OrgEntry
-from shared.tenant_registry import Tenant, TenantStatus
-from shared.webhook_intake import WebhookIntake
-from shared.webhook_store import StorageUnavailableError
+from shared.tenants.org_index import OrgEntry
+from shared.tenants.registry import Tenant, TenantStatus
+from shared.webhooks.intake import WebhookIntake
+from shared.webhooks.store import StorageUnavailableError
 from tests.unit import webhook_samples as samples
 
 TENANT = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"

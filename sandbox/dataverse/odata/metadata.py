@@ -14,10 +14,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sandbox import dataverse_errors as errors
-from sandbox.dataverse_errors import DataverseError
-from sandbox.dataverse_query import parse_filter
-from sandbox.dataverse_schema import TABLES, Table, attribute_definitions, entity_definition
+from sandbox.dataverse import errors
+from sandbox.dataverse.errors import DataverseError
+from sandbox.dataverse.odata.query import parse_filter
+from sandbox.dataverse.schema import TABLES, Table, attribute_definitions, entity_definition
 
 _PICKLIST_CAST = "Microsoft.Dynamics.CRM.PicklistAttributeMetadata"
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
 
-from sandbox import dataverse_errors as errors
-from sandbox.dataverse_schema import Table
+from sandbox.dataverse import errors
+from sandbox.dataverse.schema import Table
 
 MAX_PAGE_SIZE = 5000  # protocol §4: default and maximum page size
 _LINK_SAFE = ",'()="

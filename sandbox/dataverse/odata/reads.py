@@ -4,7 +4,7 @@ deltas their `@odata.deltaLink` returns (protocol §4).
 
 Paging is keyset paging on the $orderby columns plus the primary key, so rows inserted or deleted between pages
 never make a page repeat or skip rows that were there all along. Queries see only the rows the caller may read
-(sandbox.dataverse_security); change tracking needs organization-level read.
+(sandbox.dataverse.security); change tracking needs organization-level read.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from typing import Any
 
 import orjson
 
-from sandbox import dataverse_errors as errors
-from sandbox.dataverse_org import OrgStore
-from sandbox.dataverse_query import (
+from sandbox.dataverse import errors
+from sandbox.dataverse.odata.query import (
     MAX_PAGE_SIZE,
     PagingCookie,
     Preferences,
@@ -29,9 +28,10 @@ from sandbox.dataverse_query import (
     sort_key,
     table_filter_kinds,
 )
-from sandbox.dataverse_schema import Table
-from sandbox.dataverse_security import ReadAccess
-from sandbox.dataverse_wire import ApiRequest, ApiResponse, json_body, render, render_cached, selection
+from sandbox.dataverse.org import OrgStore
+from sandbox.dataverse.schema import Table
+from sandbox.dataverse.security import ReadAccess
+from sandbox.dataverse.wire import ApiRequest, ApiResponse, json_body, render, render_cached, selection
 
 _PAGE_CACHE_ENTRIES = 64  # per org: at 5,000 rows a page, a 320,000-row read fits
 COUNT_LIMIT = 5000  # $count reports at most 5,000

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox.dataverse_events import RowChange
-from sandbox.dataverse_org import Org, Row
-from sandbox.dataverse_schema import Column, Table
+from sandbox.dataverse.events import RowChange
+from sandbox.dataverse.org import Org, Row
+from sandbox.dataverse.schema import Column, Table
 
 CONTRACTS = "http://schemas.microsoft.com/xrm/2011/Contracts"
 ENTITY_TYPE = f"Entity:{CONTRACTS}"

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from sandbox.dataverse_context import MAX_BODY_BYTES, encode_context, truncated
-from sandbox.webhook_registration import WebhookRegistration
+from sandbox.dataverse.webhooks.context import MAX_BODY_BYTES, encode_context, truncated
+from sandbox.dataverse.webhooks.registration import WebhookRegistration
 
 logger = logging.getLogger(__name__)
 

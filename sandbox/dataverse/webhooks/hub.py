@@ -13,21 +13,21 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 
-from sandbox import dataverse_errors as errors
 from sandbox.counters import Counters
-from sandbox.dataverse_context import (
+from sandbox.dataverse import errors
+from sandbox.dataverse.events import RowChange
+from sandbox.dataverse.org import OrgStore
+from sandbox.dataverse.schema import TABLES, Column, Table
+from sandbox.dataverse.webhooks.context import (
     MODE_SYNC,
     ContextBuilder,
     ContextUser,
     LookupResolver,
     PipelineEvent,
 )
-from sandbox.dataverse_events import RowChange
-from sandbox.dataverse_org import OrgStore
-from sandbox.dataverse_schema import TABLES, Column, Table
-from sandbox.keyed_workers import KeyedWorkers
-from sandbox.webhook_delivery import DeliveryJob, WebhookDelivery, WebhookSender
-from sandbox.webhook_registration import WebhookRegistration
+from sandbox.dataverse.webhooks.delivery import DeliveryJob, WebhookDelivery, WebhookSender
+from sandbox.dataverse.webhooks.keyed_workers import KeyedWorkers
+from sandbox.dataverse.webhooks.registration import WebhookRegistration
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class WebhookHub:
     # -- registrations --------------------------------------------------------------------------
 
     def register(self, registration: WebhookRegistration) -> None:
-        """Add a webhook built by sandbox.webhook_registration.new_registration (which validates it)."""
+        """Add a webhook built by sandbox.dataverse.webhooks.registration.new_registration (which validates it)."""
         with self._lock:
             self._webhooks.setdefault(registration.org_url, {})[registration.webhook_id] = registration
         logger.debug(
@@ -232,7 +232,7 @@ class WebhookHub:
 
 
 class WebhookJournal:
-    """One Web API request's view of the pipeline (sandbox.dataverse_events.ChangeJournal): synchronous steps
+    """One Web API request's view of the pipeline (sandbox.dataverse.events.ChangeJournal): synchronous steps
     run as each change is recorded; asynchronous ones wait for `hand_over`, so a rolled-back change set sends
     nothing.
     """

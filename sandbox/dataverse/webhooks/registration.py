@@ -9,9 +9,9 @@ import uuid
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from sandbox.dataverse_context import MODE_ASYNC, MODE_SYNC, STAGE_POST_OPERATION, Step
-from sandbox.dataverse_events import MESSAGES, RowChange
-from sandbox.dataverse_schema import TABLES_BY_LOGICAL_NAME
+from sandbox.dataverse.events import MESSAGES, RowChange
+from sandbox.dataverse.schema import TABLES_BY_LOGICAL_NAME
+from sandbox.dataverse.webhooks.context import MODE_ASYNC, MODE_SYNC, STAGE_POST_OPERATION, Step
 
 # serviceendpoint.authtype values (protocol §5); the other types are not webhooks.
 AUTH_TYPES = {"WebhookKey": 4, "HttpHeader": 5, "HttpQueryString": 6}
