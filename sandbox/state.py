@@ -76,6 +76,7 @@ class SandboxState:
         self.get_tenant = directory.get_tenant
         self.add_user = directory.add_user
         self.get_user = directory.get_user
+        self.list_users = directory.list_users
         self.issue_user_token = directory.issue_user_token
         self.register_application = directory.register_application
         self.get_application = directory.get_application
@@ -85,6 +86,7 @@ class SandboxState:
         self.add_federated_credential = directory.add_federated_credential
         self.add_redirect_uri = directory.add_redirect_uri
         self.set_application_enabled = directory.set_application_enabled
+        self.set_optional_claims = directory.set_optional_claims
         self.grant_consent = directory.grant_consent
         self.revoke_consent = directory.revoke_consent
         self.remove_service_principal = directory.remove_service_principal

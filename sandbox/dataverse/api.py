@@ -38,7 +38,7 @@ from sandbox.dataverse.odata.query import Preferences, parse_prefer, parse_selec
 from sandbox.dataverse.odata.reads import COUNT_LIMIT, CollectionReader
 from sandbox.dataverse.org import OrgStore, Row
 from sandbox.dataverse.schema import STATE_VALUES, TABLES, Column, Table
-from sandbox.dataverse.security import read_access
+from sandbox.dataverse.security import read_access, user_roles
 from sandbox.dataverse.wire import (
     JSON_TYPE,
     ApiRequest,
@@ -150,6 +150,9 @@ class WebApi:
             return self._batch(request)
         if name == "EntityDefinitions" and method == "GET":
             return json_body(200, entity_definitions(self._root, key, rest, request.query))
+        if name == "systemusers" and key is not None and rest == "systemuserroles_association" and method == "GET":
+            target = self._store.find_user(key) if is_guid(key) else None
+            return json_body(200, user_roles(self._root, self._store.org.org_id, self._caller, target, key))
         table = TABLES.get(name)
         if table is None:
             raise errors.bad_query(f"Resource not found for the segment '{name}'.")

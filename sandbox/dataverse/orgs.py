@@ -145,15 +145,30 @@ class Orgs:
         return user
 
     def add_org_user(
-        self, org_url: str, object_id: str, full_name: str, *, enabled: bool = True, read_depth: str = "user"
+        self,
+        org_url: str,
+        object_id: str,
+        full_name: str,
+        *,
+        enabled: bool = True,
+        read_depth: str = "user",
+        roles: tuple[str, ...] = (),
     ) -> str:
-        """A licensed user known by its Entra object id (for CallerObjectId impersonation); returns its
-        systemuserid. `read_depth` is its read privilege on accounts and contacts (see set_org_user_read_depth).
+        """A licensed user known by its Entra object id (for CallerObjectId impersonation, and the signed-in
+        person of a delegated token); returns its systemuserid. `read_depth` is its read privilege on accounts and
+        contacts (see set_org_user_read_depth); `roles` its security role names, e.g. ("System Administrator",).
         """
         _check_read_depth(read_depth)
+        if isinstance(roles, str):
+            raise ValueError("roles is a tuple of security role names, not a string")
         store = self._org_store(org_url)
         user = SystemUser(
-            str(uuid.uuid4()), full_name, enabled=enabled, object_id=normalize_guid(object_id), read_depth=read_depth
+            str(uuid.uuid4()),
+            full_name,
+            enabled=enabled,
+            object_id=normalize_guid(object_id),
+            read_depth=read_depth,
+            roles=tuple(roles),
         )
         store.add_user(user)
         return user.systemuserid

@@ -115,3 +115,44 @@ def read_access(caller: Caller) -> ReadAccess:
     """The caller's effective read depth: the shallower of the application user's and the impersonated user's."""
     depth = min(caller.app_user.read_depth, caller.user.read_depth, key=READ_DEPTHS.index)
     return ReadAccess(caller.user, depth)
+
+
+# -- security roles (systemuserroles_association) ----------------------------------------------------------
+
+SYSTEM_ADMINISTRATOR = "System Administrator"
+# The built-in System Administrator role has the same roletemplateid in every environment (the Dataverse `role`
+# table's roletemplateid; Microsoft's own clients look it up by this id). Custom roles have none.
+SYSTEM_ADMINISTRATOR_TEMPLATE = "627090ff-40a3-4053-8790-584edc5be201"
+
+
+def role_rows(org_id: str, user: SystemUser) -> list[dict[str, object]]:
+    """The user's security roles as `systemusers(<id>)/systemuserroles_association` lists them: `roleid` (stable
+    per org and name), `name` and `_roletemplateid_value` (None for a custom role)."""
+    return [
+        {
+            "roleid": str(uuid.uuid5(_PRIVILEGE_NAMESPACE, f"role|{org_id}|{name}")),
+            "name": name,
+            "_roletemplateid_value": SYSTEM_ADMINISTRATOR_TEMPLATE if name == SYSTEM_ADMINISTRATOR else None,
+        }
+        for name in user.roles
+    ]
+
+
+def user_roles(root: str, org_id: str, caller: Caller, target: SystemUser | None, key: str) -> dict[str, object]:
+    """The answer to `GET systemusers(<key>)/systemuserroles_association`: anyone may list their own roles, an
+    application user or a System Administrator anyone's; another caller gets the missing-privilege 403."""
+    if target is None:
+        raise errors.not_found("systemuser", key.lower())
+    reader = caller.user
+    if reader.systemuserid != target.systemuserid and not (
+        reader.application_id or SYSTEM_ADMINISTRATOR in reader.roles
+    ):
+        raise DataverseError(
+            403,
+            errors.MISSING_PRIVILEGE,
+            f"{_principal(reader)} is missing prvReadRole privilege (Id=prvReadRole) on OTC=1036 for entity 'role'.",
+        )
+    return {
+        "@odata.context": f"{root}/$metadata#roles",
+        "value": role_rows(org_id, target),
+    }

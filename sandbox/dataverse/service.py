@@ -171,9 +171,24 @@ class DataverseService:
             raise self._challenge(store, f"token tenant {tenant!r} is not the org's tenant")
         if claims.get("iss") not in (self._minter.v1_issuer(tenant), self._minter.v2_issuer(tenant)):
             raise self._challenge(store, f"issuer {claims.get('iss')!r} is not the org tenant's")
+        if "scp" in claims:
+            return self._delegated_user(claims, store)
         client_id = str(claims.get("appid") or claims.get("azp") or "")
         user = store.find_application_user(client_id) if client_id else None
         if user is None:
+            raise DataverseError(403, errors.NOT_MEMBER, "The user is not a member of the organization.")
+        if not user.enabled:
+            raise _disabled(user, store)
+        return user
+
+    def _delegated_user(self, claims: dict[str, Any], store: OrgStore) -> SystemUser:
+        """A signed-in person's token (`scp` present): Dataverse acts as the org user with that Entra object id,
+        with that user's own security roles (Dynamics CRM's delegated permission is `user_impersonation`)."""
+        if "user_impersonation" not in str(claims.get("scp", "")).split():
+            raise self._challenge(store, "the token's scp does not include user_impersonation")
+        object_id = str(claims.get("oid", ""))
+        user = store.find_user_by_object_id(object_id.lower()) if is_guid(object_id) else None
+        if user is None or user.application_id:
             raise DataverseError(403, errors.NOT_MEMBER, "The user is not a member of the organization.")
         if not user.enabled:
             raise _disabled(user, store)

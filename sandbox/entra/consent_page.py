@@ -55,7 +55,7 @@ button:focus-visible, select:focus-visible { outline: 3px solid #1b1b1b; outline
 """
 
 
-def _document(title: str, body: str) -> bytes:
+def document(title: str, body: str) -> bytes:
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -128,7 +128,7 @@ def render_consent_page(
         "</div>\n</form>\n"
         '<p class="note">Sandbox stand-in for the Microsoft Entra admin-consent page.</p>\n'
     )
-    return _document(f"Permissions requested - {app.display_name}", body)
+    return document(f"Permissions requested - {app.display_name}", body)
 
 
 def render_error_page(message: str, *, request_id: str, correlation_id: str, timestamp: str) -> bytes:
@@ -143,7 +143,7 @@ def render_error_page(message: str, *, request_id: str, correlation_id: str, tim
         f"<dt>Timestamp</dt><dd>{escape(timestamp)}</dd>\n"
         "</dl>\n"
     )
-    return _document("Sign in to your account", body)
+    return document("Sign in to your account", body)
 
 
 # -- reading the form back (clients without a browser) -------------------------------------------------

@@ -21,11 +21,30 @@ from cryptography import x509
 from sandbox.counters import Counters
 from sandbox.entra.issuers import TENANT_TEMPLATE, TOKEN_VERSIONS, issuer
 from sandbox.entra.signing import SigningKeyRing
-from sandbox.entra.user_tokens import SandboxUser, default_upn, pairwise_subject, user_token_claims
+from sandbox.entra.user_tokens import (
+    SandboxUser,
+    default_upn,
+    id_token_claims,
+    pairwise_subject,
+    user_token_claims,
+)
 from sandbox.identifiers import SandboxLookupError, is_guid, normalize_guid
 from sandbox.net.pki import certificate_thumbprints
 
 TOKEN_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
+
+# Directory role template ids (the `wids` claim), the same in every tenant (entra/permissions-reference.md).
+GLOBAL_ADMINISTRATOR = "62e90394-69f5-4237-9190-012177145e10"
+PRIVILEGED_ROLE_ADMINISTRATOR = "e8611ab8-c189-46e8-94e1-60213ab1f814"
+CLOUD_APPLICATION_ADMINISTRATOR = "158c047a-c907-4556-b7ef-446551a6b5f7"
+APPLICATION_ADMINISTRATOR = "9b895d92-2cd3-44c7-9d02-a6ac2d5ea5c3"
+POWER_PLATFORM_ADMINISTRATOR = "11648597-926c-4cf3-9c36-bcebb0ba8dcc"
+DYNAMICS_365_ADMINISTRATOR = "44367163-eba1-44c3-98af-f5787879f96a"
+# Who may grant tenant-wide consent to a delegated permission of an API other than Microsoft Graph
+# (entra/grant-admin-consent.md, "Prerequisites").
+CONSENT_ADMIN_ROLES = frozenset(
+    {GLOBAL_ADMINISTRATOR, PRIVILEGED_ROLE_ADMINISTRATOR, CLOUD_APPLICATION_ADMINISTRATOR, APPLICATION_ADMINISTRATOR}
+)
 
 
 @dataclass(frozen=True)
@@ -69,6 +88,7 @@ class Application:
     certificates: tuple[RegisteredCertificate, ...] = ()
     federated_credentials: tuple[FederatedCredential, ...] = ()
     redirect_uris: tuple[str, ...] = ()  # the app registration's Web redirect URIs, matched exactly
+    optional_claims: tuple[str, ...] = ()  # ID token optional claims the registration asks for, e.g. "wids"
 
 
 @dataclass(frozen=True)
@@ -214,10 +234,17 @@ class Directory:
     # -- users and their tokens (protocol §6) ---------------------------------------------------
 
     def add_user(
-        self, tenant_id: str, *, display_name: str, upn: str | None = None, object_id: str | None = None
+        self,
+        tenant_id: str,
+        *,
+        display_name: str,
+        upn: str | None = None,
+        object_id: str | None = None,
+        directory_roles: tuple[str, ...] = (),
     ) -> SandboxUser:
         """A user of the tenant's directory who can sign in to our app. `upn` defaults to
-        `<display.name>@<the tenant's first domain>`, `object_id` to a new GUID.
+        `<display.name>@<the tenant's first domain>`, `object_id` to a new GUID; `directory_roles` holds role
+        template ids (e.g. GLOBAL_ADMINISTRATOR) — who may consent for the organisation, and the `wids` claim.
 
         Raises SandboxLookupError for an unknown tenant and ValueError for an object id that is not a GUID or
         already names a user of the tenant.
@@ -228,9 +255,24 @@ class Directory:
             tenant = self._require_tenant(tid)
             if (tid, oid) in self._users:
                 raise ValueError(f"tenant {tid} already has a user {oid}")
-            user = SandboxUser(oid, tid, display_name, upn or default_upn(display_name, oid, tenant.domains[0]))
+            if isinstance(directory_roles, str):
+                raise ValueError("directory_roles is a tuple of role template ids, not a string")
+            user = SandboxUser(
+                oid,
+                tid,
+                display_name,
+                upn or default_upn(display_name, oid, tenant.domains[0]),
+                tuple(normalize_guid(role) for role in directory_roles),
+            )
             self._users[(tid, oid)] = user
         return user
+
+    def list_users(self, tenant_id: str) -> list[SandboxUser]:
+        """The tenant's users by display name (the sign-in page offers them); [] for an unknown tenant."""
+        tid = normalize_guid(tenant_id)
+        with self._lock:
+            users = [user for (owner, _), user in self._users.items() if owner == tid]
+        return sorted(users, key=lambda u: (u.display_name.lower(), u.object_id))
 
     def get_user(self, tenant_id: str, object_id: str) -> SandboxUser:
         """Raises SandboxLookupError when the tenant has no such user."""
@@ -302,6 +344,37 @@ class Directory:
                 claims[name] = value
         self._counters.bump("user_token", tenant=registered.tenant_id, version=version)
         return self.signing_keys.sign(claims, key=key)
+
+    def issue_sign_in_tokens(
+        self, user: SandboxUser, *, client_id: str, resource: str, scope: str, nonce: str | None
+    ) -> tuple[str, str]:
+        """What the token endpoint answers to a redeemed authorization code: a v1 delegated access token for
+        `resource` (as Dataverse receives one, `scp` = `scope`) and a v2 ID token for `client_id`. Raises
+        SandboxLookupError when the user (or its tenant) is gone, RuntimeError before Sandbox.start().
+        """
+        host = self._require_authority_host()
+        access = self.issue_user_token(
+            user,
+            audience=resource,
+            scopes=(scope,),
+            version="1.0",
+            client_id=client_id,
+            extra_claims={"appidacr": "2", "idtyp": "user"},  # a confidential client with a certificate
+        )
+        app = self.find_application(client_id)
+        now = int(time.time())
+        claims = id_token_claims(
+            user,
+            issuer=issuer(host, user.tenant_id, "2.0"),
+            client_id=client_id,
+            subject=pairwise_subject(self._pairwise_secret, user, client_id),
+            nonce=nonce,
+            issued_at=now,
+            expires=now + 3600,
+            include_wids=app is not None and "wids" in app.optional_claims,
+        )
+        self._counters.bump("id_token", tenant=user.tenant_id, client_id=client_id)
+        return access, self.signing_keys.sign(claims)
 
     # -- applications ---------------------------------------------------------------------------
 
@@ -382,6 +455,13 @@ class Directory:
 
     def set_application_enabled(self, client_id: str, enabled: bool) -> None:
         self._update_app(client_id, enabled=enabled)
+
+    def set_optional_claims(self, client_id: str, claims: tuple[str, ...]) -> None:
+        """The ID token optional claims the app registration asks for; the sandbox knows "wids"."""
+        unknown = set(claims) - {"wids"}
+        if isinstance(claims, str) or unknown:
+            raise ValueError(f"optional claims are a tuple drawn from ('wids',), not {claims!r}")
+        self._update_app(client_id, optional_claims=tuple(claims))
 
     # -- service principals (consent) ------------------------------------------------------------
 

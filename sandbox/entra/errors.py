@@ -265,3 +265,86 @@ def admin_consent_common_not_allowed() -> EntraError:
         "The v2.0 admin consent endpoint does not accept the tenant 'common': personal accounts cannot give "
         "admin consent. Use 'organizations', the tenant ID or one of its domains.",
     )
+
+
+# -- authorization code flow (protocol §6; entra/v2-oauth2-auth-code-flow.md) ----------------------------
+
+
+def unsupported_response_type(response_type: str) -> EntraError:
+    return EntraError(
+        400,
+        "unsupported_response_type",
+        700054,
+        f"response_type '{response_type}' is not enabled for the application. This sign-in issues codes only.",
+    )
+
+
+def openid_scope_missing() -> EntraError:
+    return EntraError(400, "invalid_request", 900144, "The request body must contain the 'openid' scope.")
+
+
+def pkce_method_not_supported(method: str) -> EntraError:
+    return EntraError(400, "invalid_request", 501491, f"Invalid code_challenge_method '{method}': use S256 (or plain).")
+
+
+def admin_approval_required(app_name: str) -> EntraError:
+    # Entra's "Need admin approval" page: the user may not consent to this app for the organisation.
+    return EntraError(
+        403,
+        "access_denied",
+        90094,
+        f"{app_name} needs permission to access resources in your organization that only an admin can grant. "
+        "Please ask an admin to grant permission to this app before you can use it.",
+    )
+
+
+def user_declined() -> EntraError:
+    return EntraError(400, "access_denied", 65004, "User declined to consent to access the app.")
+
+
+def authorization_code_invalid() -> EntraError:
+    return EntraError(
+        400,
+        "invalid_grant",
+        70008,
+        "The provided authorization code or refresh token has expired due to inactivity, or was never issued "
+        "to this client. Send a new interactive authorization request for this user and resource.",
+    )
+
+
+def authorization_code_redeemed() -> EntraError:
+    return EntraError(
+        400,
+        "invalid_grant",
+        54005,
+        "OAuth2 Authorization code was already redeemed, please retry "
+        "with a new valid code or use an existing refresh token.",
+    )
+
+
+def code_verifier_mismatch() -> EntraError:
+    return EntraError(
+        400,
+        "invalid_grant",
+        501481,
+        "The Code_Verifier does not match the code_challenge supplied in the authorization request.",
+    )
+
+
+def code_redirect_uri_mismatch() -> EntraError:
+    return EntraError(
+        400,
+        "invalid_grant",
+        500112,
+        "The reply address does not match the reply address provided when requesting the authorization code.",
+    )
+
+
+def multiple_resources(scopes: str) -> EntraError:
+    return EntraError(
+        400,
+        "invalid_request",
+        28000,
+        f"Provided value for the input parameter scope is not valid because it contains more than one resource. "
+        f"Scope {scopes} is not valid.",
+    )

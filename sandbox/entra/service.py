@@ -7,20 +7,24 @@ consent, app enabled, credential form, then the assertion itself.
 
 from __future__ import annotations
 
+import json
 import logging
+import secrets
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from sandbox.entra import errors as entra_errors
+from sandbox.entra.authorize import OIDC_SCOPES, AuthorizationCodes, AuthorizeEndpoint
 from sandbox.entra.client_assertion import JWT_BEARER, ClientAssertionValidator
 from sandbox.entra.consent import AdminConsentEndpoint
-from sandbox.entra.directory import Tenant
+from sandbox.entra.directory import Application, ServicePrincipal, Tenant
 from sandbox.entra.errors import EntraError
 from sandbox.entra.issuers import TENANT_TEMPLATE, v1_issuer, v2_issuer
 from sandbox.entra.tokens import TokenMinter
 from sandbox.faults import entra_error
 from sandbox.net.httpd import HttpRequest, HttpResponse, json_response
+from sandbox.net.pki import base64url
 
 if TYPE_CHECKING:
     from sandbox.state import SandboxState
@@ -57,6 +61,8 @@ class EntraService:
         self._minter = TokenMinter(state.signing_keys, self._host)
         self._assertions = ClientAssertionValidator(state.signing_keys)
         self._admin_consent = AdminConsentEndpoint(state)
+        self._codes = AuthorizationCodes()
+        self._authorize = AuthorizeEndpoint(state, self._codes)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         trace_id = str(uuid.uuid4())
@@ -128,6 +134,8 @@ class EntraService:
                 return self._token(request, tenant, v2=True, trace_id=trace_id)
             case ("POST", [tenant, "oauth2", "token"]):
                 return self._token(request, tenant, v2=False, trace_id=trace_id)
+            case ("GET" | "POST", [tenant, "oauth2", "v2.0", "authorize"]):
+                return self._authorize(request, tenant)
             case ("GET" | "POST", [tenant, "v2.0", "adminconsent"]):
                 return self._admin_consent(request, tenant, v2=True)
             case ("GET" | "POST", [tenant, "adminconsent"]):
@@ -221,7 +229,10 @@ class EntraService:
         client_id = form.get("client_id", "")
         self._state.counters.bump("token", tenant=tenant_label, client_id=client_id or None)
         try:
-            response = self._client_credentials(form, segment, v2=v2)
+            if v2 and form.get("grant_type") == "authorization_code":
+                response = self._authorization_code(form, segment)
+            else:
+                response = self._client_credentials(form, segment, v2=v2)
         except EntraError as err:
             self._state.counters.bump("token_error", tenant=tenant_label, code=err.code)
             raise
@@ -244,6 +255,36 @@ class EntraService:
             raise entra_errors.no_tenant_in_request()
         resource = self._resource(form, v2=v2)
 
+        app, principal = self._authenticate_client(form, segment, tenant, resource)
+        issued = self._minter.app_token(
+            tenant_id=tenant.tenant_id, client_id=app.client_id, object_id=principal.object_id, resource=resource
+        )
+        self._state.counters.bump("token_issued", tenant=tenant.tenant_id, client_id=app.client_id, resource=resource)
+        logger.debug("issued app token for %s in tenant %s", app.client_id, tenant.tenant_id)
+        if v2:
+            return {
+                "token_type": "Bearer",
+                "expires_in": issued.expires_in,
+                "ext_expires_in": issued.expires_in,
+                "access_token": issued.access_token,
+            }
+        # The v1 endpoint answers with strings and adds expires_on/not_before/resource.
+        return {
+            "token_type": "Bearer",
+            "expires_in": str(issued.expires_in),
+            "ext_expires_in": str(issued.expires_in),
+            "expires_on": str(issued.expires_on),
+            "not_before": str(issued.not_before),
+            "resource": resource,
+            "access_token": issued.access_token,
+        }
+
+    def _authenticate_client(
+        self, form: dict[str, str], segment: str, tenant: Tenant, replay_scope: str
+    ) -> tuple[Application, ServicePrincipal]:
+        """The app, its consented service principal in `tenant`, and its client assertion, in Entra's order. A
+        certificate assertion's jti may buy one answer per `replay_scope` (the resource, for client credentials)."""
+        client_id = form.get("client_id", "").strip()
         app = self._state.find_application(client_id)
         if app is None:
             raise entra_errors.application_not_found(client_id, tenant.display_name)
@@ -279,31 +320,55 @@ class EntraService:
         if (
             validated.kind == "certificate"
             and validated.jti
-            and not self._state.redeem_assertion(validated.jti, tenant.tenant_id, resource, validated.expires)
+            and not self._state.redeem_assertion(validated.jti, tenant.tenant_id, replay_scope, validated.expires)
         ):
             raise entra_errors.assertion_replayed(validated.jti)
 
-        issued = self._minter.app_token(
-            tenant_id=tenant.tenant_id, client_id=app.client_id, object_id=principal.object_id, resource=resource
+        return app, principal
+
+    def _authorization_code(self, form: dict[str, str], segment: str) -> dict[str, Any]:
+        """Redeem a code from the sign-in page (entra/v2-oauth2-auth-code-flow.md, "Redeem a code for an access
+        token"): the client proves itself as for client credentials, the code must be this client's, for this
+        redirect URI, with the PKCE verifier of its challenge; the answer carries a delegated access token for the
+        one resource asked for, a v2 ID token with the request's nonce, and client_info.
+        """
+        client_id = form.get("client_id", "").strip()
+        if not client_id:
+            raise entra_errors.missing_parameter("client_id")
+        code = form.get("code", "")
+        if not code:
+            raise entra_errors.missing_parameter("code")
+        issued = self._codes.redeem(
+            code, client_id=client_id, redirect_uri=form.get("redirect_uri", ""), verifier=form.get("code_verifier")
         )
-        self._state.counters.bump("token_issued", tenant=tenant.tenant_id, client_id=app.client_id, resource=resource)
-        logger.debug("issued app token for %s in tenant %s (%s)", app.client_id, tenant.tenant_id, validated.kind)
-        if v2:
-            return {
-                "token_type": "Bearer",
-                "expires_in": issued.expires_in,
-                "ext_expires_in": issued.expires_in,
-                "access_token": issued.access_token,
-            }
-        # The v1 endpoint answers with strings and adds expires_on/not_before/resource.
+        user = issued.user
+        tenant = self._state.find_tenant(user.tenant_id)
+        if tenant is None:
+            raise entra_errors.tenant_not_found(user.tenant_id)
+        asked = form.get("scope", "") or " ".join(issued.request.scopes)
+        resources = [s for s in asked.split() if s not in OIDC_SCOPES]
+        if len(resources) > 1:
+            raise entra_errors.multiple_resources(asked)
+        resource, _, scope = resources[0].rpartition("/") if resources else ("", "", "")
+        if resources and (not resource.startswith("https://") or not scope):
+            raise entra_errors.invalid_scope(resources[0])
+        # MSAL may reuse one assertion for minutes (protocol §2): each code is its own replay scope.
+        app, _ = self._authenticate_client(form, segment, tenant, f"authorization_code {code}")
+        audience = resource or app.client_id
+        access, id_token = self._state.directory.issue_sign_in_tokens(
+            user, client_id=app.client_id, resource=audience, scope=scope or "openid", nonce=issued.request.nonce
+        )
+        self._state.counters.bump("code_redeemed", tenant=tenant.tenant_id, client_id=app.client_id)
+        client_info = {"uid": user.object_id, "utid": user.tenant_id}
         return {
             "token_type": "Bearer",
-            "expires_in": str(issued.expires_in),
-            "ext_expires_in": str(issued.expires_in),
-            "expires_on": str(issued.expires_on),
-            "not_before": str(issued.not_before),
-            "resource": resource,
-            "access_token": issued.access_token,
+            "scope": " ".join(resources) or "openid",
+            "expires_in": 3599,
+            "ext_expires_in": 3599,
+            "access_token": access,
+            "refresh_token": base64url(secrets.token_bytes(64)),  # never redeemable in the sandbox
+            "id_token": id_token,
+            "client_info": base64url(json.dumps(client_info).encode()),
         }
 
     @staticmethod

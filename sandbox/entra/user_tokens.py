@@ -29,6 +29,7 @@ class SandboxUser:
     tenant_id: str
     display_name: str
     upn: str
+    directory_roles: tuple[str, ...] = ()  # role template ids, as the `wids` claim lists them
 
 
 def default_upn(display_name: str, object_id: str, domain: str) -> str:
@@ -94,4 +95,42 @@ def user_token_claims(
         claims["scp"] = " ".join(scopes)
     if roles:
         claims["roles"] = list(roles)
+    return claims
+
+
+def id_token_claims(
+    user: SandboxUser,
+    *,
+    issuer: str,
+    client_id: str,
+    subject: str,
+    nonce: str | None,
+    issued_at: int,
+    expires: int,
+    include_wids: bool,
+) -> dict[str, Any]:
+    """A v2 ID token (entra/id-token-claims-reference.md): audience our client id, the request's `nonce`,
+    `tid`/`oid` for who signed in and where, `preferred_username`/`name` to show; `wids` (directory role template
+    ids) only when the app registration asks for that optional claim.
+    """
+    claims: dict[str, Any] = {
+        "aud": client_id,
+        "iss": issuer,
+        "iat": issued_at,
+        "nbf": issued_at,
+        "exp": expires,
+        "aio": base64url(secrets.token_bytes(48)),
+        "name": user.display_name,
+        "oid": user.object_id,
+        "preferred_username": user.upn,
+        "rh": base64url(secrets.token_bytes(24)),
+        "sub": subject,
+        "tid": user.tenant_id,
+        "uti": base64url(uuid.uuid4().bytes),
+        "ver": "2.0",
+    }
+    if nonce is not None:
+        claims["nonce"] = nonce
+    if include_wids and user.directory_roles:
+        claims["wids"] = list(user.directory_roles)
     return claims
