@@ -269,15 +269,41 @@ def shared_window_part(sb: Sandbox, settings: Settings, tenant: str) -> bool:
     return throttled == 1 and inside == 0 and second.governor.throttle_waits == 1
 
 
+def _sign_in_flow(app_url: str, org: str, user: object) -> tuple[object, str]:
+    """A browser's onboarding: the form, the sandbox's sign-in page as `user`, the callback. Returns (the final
+    page, the sign-in URL the form redirected to)."""
+    import re
+
+    import requests
+
+    from sandbox.entra.authorize import read_sign_in_form
+
+    form = requests.post(
+        f"{app_url}/api/onboard", data={"org_url": org}, headers={"Origin": app_url}, allow_redirects=False, timeout=30
+    )
+    cookie = re.match(r"s2s_onboarding=([^;]+);", form.headers["Set-Cookie"]).group(1)  # type: ignore[union-attr]
+    sign_in_url = form.headers["Location"]
+    page = requests.get(sign_in_url, timeout=30)
+    answer = requests.post(
+        sign_in_url,
+        data=read_sign_in_form(page.text).submission("accept", user=user),  # type: ignore[arg-type]
+        allow_redirects=False,
+        timeout=30,
+    )
+    done = requests.get(answer.headers["Location"], headers={"Cookie": f"s2s_onboarding={cookie}"}, timeout=30)
+    return done, sign_in_url
+
+
 def onboarding_part(sb: Sandbox, seed: object, app_settings: dict[str, str]) -> bool:
-    """Two new customer tenants onboard through the real flow: form, admin consent page, callback, registry."""
+    """Two new customer tenants onboard through the real flow: form, the administrator's sign-in, callback,
+    registry; a non-administrator and a forged callback are refused first and change nothing."""
     import re
 
     import requests
 
     from devhost import DevHost
     from sandbox.azurite import Azurite
-    from sandbox.entra.consent_page import read_consent_form
+    from sandbox.entra.directory import GLOBAL_ADMINISTRATOR
     from shared.bootstrap import build_services, use_services
 
     st = sb.state
@@ -312,20 +338,44 @@ def onboarding_part(sb: Sandbox, seed: object, app_settings: dict[str, str]) -> 
             st.add_org(tenant, org, name=name)
             if with_app_user:
                 st.add_application_user(org, client_id)
-            step(f"{name}: the administrator onboards {org}")
-            form = requests.post(f"{host.url}/api/onboard", data={"org_url": org}, allow_redirects=False, timeout=30)
-            cookie = re.match(r"s2s_onboarding=([^;]+);", form.headers["Set-Cookie"]).group(1)  # type: ignore[union-attr]
-            consent_url = form.headers["Location"]
-            print(f"   POST /api/onboard -> 302 to {consent_url.split('?')[0]} (v1 admin consent, org's tenant)")
-            page = requests.get(consent_url, timeout=30)
-            answer = requests.post(
-                consent_url, data=read_consent_form(page.text).submission("accept"), allow_redirects=False, timeout=30
-            )
-            callback = answer.headers["Location"]
-            print(
-                f"   administrator clicks Accept -> 302 to {callback.split('?')[0]}?tenant=…&state=…&admin_consent=True"
-            )
-            done = requests.get(callback, headers={"Cookie": f"s2s_onboarding={cookie}"}, timeout=30)
+            admin = st.add_user(tenant, display_name=f"{name} Admin", directory_roles=(GLOBAL_ADMINISTRATOR,))
+            st.add_org_user(org, admin.object_id, f"{name} Admin", roles=("System Administrator",))
+            clerk = st.add_user(tenant, display_name=f"{name} Clerk")
+            st.add_org_user(org, clerk.object_id, f"{name} Clerk", roles=("Salesperson",))
+            if name == "Adatum":
+                step(f"{name}: a user who is not System Administrator of {org} tries first")
+                st.grant_consent(tenant, client_id)  # Adatum's IT approved the app earlier
+                done, _ = _sign_in_flow(host.url, org, clerk)
+                code = re.search(r'data-error-code="([a-z_]+)"', done.text)
+                print(
+                    f"   {clerk.upn} signs in -> {done.status_code} {code.group(1) if code else ''}; "
+                    f"registry: {services.registry.find_tenant(tenant)}"
+                )
+                step(f"{name}: an anonymous client answers the callback itself (admin_consent=True&tenant=…)")
+                form = requests.post(
+                    f"{host.url}/api/onboard",
+                    data={"org_url": org},
+                    headers={"Origin": host.url},
+                    allow_redirects=False,
+                    timeout=30,
+                )
+                forged_cookie = re.match(r"s2s_onboarding=([^;]+);", form.headers["Set-Cookie"]).group(1)  # type: ignore[union-attr]
+                state = re.search(r"[?&]state=([^&]+)", form.headers["Location"]).group(1)  # type: ignore[union-attr]
+                forged = requests.get(
+                    redirect_uri,
+                    params={"admin_consent": "True", "tenant": tenant, "state": state},
+                    headers={"Cookie": f"s2s_onboarding={forged_cookie}"},
+                    timeout=30,
+                )
+                code = re.search(r'data-error-code="([a-z_]+)"', forged.text)
+                print(
+                    f"   forged callback -> {forged.status_code} {code.group(1) if code else ''}; "
+                    f"registry: {services.registry.find_tenant(tenant)}"
+                )
+            step(f"{name}: the administrator signs in and onboards {org}")
+            done, sign_in_url = _sign_in_flow(host.url, org, admin)
+            print(f"   POST /api/onboard -> 302 to {sign_in_url.split('?')[0]} (OIDC code flow + PKCE)")
+            print(f"   {admin.upn} signs in; the app checks the System Administrator role with their token")
             heading = re.search(r"<h1>(.*?)</h1>", done.text)
             tenant_row = services.registry.get_tenant(tenant)
             title = heading.group(1) if heading else ""

@@ -11,7 +11,7 @@ import logging
 import time
 from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
 
@@ -56,46 +56,64 @@ def onboard_form(req: func.HttpRequest) -> func.HttpResponse:
     return pages.onboard_form(settings.app_display_name, settings.entra_client_id, settings.entra_authority_host)
 
 
+def _own_origin(settings: Settings) -> str | None:
+    """The app's origin (scheme://host[:port]), from ONBOARDING_REDIRECT_URI: the only page that may post the form."""
+    if not settings.onboarding_redirect_uri:
+        return None
+    parts = urlsplit(settings.onboarding_redirect_uri)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _same_origin(req: func.HttpRequest, settings: Settings) -> bool:
+    """A browser's form post carries Origin (or, at least, Referer): it must be our own origin. A request that
+    carries neither is refused too: every browser we serve sends Origin on a POST (the Fetch standard)."""
+    own = _own_origin(settings)
+    origin = req.headers.get("origin")
+    if origin is None:
+        referer = urlsplit(req.headers.get("referer") or "")
+        origin = f"{referer.scheme}://{referer.netloc}" if referer.scheme and referer.netloc else None
+    return own is not None and origin is not None and origin.strip().lower() == own
+
+
 @bp.route(route="onboard", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 @storage_unavailable_is_503("html")
 def onboard_start(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.dataverse.clients import OrgDiscoveryError
     from shared.dataverse.org_url import InvalidOrgUrlError
-    from shared.tenants.onboarding import TenantNotAllowedError
+    from shared.tenants.onboarding import InvalidContactError
 
     services = get_services()
     settings = services.settings
-    try:
-        form = _form(req)
-    except ValueError:
-        return pages.onboard_form(
-            settings.app_display_name,
-            settings.entra_client_id,
-            settings.entra_authority_host,
-            error="The form could not be read.",
-            error_code="invalid_form",
-            status=400,
-        )
-    org_url = form.get("org_url", "")[:300]
-    contact = form.get("contact", "").strip()[:200]
-    try:
-        started = services.onboarding.start(org_url, contact or None)
-    except (InvalidOrgUrlError, OrgDiscoveryError) as exc:
+
+    def form_again(
+        message: str, code: str, org_url: str = "", contact: str = "", status: int = 400
+    ) -> func.HttpResponse:
         return pages.onboard_form(
             settings.app_display_name,
             settings.entra_client_id,
             settings.entra_authority_host,
             org_url=org_url,
             contact=contact,
-            error=exc.message,
-            error_code=exc.code,
-            status=400,
+            error=message,
+            error_code=code,
+            status=status,
         )
-    except TenantNotAllowedError as exc:
-        return pages.refused_page(exc.message, error_code=exc.code)
+
+    if not _same_origin(req, settings):
+        logger.warning("Onboarding form post refused: not from this app's own origin")
+        return form_again("The form must be sent from this page.", "cross_site_request", status=403)
+    try:
+        form = _form(req)
+    except ValueError:
+        return form_again("The form could not be read.", "invalid_form")
+    org_url = form.get("org_url", "")[:300]
+    contact = form.get("contact", "")[:1000]
+    try:
+        started = services.onboarding.start(org_url, contact)
+    except (InvalidOrgUrlError, InvalidContactError) as exc:
+        return form_again(exc.message, exc.code, org_url, contact[:200])
     max_age = max(1, int(started.expires_at - time.time()))
     cookie = f"{COOKIE}={started.browser_nonce}; Max-Age={max_age}; Path=/api; Secure; HttpOnly; SameSite=Lax"
-    # The only redirect target is the configured authority's admin-consent endpoint, built by the service.
+    # The only redirect target is the configured authority's authorize endpoint, built by MSAL.
     return func.HttpResponse(
         status_code=302,
         headers={
@@ -109,8 +127,16 @@ def onboard_start(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="consent/callback", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 @storage_unavailable_is_503("html")
 def consent_callback(req: func.HttpRequest) -> func.HttpResponse:
+    """Where Entra sends the administrator back after sign-in (ONBOARDING_REDIRECT_URI)."""
+    from shared.dataverse.errors import DataverseError
+    from shared.signin.administrators import SignInError
     from shared.tenants.consent_states import ConsentStateError
-    from shared.tenants.onboarding import ConsentDeniedError, TenantNotAllowedError
+    from shared.tenants.onboarding import (
+        ConsentDeniedError,
+        NotOrgAdministratorError,
+        OrgNotInTenantError,
+        TenantNotAllowedError,
+    )
 
     services = get_services()
     settings = services.settings
@@ -119,13 +145,22 @@ def consent_callback(req: func.HttpRequest) -> func.HttpResponse:
     try:
         result = services.onboarding.complete(params, _cookie(req))
     except ConsentDeniedError as exc:
-        return pages.consent_error_page(exc.error, exc.description)
+        response = pages.consent_error_page(exc.error, exc.description)
     except ConsentStateError as exc:
-        logger.warning("Consent callback refused: %s", exc.reason)
-        return pages.invalid_state_page(exc.reason, error_code=exc.code)
-    except TenantNotAllowedError as exc:
-        return pages.refused_page(exc.message, error_code=exc.code)
-    response = _result_page(settings, result)
+        logger.warning("Sign-in callback refused: %s", exc.reason)
+        return pages.invalid_state_page(exc.reason, error_code=exc.code, ttl_seconds=settings.consent_state_ttl_seconds)
+    except SignInError as exc:
+        response = pages.refused_page(exc.message, error_code=exc.code, status=400)
+    except (TenantNotAllowedError, OrgNotInTenantError, NotOrgAdministratorError) as exc:
+        response = pages.refused_page(exc.message, error_code=exc.code)
+    except DataverseError as exc:
+        logger.warning("Onboarding could not check the administrator's role: %s", exc.error_code or exc.status_code)
+        response = pages.unavailable_page(
+            "Your environment could not be reached to check your role. Please try again.",
+            error_code="org_unavailable",
+        )
+    else:
+        response = _result_page(settings, result)
     response.headers.update(clear_cookie)
     return response
 

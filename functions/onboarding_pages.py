@@ -92,12 +92,14 @@ def onboard_form(
 <strong>{e(app_name)}</strong>. It takes three steps:</p>
 <ol>
   <li>Enter the address of your environment below.</li>
-  <li>Sign in to Microsoft as an administrator of your organisation and <strong>grant admin consent</strong> to
-      <strong>{e(app_name)}</strong> (application ID <code>{e(client_id)}</code>). It asks for the permission
-      <em>Access Dynamics 365 as organization users</em> for the whole organisation; no user password or
-      licence is involved.</li>
+  <li>Sign in to Microsoft as a <strong>System Administrator of that environment</strong>. If your organisation
+      has not approved <strong>{e(app_name)}</strong> (application ID <code>{e(client_id)}</code>) yet, Microsoft
+      asks you to consent to <em>Access Dynamics 365 as organization users</em>; an administrator who may consent
+      for the organisation (e.g. Global or Cloud Application Administrator) ticks <em>Consent on behalf of your
+      organization</em>. We use your sign-in only to check who you are and your role in that environment; we
+      keep no token of yours.</li>
   <li>Create an <strong>application user</strong> for that application ID in the environment, with a custom
-      security role that grants only what the integration needs. We show you how after consent.</li>
+      security role that grants only what the integration needs. We show you how after sign-in.</li>
 </ol>
 {error_html}
 <form method="post" action="/api/onboard">
@@ -106,12 +108,16 @@ def onboard_form(
          placeholder="https://yourorg.crm.dynamics.com" value="{e(org_url)}"{described}>
   <label for="contact">Your email address (optional, so we can reach you about this connection)</label>
   <input id="contact" name="contact" type="email" maxlength="200" autocomplete="email" value="{e(contact)}">
-  <button type="submit">Continue to Microsoft sign-in</button>
+  <button type="submit">Sign in with Microsoft</button>
 </form>"""
+    # The form page's URL carries nothing secret, and its POST must carry our Origin: under "no-referrer" a
+    # browser sends `Origin: null` with a form post (Fetch standard, "serializing a request origin"), so this
+    # one page says "same-origin" (nothing leaves for other sites, our own origin goes to ourselves).
     return page(
         f"Connect Dataverse to {app_name}",
         body,
         status,
+        headers={"Referrer-Policy": "same-origin"},
         form_target=authority_host,
         error_code=error_code if error else None,
     )
@@ -141,8 +147,8 @@ def awaiting_page(
 <p>You can also come back later: <a href="/api/onboard/recheck?{e(urlencode({"tenant": tenant_id, "ticket": ticket}))}">
 re-check link</a> (valid for 7 days).</p>"""
     body = f"""
-<p class="ok" role="status">Consent was granted. One step is left: {e(app_name)} has no application user in
-<code>{e(org)}</code> yet.</p>
+<p class="ok" role="status">You are signed in and the app is approved. One step is left: {e(app_name)} has no
+application user in <code>{e(org)}</code> yet.</p>
 <p class="error" role="alert">Dataverse said: {e(detail)}</p>
 <h2>Create the application user</h2>
 <ol>
@@ -165,56 +171,74 @@ POST {e(org)}/api/data/v9.2/systemusers(&lt;new user id&gt;)/systemuserroles_ass
 
 def pending_page(detail: str) -> func.HttpResponse:
     body = f"""
-<p role="status">Your consent was received. Microsoft Entra ID can take a few minutes to make it effective
-everywhere; we will keep checking automatically and finish the connection then.</p>
+<p role="status">Your sign-in and consent were received. Microsoft Entra ID can take a few minutes to make
+consent effective everywhere; we will keep checking automatically and finish the connection then.</p>
 <p>{e(detail)}</p>"""
     return page("Confirming your consent", body, status=202)
 
 
+# Fixed explanations for the OAuth errors Entra sends back to a redirect URI (entra/reference-error-codes.md).
+_SIGN_IN_ERRORS = {
+    "access_denied": "The sign-in or the consent was cancelled, or permission was not granted.",
+    "consent_required": "Consent is required and was not given.",
+    "interaction_required": "Microsoft needs you to sign in again interactively.",
+    "login_required": "You are not signed in to Microsoft.",
+    "invalid_request": "Microsoft could not process the sign-in request.",
+    "unauthorized_client": "This application may not use this sign-in.",
+    "server_error": "Microsoft had an internal error; try again.",
+    "temporarily_unavailable": "Microsoft is temporarily unavailable; try again.",
+}
+
+
 def consent_error_page(error: str, description: str) -> func.HttpResponse:
+    """Entra's error code always (with a fixed explanation when known); its free text only when ``description``
+    is given, which the caller does only for the browser that started this sign-in."""
     first_line = description.split("\r\n", maxsplit=1)[0].split("\n", maxsplit=1)[0]
-    cancelled = error in {"access_denied", "permission_denied", "consent_required"}
-    advice = (
-        "Consent was not granted, so nothing was connected. If that was not intended, start again and choose "
-        "<strong>Accept</strong>; if you are not an administrator, ask one to do it."
-        if cancelled
-        else "Nothing was connected. Start again; if it keeps failing, send us the message above."
-    )
+    known = _SIGN_IN_ERRORS.get(error, "Microsoft sign-in did not complete.")
+    said = f"<p>Microsoft said: {e(first_line)}</p>" if first_line else ""
     body = f"""
-<p class="error" role="alert">Microsoft sign-in returned <code>{e(error)}</code>: {e(first_line)}</p>
-<p>{advice}</p>
+<p class="error" role="alert">Microsoft sign-in returned <code>{e(error)}</code>: {e(known)}</p>
+{said}
+<p>Nothing was connected. Start again; if you are not a System Administrator of the environment, ask one to do
+it.</p>
 <p><a href="/api/onboard">Start again</a></p>"""
-    return page("Consent was not granted", body, status=400, error_code="consent_denied")
+    return page("Sign-in did not complete", body, status=400, error_code="consent_denied")
 
 
 _STATE_ADVICE = {
     "missing": "The answer from Microsoft sign-in was incomplete.",
     "unknown": "We did not start this sign-in, or it is too old to recognise.",
-    "expired": "More than ten minutes passed between the form and the consent.",
+    "expired": "Too much time passed between the form and the sign-in.",
     "replayed": "This sign-in answer was already used.",
     "other_browser": "This sign-in was started in a different browser (or cookies are blocked).",
-    "tenant_mismatch": "Consent was given in a different Microsoft tenant from the one that owns the environment.",
 }
 
 
-def invalid_state_page(reason: str, *, error_code: str = "invalid_consent_state") -> func.HttpResponse:
+def invalid_state_page(
+    reason: str, *, error_code: str = "invalid_consent_state", ttl_seconds: int = 600
+) -> func.HttpResponse:
+    minutes = max(1, ttl_seconds // 60)
+    within = f"{minutes} minute{'s' if minutes != 1 else ''}"
     body = f"""
 <p class="error" role="alert">{e(_STATE_ADVICE.get(reason, "The sign-in answer could not be used."))}
 Nothing was recorded.</p>
-<p><a href="/api/onboard">Start again</a> in this browser, and finish within ten minutes.</p>"""
+<p><a href="/api/onboard">Start again</a> in this browser, and finish within {within}.</p>"""
     return page("This sign-in cannot be completed", body, status=400, error_code=error_code)
 
 
-def refused_page(message: str, *, error_code: str = "tenant_not_allowed") -> func.HttpResponse:
-    body = f'<p class="error" role="alert">{e(message)} Nothing was recorded.</p>'
-    return page("This environment cannot be connected", body, status=403, error_code=error_code)
+def refused_page(message: str, *, error_code: str = "tenant_not_allowed", status: int = 403) -> func.HttpResponse:
+    body = f"""<p class="error" role="alert">{e(message)} Nothing was recorded.</p>
+<p><a href="/api/onboard">Start again</a></p>"""
+    return page("This environment cannot be connected", body, status=status, error_code=error_code)
 
 
 def failed_page(detail: str, *, error_code: str = "verification_failed") -> func.HttpResponse:
+    """A verification that ended in a recorded failure: an outcome to read (200 with its code), not a fault of
+    this service (no 5xx)."""
     body = f"""
 <p class="error" role="alert">The connection could not be verified: {e(detail)}</p>
 <p><a href="/api/onboard">Start again</a>, or contact us with the time of this attempt.</p>"""
-    return page("The connection could not be verified", body, status=502, error_code=error_code)
+    return page("The connection could not be verified", body, status=200, error_code=error_code)
 
 
 def unavailable_page(detail: str, *, error_code: str = "storage_unavailable") -> func.HttpResponse:

@@ -31,6 +31,7 @@ from shared.jobs.sinks import BlobNdjsonSink, ChangeSink
 from shared.jobs.sweeps import JobRunner
 from shared.jobs.sync import SYNC_STATE_TABLE, CheckpointStore
 from shared.settings import CredentialSource, Settings
+from shared.signin.administrators import AdministratorSignIn
 from shared.signin.user_tokens import JwksCache, UserTokenValidator
 from shared.storage import StorageClients
 from shared.tenants.consent_states import CONSENT_STATES_TABLE, ConsentStateStore
@@ -72,6 +73,7 @@ class Services:
         self._sink: ChangeSink | None = None
         self._jobs: JobRunner | None = None
         self._user_tokens: UserTokenValidator | None = None
+        self._sign_in: AdministratorSignIn | None = None
 
     @property
     def storage(self) -> StorageClients:
@@ -197,6 +199,22 @@ class Services:
         return self._user_tokens
 
     @property
+    def administrator_sign_in(self) -> AdministratorSignIn:
+        """One MSAL confidential client per worker for administrators' sign-ins (its authority metadata is read
+        once): ``organizations`` in multi-tenant mode, the home tenant in single-tenant mode."""
+        with self._lock:
+            if self._sign_in is None:
+                settings = self.settings
+                self._sign_in = AdministratorSignIn(
+                    client_id=settings.entra_client_id,
+                    authority_host=settings.entra_authority_host,
+                    authority=settings.entra_home_tenant_id if settings.is_single_tenant else "organizations",
+                    assertion_source=self.tokens.assertion_source,
+                    http_timeout=settings.http_timeout_seconds,
+                )
+            return self._sign_in
+
+    @property
     def onboarding(self) -> OnboardingService:
         if self._onboarding is None:
             self._onboarding = OnboardingService(
@@ -205,6 +223,7 @@ class Services:
                 self.consent_states,
                 self.dataverse,
                 self.tokens,
+                sign_in=self.administrator_sign_in,
                 enqueue_verification=self.enqueue_verification,
                 org_index=self.org_index,
             )

@@ -185,6 +185,21 @@ class DataverseClient:
             yield Page(list(payload.get("value", [])), next_link)
             url = next_link
 
+    def list_related(
+        self, table: str, row_id: str, navigation: str, *, select: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """The rows a collection-valued navigation property of one row leads to, every page, e.g. a user's
+        security roles: ``list_related("systemusers", user_id, "systemuserroles_association")``."""
+        if not ATTRIBUTE.match(navigation):
+            raise ValueError(f"{navigation!r} is not a navigation property name")
+        url: str | None = f"{self._row_url(table, row_id)}/{navigation}{query_string(select=select)}"
+        rows: list[dict[str, Any]] = []
+        while url is not None:
+            payload = self._json("GET", url)
+            rows.extend(payload.get("value", []))
+            url = self._same_org_link(payload.get("@odata.nextLink"))
+        return rows
+
     def iter_rows(self, table: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
         for page in self.query(table, **kwargs):
             yield from page.rows

@@ -10,6 +10,7 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
+from shared.auth.token_provider import AccessToken
 from shared.dataverse.client import DataverseClient, RetryPolicy, SharedWindows, TokenSource
 from shared.dataverse.governor import GovernorRegistry
 from shared.dataverse.org_url import validate_org_url
@@ -39,6 +40,18 @@ def _pooled_session(*, keep_cookies: bool) -> Any:
         # without it (pad/api-limits: "remove the affinity cookie").
         session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     return session
+
+
+class _OneToken:
+    """A token source that holds one token for one org (a signed-in person's, for the length of a flow)."""
+
+    def __init__(self, token: AccessToken) -> None:
+        self._token = token
+
+    def get_token(self, tenant_id: str, resource: str) -> AccessToken:
+        if resource.rstrip("/") != self._token.resource.rstrip("/") or tenant_id != self._token.tenant_id:
+            raise ValueError("a delegated token is used only for the org and tenant it was issued for")
+        return self._token
 
 
 class DataverseClients:
@@ -86,6 +99,20 @@ class DataverseClients:
                 )
                 self._clients[key] = client
             return client
+
+    def delegated(self, org_url: str, token: AccessToken) -> DataverseClient:
+        """A client that calls the org as a signed-in person with their delegated token (onboarding checks who
+        they are in the org). Not cached: it lives as long as the one flow. Raises InvalidOrgUrlError."""
+        canonical = validate_org_url(org_url, self._settings.dataverse_domain_suffixes)
+        return DataverseClient(
+            canonical,
+            token.tenant_id,
+            _OneToken(token),
+            self._session_for(False),
+            self.governors.for_org(canonical),
+            timeout_seconds=self._settings.dataverse_timeout_seconds,
+            retry=self._retry,
+        )
 
     def discover_tenant(self, org_url: str) -> str:
         """The tenant that owns an org, from the bearer challenge of an unauthenticated request

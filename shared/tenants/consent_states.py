@@ -1,31 +1,36 @@
-"""Onboarding consent states: single-use, expiring, bound to the browser that started onboarding.
+"""Onboarding sign-in states: single-use, expiring, bound to the browser that started onboarding.
 
-The ``state`` sent through Entra and the browser cookie are random secrets; only their SHA-256 hashes are
-stored (Table Storage, ``consentstates``), so a reader of the table cannot complete anyone's onboarding.
-Entra warns never to trust the callback's ``tenant`` alone (protocol.md §1): the state also pins the tenant
-that owns the org the administrator named.
+A state row holds what the administrator's sign-in must find again when Entra sends the browser back: the org
+they named, the contact they typed, and MSAL's auth code flow (its ``state``, ``nonce`` and PKCE
+``code_verifier``). The ``state`` that travels through Entra and the browser cookie are random secrets; the row is
+keyed by the state's SHA-256, holds only the cookie's hash, and the flow is sealed (AES-GCM) with a key derived from
+the cookie, so a reader of the table (``consentstates``) can neither complete nor replay anyone's sign-in.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import hmac
+import json
+import os
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shared.errors import S2SError
 
 CONSENT_STATES_TABLE = "consentstates"
 _PARTITION = "state"
+_SEAL_INFO = b"dataverse-s2s onboarding flow v1"
 
 
 class ConsentStateError(S2SError):
     """The callback's state cannot be used; ``reason`` is one of missing, unknown, expired, replayed,
-    other_browser, tenant_mismatch."""
+    other_browser."""
 
     code = "invalid_consent_state"
 
@@ -37,8 +42,8 @@ class ConsentStateError(S2SError):
 @dataclass(frozen=True)
 class ConsentState:
     org_url: str
-    expected_tenant: str
-    onboarded_by: str | None
+    contact: str | None
+    flow: dict[str, Any] = field(repr=False)  # MSAL's auth code flow: holds the PKCE verifier
     expires_at: float
 
 
@@ -53,10 +58,33 @@ def _hash(value: str) -> str:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
+def _key(browser_nonce: str) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_SEAL_INFO).derive(browser_nonce.encode())
+
+
+def _seal(flow: dict[str, Any], browser_nonce: str, state_hash: str) -> str:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    iv = os.urandom(12)
+    sealed = AESGCM(_key(browser_nonce)).encrypt(iv, json.dumps(flow).encode(), state_hash.encode())
+    return base64.b64encode(iv + sealed).decode("ascii")
+
+
+def _unseal(value: str, browser_nonce: str, state_hash: str) -> dict[str, Any]:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    raw = base64.b64decode(value)
+    flow: dict[str, Any] = json.loads(AESGCM(_key(browser_nonce)).decrypt(raw[:12], raw[12:], state_hash.encode()))
+    return flow
+
+
 class ConsentStateStore:
     def __init__(self, table: Any, ttl_seconds: int, clock: Callable[[], float] = time.time) -> None:
         self._table = table
-        self._ttl = ttl_seconds
+        self.ttl_seconds = ttl_seconds
         self._clock = clock
 
     def create_table(self) -> None:
@@ -65,25 +93,27 @@ class ConsentStateStore:
         with contextlib.suppress(ResourceExistsError):
             self._table.create_table()
 
-    def issue(self, org_url: str, expected_tenant: str, onboarded_by: str | None) -> IssuedState:
-        state = secrets.token_urlsafe(32)
+    def issue(self, flow: dict[str, Any], org_url: str, contact: str | None) -> IssuedState:
+        """Keep ``flow`` (MSAL's, its ``state`` is the key) for this browser: one bounded, expiring row."""
+        state = str(flow["state"])
         nonce = secrets.token_urlsafe(32)
-        expires = self._clock() + self._ttl
+        expires = self._clock() + self.ttl_seconds
+        key = _hash(state)
         self._table.create_entity(
             {
                 "PartitionKey": _PARTITION,
-                "RowKey": _hash(state),
+                "RowKey": key,
                 "BrowserHash": _hash(nonce),
                 "OrgUrl": org_url,
-                "ExpectedTenant": expected_tenant,
-                "OnboardedBy": onboarded_by or "",
+                "Contact": contact or "",
+                "Flow": _seal(flow, nonce, key),
                 "ExpiresAt": expires,
                 "Used": False,
             }
         )
         return IssuedState(state, nonce, expires)
 
-    def redeem(self, state: str | None, browser_nonce: str | None, tenant: str | None) -> ConsentState:
+    def redeem(self, state: str | None, browser_nonce: str | None) -> ConsentState:
         """Check and consume a state. Raises ConsentStateError; a state is consumed only once the browser is
         proven to be the one that started, so a stranger cannot burn someone else's onboarding."""
         from azure.core import MatchConditions
@@ -113,10 +143,30 @@ class ConsentStateStore:
             )
         except ResourceModifiedError:
             raise ConsentStateError("replayed", "This onboarding link was already used.") from None
-        expected = entity["ExpectedTenant"]
-        if not tenant or tenant.lower() != expected.lower():
-            raise ConsentStateError(
-                "tenant_mismatch",
-                "Consent was given in a different tenant from the one that owns the organisation you named.",
-            )
-        return ConsentState(entity["OrgUrl"], expected, entity.get("OnboardedBy") or None, float(entity["ExpiresAt"]))
+        try:
+            flow = _unseal(entity.get("Flow") or "", browser_nonce, entity["RowKey"])
+        except Exception as exc:  # a row from before sign-ins, or tampered with: either way unusable
+            raise ConsentStateError("unknown", "The sign-in answer's state is not one we issued.") from exc
+        return ConsentState(entity["OrgUrl"], entity.get("Contact") or None, flow, float(entity["ExpiresAt"]))
+
+    def purge_expired(self, *, limit: int = 5000) -> int:
+        """Delete states that expired (used or not); returns how many. Bounded per call (the health sweep
+        calls it every run)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        cutoff = self._clock()
+        rows = self._table.query_entities(
+            "PartitionKey eq @pk and ExpiresAt lt @cutoff",
+            parameters={"pk": _PARTITION, "cutoff": cutoff},
+            select=["PartitionKey", "RowKey", "ExpiresAt"],
+        )
+        deleted = 0
+        for row in rows:
+            if float(row.get("ExpiresAt", 0)) >= cutoff:  # the service filtered already; a cheap second look
+                continue
+            with contextlib.suppress(ResourceNotFoundError):
+                self._table.delete_entity(_PARTITION, row["RowKey"])
+            deleted += 1
+            if deleted >= limit:
+                break
+        return deleted

@@ -1,14 +1,14 @@
-"""Onboarding a customer tenant: from the org URL an administrator types, through Entra admin consent, to a
-verified tenant in the registry.
+"""Onboarding a customer tenant: from the org URL an administrator types, through their sign-in, to a verified
+tenant in the registry.
 
-Admin consent uses the **v1 endpoint on the org's own tenant** (``{authority}/{tenant}/adminconsent``): the org's
-tenant is learned first from the org's bearer challenge, so the administrator consents in the right tenant and
-the callback's ``tenant`` must match it. v1 needs no scope; v2 with ``/.default`` behaves the same but needs a
-scope whose best value for Dataverse is an open question (protocol.md §1, open item 5).
-
-The callback's ``tenant`` parameter is never trusted alone: a tenant becomes ``consented`` only once an
-app-only token for it is obtained, and WhoAmI on its org then decides ``active`` or
-``awaiting_application_user``.
+The administrator signs in with OpenID Connect (shared.signin.administrators) asking for the org's delegated
+Dataverse scope; the sign-in is also where consent happens (protocol.md §1 "Walkthrough": "consent happens through
+OIDC sign-in"; an administrator consenting for the organisation creates our service principal), so there is no
+separate admin-consent callback whose ``tenant`` anyone could forge (entra/v2-admin-consent.md: never use that
+parameter to authorize). Who signed in, and in which tenant, comes only from the ID token of the code exchange.
+Their delegated token then proves, in the org itself, that they are its System Administrator and that the org
+belongs to their tenant. Only then is anything recorded; an anonymous browser writes one expiring state row and
+makes no outbound call.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
 
 from shared.auth import aadsts
 from shared.auth.token_provider import TenantTokenProvider
@@ -32,6 +32,7 @@ from shared.dataverse.errors import (
 from shared.dataverse.org_url import validate_org_url
 from shared.errors import ConfigurationError, CredentialError, S2SError, TokenAcquisitionError
 from shared.settings import Settings
+from shared.signin.administrators import AdministratorSignIn, SignedInAdministrator
 from shared.tenants.consent_states import ConsentStateStore
 from shared.tenants.org_index import OrgIndex
 from shared.tenants.registry import TenantRegistry, TenantStatus, Verification, utc_now
@@ -56,6 +57,41 @@ def _says_nothing_about_the_tenant(error: S2SError) -> bool:
     if isinstance(error, TokenAcquisitionError):
         return error.is_transient or error.category in _OUR_CREDENTIAL_CATEGORIES
     return False
+
+
+# The built-in System Administrator role has this roletemplateid in every environment (the `role` table's
+# roletemplateid; Microsoft's own clients recognise the role by it, e.g. Business Central's Dataverse setup).
+SYSTEM_ADMINISTRATOR_ROLE_TEMPLATE = "627090ff-40a3-4053-8790-584edc5be201"
+MAX_CONTACT_LENGTH = 200
+
+
+class InvalidContactError(S2SError):
+    code = "invalid_contact"
+
+
+class NotOrgAdministratorError(S2SError):
+    """The signed-in person is not a System Administrator of the org (or not a user of it at all)."""
+
+    code = "not_org_administrator"
+
+
+class OrgNotInTenantError(S2SError):
+    """The org does not belong to the tenant the person signed in to."""
+
+    code = "org_not_in_tenant"
+
+
+def clean_contact(text: str) -> str | None:
+    """The contact field: one printable line of at most MAX_CONTACT_LENGTH characters, or None when empty.
+    Raises InvalidContactError for line breaks, control or format characters, or too much text."""
+    value = text.strip()
+    if not value:
+        return None
+    if len(value) > MAX_CONTACT_LENGTH:
+        raise InvalidContactError(f"The contact must be at most {MAX_CONTACT_LENGTH} characters.")
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in value):
+        raise InvalidContactError("The contact must be one line of printable text.")
+    return value
 
 
 class TenantNotAllowedError(S2SError):
@@ -104,6 +140,7 @@ class OnboardingService:
         dataverse: DataverseClients,
         tokens: TenantTokenProvider,
         *,
+        sign_in: AdministratorSignIn,
         enqueue_verification: QueueSender | None = None,
         org_index: OrgIndex | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -113,61 +150,95 @@ class OnboardingService:
         self._states = states
         self._dataverse = dataverse
         self._tokens = tokens
+        self._sign_in = sign_in
         self._enqueue = enqueue_verification
         self._org_index = org_index
         self._sleep = sleep
 
     # -- the flow ------------------------------------------------------------------------------------------
 
-    def start(self, org_url: str, onboarded_by: str | None) -> OnboardingStart:
-        """Validate the org, learn its tenant, issue a consent state. Raises InvalidOrgUrlError,
-        OrgDiscoveryError, TenantNotAllowedError, ConfigurationError."""
+    def start(self, org_url: str, contact: str | None) -> OnboardingStart:
+        """Validate the org URL and the contact, begin the administrator's sign-in, keep its state for this
+        browser. No call to the org: who owns it is learned after sign-in. Raises InvalidOrgUrlError,
+        InvalidContactError, ConfigurationError."""
         redirect_uri = self._redirect_uri()
         canonical = validate_org_url(org_url, self._settings.dataverse_domain_suffixes)
-        tenant = self._dataverse.discover_tenant(canonical)
-        self._check_tenant_allowed(tenant)
-        issued = self._states.issue(canonical, tenant, onboarded_by)
-        query = urlencode(
-            {"client_id": self._settings.entra_client_id, "state": issued.state, "redirect_uri": redirect_uri}
-        )
-        url = f"{self._settings.entra_authority_host}/{tenant}/adminconsent?{query}"
-        logger.info("Onboarding started for org %s in tenant %s", canonical, tenant)
-        return OnboardingStart(url, issued.browser_nonce, issued.expires_at)
+        cleaned = clean_contact(contact or "")
+        flow = self._sign_in.begin(canonical, redirect_uri)
+        issued = self._states.issue(flow, canonical, cleaned)
+        logger.info("Onboarding sign-in started for org %s", canonical)
+        return OnboardingStart(str(flow["auth_uri"]), issued.browser_nonce, issued.expires_at)
 
     def complete(self, params: Mapping[str, str], browser_nonce: str | None) -> VerificationResult:
-        """Handle the consent callback. Raises ConsentDeniedError, ConsentStateError, TenantNotAllowedError;
-        nothing is recorded unless the state checks pass."""
+        """Handle the sign-in answer. Raises ConsentDeniedError, ConsentStateError, SignInError,
+        TenantNotAllowedError, OrgNotInTenantError, NotOrgAdministratorError; nothing about any tenant is
+        recorded unless the signed-in person is a System Administrator of the org, in the org's tenant."""
         error = params.get("error")
         if error:
-            # Entra sends admin_consent=True even on some errors (protocol.md §1): the error decides. The state
-            # is spent if it is genuinely this browser's, so the attempt cannot be replayed.
+            # Entra's error text is shown only to the browser that started this sign-in; the state is spent so
+            # the attempt cannot be replayed.
+            described = False
             with contextlib.suppress(S2SError):
-                self._states.redeem(params.get("state"), browser_nonce, params.get("tenant") or "")
-            raise ConsentDeniedError(error[:100], (params.get("error_description") or "")[:1000])
-        consent = self._states.redeem(params.get("state"), browser_nonce, params.get("tenant"))
-        self._check_tenant_allowed(consent.expected_tenant)
-        if params.get("admin_consent", "").lower() != "true":
-            raise ConsentDeniedError("consent_not_granted", "Entra did not report admin consent.")
-        current = self._registry.find_tenant(consent.expected_tenant)
+                self._states.redeem(params.get("state"), browser_nonce)
+                described = True
+            description = (params.get("error_description") or "")[:1000] if described else ""
+            raise ConsentDeniedError(error[:100], description)
+        consent = self._states.redeem(params.get("state"), browser_nonce)
+        admin = self._sign_in.finish(consent.flow, params)
+        self._check_tenant_allowed(admin.tenant_id)
+        self._check_org_administrator(admin, consent.org_url)
+        current = self._registry.find_tenant(admin.tenant_id)
         if current is None or current.status is TenantStatus.OFFBOARDED:
+            what = "re-onboarded after offboarding" if current is not None else "onboarded"
             self._registry.record(
-                consent.expected_tenant,
+                admin.tenant_id,
                 TenantStatus.PENDING_CONSENT,
-                reason="admin consent callback received",
-                actor="consent callback",
+                reason=f"{what} by a System Administrator of {consent.org_url} who signed in",
+                actor=admin.actor,
                 org_url=consent.org_url,
-                onboarded_by=consent.onboarded_by,
+                onboarded_by=admin.username,
+                contact=consent.contact,
             )
         else:
             self._registry.record(
-                consent.expected_tenant,
+                admin.tenant_id,
                 current.status,
-                reason="another org connected",
-                actor="consent callback",
+                reason=f"{consent.org_url} connected by a System Administrator who signed in",
+                actor=admin.actor,
                 org_url=consent.org_url,
-                onboarded_by=consent.onboarded_by,
+                onboarded_by=admin.username,
+                contact=consent.contact,
             )
-        return self.verify(consent.expected_tenant, actor="consent callback", fresh_consent=True)
+        return self.verify(admin.tenant_id, actor=admin.actor, fresh_consent=True)
+
+    def _check_org_administrator(self, admin: SignedInAdministrator, org_url: str) -> None:
+        """With the person's own delegated token: the org answers (so it belongs to their tenant), knows them,
+        and their security roles include System Administrator."""
+        client = self._dataverse.delegated(org_url, admin.dataverse_token)
+        try:
+            who = client.whoami()
+            roles = client.list_related(
+                "systemusers", who.user_id, "systemuserroles_association", select=["roleid", "_roletemplateid_value"]
+            )
+        except DataverseError as exc:
+            if exc.status_code == 401:
+                raise OrgNotInTenantError(
+                    f"{org_url} does not belong to the organisation you signed in to ({admin.username})."
+                ) from exc
+            if exc.status_code == 403:
+                raise NotOrgAdministratorError(
+                    f"You signed in as {admin.username}, who is not an enabled user of {org_url}. Sign in as a "
+                    "System Administrator of that environment."
+                ) from exc
+            raise
+        if not any(
+            str(role.get("_roletemplateid_value") or "").lower() == SYSTEM_ADMINISTRATOR_ROLE_TEMPLATE for role in roles
+        ):
+            logger.warning("Onboarding refused: the signed-in user is not a System Administrator of %s", org_url)
+            raise NotOrgAdministratorError(
+                f"You signed in as {admin.username}, who does not have the System Administrator security role in "
+                f"{org_url}. Ask a System Administrator of that environment to onboard it."
+            )
 
     def verify(
         self, tenant_id: str, *, actor: str, fresh_consent: bool = False, attempt: int = 0

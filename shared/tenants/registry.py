@@ -92,6 +92,7 @@ class Tenant:
     updated_at: str
     onboarded_by: str | None = None
     last_verification: Verification | None = None
+    contact: str | None = None
     etag: str | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,6 +103,7 @@ class Tenant:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "onboarded_by": self.onboarded_by,
+            "contact": self.contact,
             "last_verification": None if self.last_verification is None else vars(self.last_verification),
         }
 
@@ -218,6 +220,7 @@ class TenantRegistry:
         actor: str,
         org_url: str | None = None,
         onboarded_by: str | None = None,
+        contact: str | None = None,
         verification: Verification | None = None,
         require_from: frozenset[TenantStatus] | None = None,
     ) -> Tenant:
@@ -256,6 +259,7 @@ class TenantRegistry:
                 "CreatedAt": entity["CreatedAt"] if entity is not None else now,
                 "UpdatedAt": now,
                 "OnboardedBy": (onboarded_by or (entity or {}).get("OnboardedBy") or ""),
+                "Contact": (contact or (entity or {}).get("Contact") or ""),
                 "LastVerification": json.dumps(vars(verification))
                 if verification is not None
                 else (entity or {}).get("LastVerification", ""),
@@ -377,5 +381,6 @@ def _to_tenant(entity: Any) -> Tenant:
         updated_at=entity["UpdatedAt"],
         onboarded_by=entity.get("OnboardedBy") or None,
         last_verification=verification,
+        contact=entity.get("Contact") or None,
         etag=getattr(entity, "metadata", {}).get("etag"),
     )

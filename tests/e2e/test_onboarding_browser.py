@@ -1,5 +1,5 @@
 """Onboarding end to end in headless Chromium (Debian's package, driven by Playwright): the function app on the
-development host, the sandbox's consent page, the registry on Azurite."""
+development host, the sandbox's sign-in page, the registry on Azurite."""
 
 from __future__ import annotations
 
@@ -41,29 +41,48 @@ def browser():
 def onboard(page, flow, org: str) -> None:
     page.goto(f"{flow.host.url}/api/onboard")
     page.get_by_label("Environment URL").fill(org)
-    page.get_by_role("button", name="Continue to Microsoft sign-in").click()
+    page.get_by_role("button", name="Sign in with Microsoft").click()
     page.wait_for_url(f"{flow.sandbox.authority_host}/**")
 
 
-def test_accept_ends_active(browser, flow):
+def pick(page, user) -> None:
+    """On the sandbox's sign-in page: choose the account and sign in (or cancel)."""
+    page.get_by_label("Account").select_option(f"{user.tenant_id}:{user.object_id}")
+
+
+def test_the_customers_administrator_signs_in_and_ends_active(browser, flow):
     onboard(browser, flow, flow.ready_org)
-    browser.get_by_role("button", name="Accept").click()
+    pick(browser, flow.admins[flow.ready_tenant])
+    browser.get_by_role("button", name="Sign in").click()
     browser.wait_for_url(f"{flow.host.url}/api/consent/callback**")
     assert browser.get_by_role("heading", name="Connected").is_visible()
-    assert flow.registry.get_tenant(flow.ready_tenant).status is TenantStatus.ACTIVE
+    tenant = flow.registry.get_tenant(flow.ready_tenant)
+    assert tenant.status is TenantStatus.ACTIVE and tenant.onboarded_by == flow.admins[flow.ready_tenant].upn
+
+
+def test_a_non_administrator_is_refused_with_the_missing_role_and_nothing_recorded(browser, flow):
+    flow.sandbox.state.grant_consent(flow.ready_tenant, flow.client_id)
+    onboard(browser, flow, flow.ready_org)
+    pick(browser, flow.clerk)
+    browser.get_by_role("button", name="Sign in").click()
+    browser.wait_for_url(f"{flow.host.url}/api/consent/callback**")
+    assert browser.get_by_role("heading", name="This environment cannot be connected").is_visible()
+    assert "System Administrator" in browser.get_by_role("alert").inner_text()
+    assert flow.registry.find_tenant(flow.ready_tenant) is None
 
 
 def test_cancel_shows_the_failure_page(browser, flow):
     onboard(browser, flow, flow.ready_org)
     browser.get_by_role("button", name="Cancel").click()
     browser.wait_for_url(f"{flow.host.url}/api/consent/callback**")
-    assert browser.get_by_role("heading", name="Consent was not granted").is_visible()
+    assert browser.get_by_role("heading", name="Sign-in did not complete").is_visible()
     assert flow.registry.find_tenant(flow.ready_tenant) is None
 
 
 def test_missing_application_user_then_recheck(browser, flow):
     onboard(browser, flow, flow.bare_org)
-    browser.get_by_role("button", name="Accept").click()
+    pick(browser, flow.admins[flow.bare_tenant])
+    browser.get_by_role("button", name="Sign in").click()
     browser.wait_for_url(f"{flow.host.url}/api/consent/callback**")
     assert browser.get_by_role("heading", name="Almost there: create the application user").is_visible()
     assert flow.registry.get_tenant(flow.bare_tenant).status is TenantStatus.AWAITING_APPLICATION_USER
@@ -77,7 +96,7 @@ def test_missing_application_user_then_recheck(browser, flow):
 def test_bad_url_is_shown_back_accessibly(browser, flow):
     browser.goto(f"{flow.host.url}/api/onboard")
     browser.get_by_label("Environment URL").fill("https://contoso.example.com")
-    browser.get_by_role("button", name="Continue to Microsoft sign-in").click()
+    browser.get_by_role("button", name="Sign in with Microsoft").click()
     alert = browser.get_by_role("alert")
     assert "Dataverse domain" in alert.inner_text()
     assert browser.get_by_label("Environment URL").get_attribute("aria-invalid") == "true"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 import pytest
@@ -153,13 +154,25 @@ def states(azurite):
     return store
 
 
+def msal_flow() -> dict[str, object]:
+    """The shape of MSAL's auth code flow (state, nonce, PKCE verifier), which the state row keeps sealed."""
+    return {
+        "state": uuid.uuid4().hex,
+        "nonce": uuid.uuid4().hex,
+        "code_verifier": uuid.uuid4().hex + uuid.uuid4().hex,
+        "scope": ["https://a.crm.dynamics.com/user_impersonation", "openid"],
+        "auth_uri": "https://login.microsoftonline.com/organizations/oauth2/v2.0/authorize",
+    }
+
+
 def test_consent_state_round_trip_is_single_use(states):
-    tenant = tid()
-    issued = states.issue("https://a.crm.dynamics.com", tenant, "admin@example")
-    consent = states.redeem(issued.state, issued.browser_nonce, tenant.upper())
-    assert consent.org_url == "https://a.crm.dynamics.com" and consent.onboarded_by == "admin@example"
+    flow = msal_flow()
+    issued = states.issue(flow, "https://a.crm.dynamics.com", "ops@example")
+    consent = states.redeem(issued.state, issued.browser_nonce)
+    assert consent.org_url == "https://a.crm.dynamics.com" and consent.contact == "ops@example"
+    assert consent.flow == flow
     with pytest.raises(ConsentStateError) as replay:
-        states.redeem(issued.state, issued.browser_nonce, tenant)
+        states.redeem(issued.state, issued.browser_nonce)
     assert replay.value.reason == "replayed"
 
 
@@ -171,21 +184,18 @@ def test_consent_state_round_trip_is_single_use(states):
         ("tampered", "unknown"),
         ("other_browser", "other_browser"),
         ("no_cookie", "other_browser"),
-        ("tenant", "tenant_mismatch"),
         ("huge", "unknown"),
     ],
 )
 def test_bad_states_are_refused(states, case, reason):
-    tenant = tid()
-    issued = states.issue("https://a.crm.dynamics.com", tenant, None)
+    issued = states.issue(msal_flow(), "https://a.crm.dynamics.com", None)
     args = {
-        "missing": (None, issued.browser_nonce, tenant),
-        "unknown": ("x" * 43, issued.browser_nonce, tenant),
-        "tampered": (issued.state[:-1] + ("A" if issued.state[-1] != "A" else "B"), issued.browser_nonce, tenant),
-        "other_browser": (issued.state, "someone-elses-cookie", tenant),
-        "no_cookie": (issued.state, None, tenant),
-        "tenant": (issued.state, issued.browser_nonce, tid()),
-        "huge": ("s" * 5000, issued.browser_nonce, tenant),
+        "missing": (None, issued.browser_nonce),
+        "unknown": ("x" * 43, issued.browser_nonce),
+        "tampered": (issued.state[:-1] + ("A" if issued.state[-1] != "A" else "B"), issued.browser_nonce),
+        "other_browser": (issued.state, "someone-elses-cookie"),
+        "no_cookie": (issued.state, None),
+        "huge": ("s" * 5000, issued.browser_nonce),
     }[case]
     with pytest.raises(ConsentStateError) as info:
         states.redeem(*args)
@@ -193,17 +203,22 @@ def test_bad_states_are_refused(states, case, reason):
 
 
 def test_other_browser_does_not_burn_the_state(states):
-    tenant = tid()
-    issued = states.issue("https://a.crm.dynamics.com", tenant, None)
+    issued = states.issue(msal_flow(), "https://a.crm.dynamics.com", None)
     with pytest.raises(ConsentStateError):
-        states.redeem(issued.state, "attacker", tenant)
-    assert states.redeem(issued.state, issued.browser_nonce, tenant).expected_tenant == tenant
+        states.redeem(issued.state, "attacker")
+    assert states.redeem(issued.state, issued.browser_nonce).org_url == "https://a.crm.dynamics.com"
 
 
-def test_expired_state_is_refused(states, azurite):
-    tenant = tid()
-    issued = states.issue("https://a.crm.dynamics.com", tenant, None)
-    later = ConsentStateStore(states._table, ttl_seconds=600, clock=lambda: issued.expires_at + 1)
+def test_expired_state_is_refused_and_purged(states, azurite):
+    earlier = ConsentStateStore(states._table, ttl_seconds=600, clock=lambda: time.time() - 1000)
+    expired = earlier.issue(msal_flow(), "https://a.crm.dynamics.com", None)  # expired 400 s ago
+    fresh = states.issue(msal_flow(), "https://b.crm.dynamics.com", None)
     with pytest.raises(ConsentStateError) as info:
-        later.redeem(issued.state, issued.browser_nonce, tenant)
+        states.redeem(expired.state, expired.browser_nonce)
     assert info.value.reason == "expired"
+    # The service-side filter on ExpiresAt (a double) works on the real table service: only expired rows go.
+    assert states.purge_expired() == 1
+    assert states.redeem(fresh.state, fresh.browser_nonce).org_url == "https://b.crm.dynamics.com"
+    with pytest.raises(ConsentStateError) as gone:
+        states.redeem(expired.state, expired.browser_nonce)
+    assert gone.value.reason == "unknown"

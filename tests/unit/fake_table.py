@@ -61,6 +61,13 @@ class FakeTable:
             self.etags[key] = f'W/"{next(self._serial)}"'
         return {}
 
+    def delete_entity(self, partition_key: str, row_key: str, **_: Any) -> None:
+        with self._lock:
+            if (partition_key, row_key) not in self.rows:
+                raise ResourceNotFoundError("The specified resource does not exist.")
+            del self.rows[(partition_key, row_key)]
+            del self.etags[(partition_key, row_key)]
+
     def query_entities(self, query_filter: str, *, parameters: dict[str, Any], **kwargs: Any) -> list[TableEntity]:
         with self._lock:
             keys = sorted(k for k in self.rows if k[0] == parameters["pk"])

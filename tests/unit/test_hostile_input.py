@@ -13,6 +13,7 @@ webhook store are fakes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import functools
 import html
@@ -41,6 +42,7 @@ from shared.dataverse.client import Page, WhoAmI
 from shared.dataverse.clients import OrgDiscoveryError
 from shared.dataverse.errors import ApplicationUserMissingError
 from shared.dataverse.org_url import validate_org_url
+from shared.errors import S2SError
 from shared.settings import AppMode, Settings
 from shared.signin.user_tokens import JwksCache, UserTokenValidator
 from shared.tenants.consent_states import ConsentStateStore
@@ -51,6 +53,7 @@ from shared.webhooks.intake import WebhookIntake
 from shared.webhooks.store import WebhookStore
 from tests.unit import hostile_strategies as hs
 from tests.unit import webhook_samples as samples
+from tests.unit.fake_signin import FakeOrgs, FakeSignIn, Person
 from tests.unit.fake_table import FakeTable
 
 # -- sizes ----------------------------------------------------------------------------------------------------
@@ -261,12 +264,26 @@ class FakeDataverseClient:
         yield Page(rows, None)
 
 
-class FakeDataverse:
+PEOPLE = {tenant: Person(tenant, username=f"admin@{tenant[:8]}.example") for tenant in (HOME, WAITING, NEWCOMER)}
+CLERK = Person(HOME, username="clerk@home.example")  # a user of ORG without the System Administrator role
+FOREIGNER = Person(str(uuid.UUID(int=7)), username="admin@elsewhere.example")
+
+
+class FakeDataverse(FakeOrgs):
     """Org discovery by label (contoso → HOME, fabrikam → WAITING, unreachable fails, others → NEWCOMER), after
-    the real org-URL validation."""
+    the real org-URL validation; each tenant's person in PEOPLE is System Administrator of its orgs."""
 
     def __init__(self, settings: Settings) -> None:
+        super().__init__()
         self.settings = settings
+        for host in (*ORG_HOSTS, "newcorp.crm.dynamics.com"):
+            with contextlib.suppress(S2SError):
+                canonical = validate_org_url(f"https://{host}", settings.dataverse_domain_suffixes)
+                label = host.split(".")[0]
+                owner = {"contoso": HOME, "fabrikam": WAITING}.get(label, NEWCOMER)
+                self.add(canonical, owner)
+                self.add_user(canonical, PEOPLE[owner], administrator=True)
+        self.add_user(ORG, CLERK, administrator=False)
 
     def discover_tenant(self, org_url: str) -> str:
         canonical = validate_org_url(org_url, self.settings.dataverse_domain_suffixes)
@@ -322,6 +339,7 @@ class World:
         self.consent_states = ConsentStateStore(self.tables["states"], self.settings.consent_state_ttl_seconds)
         self.org_index = OrgIndex(self.tables["orgindex"])
         self.dataverse = FakeDataverse(self.settings)
+        self.sign_in = FakeSignIn()
         self.enqueued: list[tuple[dict[str, Any], int]] = []
         self.onboarding = OnboardingService(
             self.settings,
@@ -329,6 +347,7 @@ class World:
             self.consent_states,
             self.dataverse,  # type: ignore[arg-type]
             FakeTokens(),  # type: ignore[arg-type]
+            sign_in=self.sign_in,  # type: ignore[arg-type]
             enqueue_verification=lambda message, delay: self.enqueued.append((message, delay)),
             org_index=self.org_index,
             sleep=lambda seconds: None,
@@ -559,33 +578,48 @@ def test_onboarding_form_page_ignores_hostile_input(params, headers, body):
     assert resp.status_code == 200
 
 
+APP_ORIGIN = "https://app.example"
+
+
 @budget("onboard_start")
 @example(
     mode=AppMode.MULTI_TENANT,
     body=b"org_url=https%3A%2F%2Fcontoso.crm.dynamics.com&contact=%3Cb%3E",
     headers={},
     params={},
+    origin=APP_ORIGIN,
 )
-@example(mode=AppMode.SINGLE_TENANT, body=b"org_url=https://newcorp.crm11.dynamics.com", headers={}, params={})
+@example(
+    mode=AppMode.SINGLE_TENANT, body=b"org_url=https://newcorp.crm11.dynamics.com", headers={}, params={}, origin=None
+)
 @given(
     mode=st.sampled_from(AppMode),
     body=hs.form_bodies({"org_url": hs.org_urls(ORG_HOSTS), "contact": hs.hostile_text}),
     headers=hs.headers(cookie=st.none() | hs.hostile_text),
     params=hs.query(),
+    origin=st.one_of(st.just(APP_ORIGIN), st.just(APP_ORIGIN), st.none(), hs.hostile_text),
 )
-def test_onboarding_start_validates_or_redirects_to_the_authority_only(mode, body, headers, params):
+def test_onboarding_start_validates_or_redirects_to_the_authority_only(mode, body, headers, params, origin):
     world = install(World(mode))
+    headers = {k: v for k, v in headers.items() if k.lower() not in ("origin", "referer")}
+    if origin is not None:
+        headers["origin"] = origin
     sent = Sent()
     sent.add(body, headers, params)
     resp = HANDLERS["onboard_start"](request("POST", "onboard", params=params, headers=headers, body=body))
     check(resp, sent)
     assert resp.status_code in (302, 400, 403)
+    if origin != APP_ORIGIN:
+        assert resp.status_code == 403, "a cross-site form post was not refused"
     if resp.status_code == 302:
         cookie = resp.headers["Set-Cookie"]
         assert all(flag in cookie for flag in ("Secure", "HttpOnly", "SameSite=Lax"))
-        assert len(world.tables["states"].rows) == 1, "a redirect without a stored consent state"
+        assert resp.headers["Location"].startswith(f"{AUTHORITY}/organizations/oauth2/v2.0/authorize?")
+        assert len(world.tables["states"].rows) == 1, "a redirect without a stored sign-in state"
     else:
-        assert world.tables["states"].rows == {}, "a refused form stored a consent state"
+        assert world.tables["states"].rows == {}, "a refused form stored a sign-in state"
+    assert world.dataverse.calls == [], "an anonymous form post reached an org"
+    assert world.tables["tenants"].rows == _seeded_rows()["tenants"], "an anonymous form post changed a tenant"
 
 
 _cookies = st.one_of(
@@ -610,23 +644,23 @@ def callback_cases(draw: st.DrawFn) -> dict[str, Any]:
     state = draw(st.sampled_from(("absent", "hostile", "issued", "issued", "issued", "other_browser", "replayed")))
     params = draw(
         hs.query(
-            tenant=st.one_of(
-                st.none(), st.sampled_from((HOME, WAITING, NEWCOMER, HOME.upper())), hs.guid_like, hs.hostile_text
-            ),
-            admin_consent=st.one_of(st.none(), st.sampled_from(("True", "true", "False", "TRUE ")), hs.hostile_text),
+            code=st.one_of(st.none(), hs.hostile_text),
+            tenant=st.one_of(st.none(), st.sampled_from((HOME, WAITING, NEWCOMER)), hs.hostile_text),
+            admin_consent=st.one_of(st.none(), st.sampled_from(("True", "False")), hs.hostile_text),
             error=st.one_of(st.none(), st.none(), st.sampled_from(("access_denied", "server_error")), hs.hostile_text),
             error_description=st.one_of(st.none(), hs.hostile_text),
             state=hs.hostile_text if state == "hostile" else st.none(),
         )
     )
-    if state != "hostile" and draw(st.integers(1, 3)) > 1:  # the answer of a granted consent, so verification runs
-        params["admin_consent"] = "True"
+    signed_in = state != "hostile" and draw(st.integers(1, 3)) > 1  # a real sign-in answer, so everything runs
+    if signed_in:
         params.pop("error", None)
     return {
         "state": state,
         "params": params,
+        "signed_in": signed_in,
+        "who": draw(st.sampled_from(("admin", "admin", "clerk", "foreigner"))),
         "org": draw(st.sampled_from((ORG, WAITING_ORG, "https://newcorp.crm.dynamics.com"))),
-        "tenant_matches": draw(st.integers(1, 4)) > 1,
         "clean_cookie": draw(st.integers(1, 3)) > 1,  # only our cookie, or ours after a hostile Cookie header
         "cookie": draw(_cookies),
         "headers": draw(hs.headers()),
@@ -634,12 +668,13 @@ def callback_cases(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-def _granted(org: str, mode: AppMode = AppMode.MULTI_TENANT) -> dict[str, Any]:
+def _signed_in(org: str, mode: AppMode = AppMode.MULTI_TENANT, who: str = "admin") -> dict[str, Any]:
     return {
         "state": "issued",
-        "params": {"admin_consent": "True"},
+        "params": {},
+        "signed_in": True,
+        "who": who,
         "org": org,
-        "tenant_matches": True,
         "clean_cookie": True,
         "cookie": None,
         "headers": {},
@@ -648,32 +683,46 @@ def _granted(org: str, mode: AppMode = AppMode.MULTI_TENANT) -> dict[str, Any]:
 
 
 @budget("consent_callback")
-@example(case=_granted(ORG))
-@example(case=_granted(WAITING_ORG))
-@example(case=_granted("https://newcorp.crm.dynamics.com", AppMode.SINGLE_TENANT))
+@example(case=_signed_in(ORG))
+@example(case=_signed_in(WAITING_ORG))
+@example(case=_signed_in(ORG, who="clerk"))
+@example(case=_signed_in(ORG, who="foreigner"))
+@example(case=_signed_in("https://newcorp.crm.dynamics.com", AppMode.SINGLE_TENANT))
 @given(case=callback_cases())
 def test_consent_callback_survives_hostile_answers(case):
     world = install(World(case["mode"]))
     params, headers, sent = dict(case["params"]), dict(case["headers"]), Sent()
     if case["cookie"] is not None:
         headers["cookie"] = case["cookie"]
+    owner = world.dataverse.owners[case["org"]]
     if case["state"] in ("issued", "other_browser", "replayed"):
-        tenant = world.dataverse.discover_tenant(case["org"])
-        issued = world.consent_states.issue(case["org"], tenant, "admin@example.com")
+        flow = world.sign_in.begin(case["org"], world.settings.onboarding_redirect_uri)
+        issued = world.consent_states.issue(flow, case["org"], "admin@example.com")
         params["state"] = issued.state
-        if case["tenant_matches"]:
-            params["tenant"] = tenant
+        if case["signed_in"]:
+            person = {"admin": PEOPLE[owner], "clerk": CLERK, "foreigner": FOREIGNER}[case["who"]]
+            params["code"] = world.sign_in.sign_in(issued.state, person)
+            sent.secrets.append(params["code"])
         if case["state"] != "other_browser":
             ours = f"s2s_onboarding={issued.browser_nonce}"
             headers["cookie"] = ours if case["clean_cookie"] else f"{headers.get('cookie', 'x=1')}; {ours}"
         if case["state"] == "replayed":
-            world.consent_states.redeem(issued.state, issued.browser_nonce, tenant)
+            world.consent_states.redeem(issued.state, issued.browser_nonce)
         sent.secrets += [issued.state, issued.browser_nonce]
     sent.add(params, headers)
+    before = copy.deepcopy(world.tables["tenants"].rows)
     resp = HANDLERS["consent_callback"](request("GET", "consent/callback", params=params, headers=headers))
     check(resp, sent)
     assert resp.status_code in (200, 202, 400, 403)
     assert "Location" not in resp.headers
+    completed = (
+        case["state"] == "issued"
+        and case["signed_in"]
+        and case["who"] == "admin"
+        and (case["mode"] is AppMode.MULTI_TENANT or owner == HOME)
+    )
+    if not completed:
+        assert world.tables["tenants"].rows == before, "a callback without a completed sign-in changed a tenant"
 
 
 @budget("recheck_form")

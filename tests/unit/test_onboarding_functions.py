@@ -11,17 +11,27 @@ import pytest
 
 from functions import onboarding as fn
 from shared.bootstrap import use_services
-from shared.dataverse.clients import OrgDiscoveryError
+from shared.dataverse.errors import DataverseError
 from shared.dataverse.org_url import InvalidOrgUrlError
 from shared.settings import Settings
+from shared.signin.administrators import SignInError
 from shared.tenants.consent_states import ConsentStateError
-from shared.tenants.onboarding import ConsentDeniedError, OnboardingStart, TenantNotAllowedError, VerificationResult
+from shared.tenants.onboarding import (
+    ConsentDeniedError,
+    InvalidContactError,
+    NotOrgAdministratorError,
+    OnboardingStart,
+    OrgNotInTenantError,
+    TenantNotAllowedError,
+    VerificationResult,
+)
 from shared.tenants.registry import TenantStatus
 
 CLIENT = "11111111-2222-3333-4444-555555555555"
 TENANT = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 XSS = '"><script>alert(1)</script><img src=x onerror=alert(2)>'
-AUTHORITY_REDIRECT = f"https://login.microsoftonline.com/{TENANT}/adminconsent?client_id={CLIENT}&state=s"
+AUTHORITY_REDIRECT = f"https://login.microsoftonline.com/organizations/oauth2/v2.0/authorize?client_id={CLIENT}&state=s"
+APP = "https://app.example"
 
 
 @dataclass
@@ -31,8 +41,8 @@ class FakeOnboarding:
     complete_error: Exception | None = None
     calls: list = field(default_factory=list)
 
-    def start(self, org_url, onboarded_by):
-        self.calls.append(("start", org_url, onboarded_by))
+    def start(self, org_url, contact):
+        self.calls.append(("start", org_url, contact))
         if self.start_error:
             raise self.start_error
         return OnboardingStart(AUTHORITY_REDIRECT, "nonce-123", 9e12)
@@ -64,6 +74,7 @@ class FakeServices:
             key_vault_url="https://kv.vault.azure.net",
             key_vault_certificate_name="c",
             app_display_name="Contoso <Sync>",
+            onboarding_redirect_uri=f"{APP}/api/consent/callback",
         )
         self.onboarding = onboarding
         self.registry = registry or FakeRegistry()
@@ -87,6 +98,11 @@ def text(resp):
     return resp.get_body().decode()
 
 
+def post_form(body: bytes, headers: dict[str, str] | None = None):
+    """The onboarding form as a browser on our own page posts it (with Origin)."""
+    return fn.onboard_start(request("POST", "onboard", body=body, headers={"origin": APP, **(headers or {})}))
+
+
 def test_form_page_is_accessible_and_locked_down(fake):
     resp = fn.onboard_form(request("GET", "onboard"))
     body = text(resp)
@@ -102,7 +118,7 @@ def test_form_page_is_accessible_and_locked_down(fake):
 
 def test_bad_org_url_is_shown_back_escaped_with_the_reason(fake):
     fake.start_error = InvalidOrgUrlError("The organisation URL must start with https://.")
-    resp = fn.onboard_start(request("POST", "onboard", body=f"org_url={XSS}&contact={XSS}".encode()))
+    resp = post_form(f"org_url={XSS}&contact={XSS}".encode())
     body = text(resp)
     assert resp.status_code == 400
     assert "must start with https://" in body and 'role="alert"' in body
@@ -111,18 +127,41 @@ def test_bad_org_url_is_shown_back_escaped_with_the_reason(fake):
     assert "Location" not in resp.headers
 
 
-def test_unreachable_org_and_other_tenant_are_explained(fake):
-    fake.start_error = OrgDiscoveryError("https://x.crm.dynamics.com could not be reached.")
-    assert fn.onboard_start(request("POST", "onboard", body=b"org_url=https://x.crm.dynamics.com")).status_code == 400
-    fake.start_error = TenantNotAllowedError("This application serves only its own organisation's tenant.")
-    resp = fn.onboard_start(request("POST", "onboard", body=b"org_url=https://x.crm.dynamics.com"))
-    assert resp.status_code == 403 and "Nothing was recorded" in text(resp)
+def test_a_contact_that_is_not_one_printable_line_is_refused(fake):
+    fake.start_error = InvalidContactError("The contact must be one line of printable text.")
+    resp = post_form(b"org_url=https://x.crm.dynamics.com&contact=a%0D%0Ab")
+    assert resp.status_code == 400 and "one line of printable text" in text(resp)
+    assert 'data-error-code="invalid_contact"' in text(resp) and "Set-Cookie" not in resp.headers
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"origin": "https://evil.example"},
+        {"origin": "null"},
+        {"referer": "https://evil.example/api/onboard"},
+        {"origin": "https://app.example.evil.example"},
+        {"origin": "http://app.example"},
+    ],
+)
+def test_a_cross_site_form_post_is_refused_before_anything_happens(fake, headers):
+    resp = fn.onboard_start(request("POST", "onboard", body=b"org_url=https://x.crm.dynamics.com", headers=headers))
+    assert resp.status_code == 403 and 'data-error-code="cross_site_request"' in text(resp)
+    assert fake.calls == [] and "Location" not in resp.headers and "Set-Cookie" not in resp.headers
+
+
+def test_a_same_origin_referer_is_enough_when_origin_is_absent(fake):
+    resp = fn.onboard_start(
+        request(
+            "POST", "onboard", body=b"org_url=https://x.crm.dynamics.com", headers={"referer": f"{APP}/api/onboard"}
+        )
+    )
+    assert resp.status_code == 302 and fake.calls[0][0] == "start"
 
 
 def test_start_redirects_only_to_the_authority_with_a_locked_cookie(fake):
-    resp = fn.onboard_start(
-        request("POST", "onboard", body=b"org_url=https://fab.crm.dynamics.com&contact=a@b.example")
-    )
+    resp = post_form(b"org_url=https://fab.crm.dynamics.com&contact=a@b.example")
     assert resp.status_code == 302
     assert resp.headers["Location"] == AUTHORITY_REDIRECT
     cookie = resp.headers["Set-Cookie"]
@@ -133,7 +172,7 @@ def test_start_redirects_only_to_the_authority_with_a_locked_cookie(fake):
 
 
 def test_oversized_form_is_refused(fake):
-    resp = fn.onboard_start(request("POST", "onboard", body=b"org_url=" + b"a" * 10_000))
+    resp = post_form(b"org_url=" + b"a" * 10_000)
     assert resp.status_code == 400 and fake.calls == []
 
 
@@ -143,7 +182,7 @@ def test_callback_passes_the_cookie_and_shows_success(fake):
         request(
             "GET",
             "consent/callback",
-            params={"tenant": TENANT, "state": "s", "admin_consent": "True"},
+            params={"code": "c0de", "state": "s"},
             headers={"cookie": "other=1; s2s_onboarding=nonce-123"},
         )
     )
@@ -164,7 +203,7 @@ def test_awaiting_page_tells_exactly_what_to_do(fake):
     assert "<script" not in body and "<img" not in body
 
 
-@pytest.mark.parametrize("reason", ["missing", "unknown", "expired", "replayed", "other_browser", "tenant_mismatch"])
+@pytest.mark.parametrize("reason", ["missing", "unknown", "expired", "replayed", "other_browser"])
 def test_each_invalid_state_gets_a_clear_400(fake, reason):
     fake.complete_error = ConsentStateError(reason, "x")
     resp = fn.consent_callback(request("GET", "consent/callback", params={"state": XSS, "tenant": XSS}))
@@ -172,15 +211,50 @@ def test_each_invalid_state_gets_a_clear_400(fake, reason):
     assert "<script" not in text(resp)
 
 
-def test_entra_error_is_shown_escaped_in_plain_words(fake):
+def test_entra_error_shows_its_code_with_a_fixed_explanation_and_its_text_only_when_given(fake):
     fake.complete_error = ConsentDeniedError("access_denied", f"AADSTS65004: User declined {XSS}\r\nTrace ID: t")
-    resp = fn.consent_callback(
-        request("GET", "consent/callback", params={"error": "access_denied", "admin_consent": "True"})
-    )
+    resp = fn.consent_callback(request("GET", "consent/callback", params={"error": "access_denied", "state": "s"}))
     body = text(resp)
-    assert resp.status_code == 400 and "AADSTS65004" in body and "Accept" in body
-    assert "Trace ID" not in body
+    assert resp.status_code == 400 and "access_denied" in body and "was cancelled" in body
+    assert "AADSTS65004" in body and "Trace ID" not in body
     assert "<script" not in body and "<img" not in body
+    fake.complete_error = ConsentDeniedError(XSS, "")  # no valid state: the caller passes no free text
+    body = text(fn.consent_callback(request("GET", "consent/callback", params={"error": XSS})))
+    assert "Microsoft said" not in body and "did not complete" in body and "<script" not in body
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (SignInError("The sign-in could not be verified.", code="id_token_invalid"), 400, "id_token_invalid"),
+        (
+            NotOrgAdministratorError("You signed in as x, who does not have the System Administrator role."),
+            403,
+            "not_org_administrator",
+        ),
+        (
+            OrgNotInTenantError("https://x.crm.dynamics.com does not belong to your organisation."),
+            403,
+            "org_not_in_tenant",
+        ),
+        (
+            TenantNotAllowedError("This application serves only its own organisation's tenant."),
+            403,
+            "tenant_not_allowed",
+        ),
+    ],
+)
+def test_a_refused_sign_in_says_why_with_a_code_and_records_nothing(fake, error, status, code):
+    fake.complete_error = error
+    resp = fn.consent_callback(request("GET", "consent/callback", params={"code": "c", "state": "s"}))
+    assert resp.status_code == status and f'data-error-code="{code}"' in text(resp)
+    assert "Nothing was recorded" in text(resp) and "Max-Age=0" in resp.headers["Set-Cookie"]
+
+
+def test_an_org_that_cannot_be_reached_during_the_role_check_is_a_503_to_retry(fake):
+    fake.complete_error = DataverseError("timeout", org_url="https://x.crm.dynamics.com", status_code=503)
+    resp = fn.consent_callback(request("GET", "consent/callback", params={"code": "c", "state": "s"}))
+    assert resp.status_code == 503 and 'data-error-code="org_unavailable"' in text(resp)
 
 
 def test_no_callback_answer_redirects_anywhere(fake):

@@ -99,48 +99,88 @@ def store():
     return states, clock
 
 
-def test_state_is_single_use_and_bound_to_browser_and_tenant(store):
+def msal_flow() -> dict[str, object]:
+    """The shape of MSAL's auth code flow: what must stay server-side between the form and the answer."""
+    return {
+        "state": f"st-{uuid.uuid4().hex}",
+        "nonce": f"nonce-{uuid.uuid4().hex}",
+        "code_verifier": f"verifier-{uuid.uuid4().hex}",
+        "scope": ["https://a.crm.dynamics.com/user_impersonation"],
+        "auth_uri": "https://login.microsoftonline.com/organizations/oauth2/v2.0/authorize?state=x",
+    }
+
+
+def test_state_is_single_use_bound_to_the_browser_and_gives_the_flow_back(store):
     states, _ = store
-    tenant = str(uuid.uuid4())
-    issued = states.issue("https://a.crm.dynamics.com", tenant, None)
-    assert states.redeem(issued.state, issued.browser_nonce, tenant).org_url == "https://a.crm.dynamics.com"
+    flow = msal_flow()
+    issued = states.issue(flow, "https://a.crm.dynamics.com", "ops@customer.example")
+    assert issued.state == flow["state"]
+    redeemed = states.redeem(issued.state, issued.browser_nonce)
+    assert (redeemed.org_url, redeemed.contact, redeemed.flow) == (
+        "https://a.crm.dynamics.com",
+        "ops@customer.example",
+        flow,
+    )
     with pytest.raises(ConsentStateError, match="already used"):
-        states.redeem(issued.state, issued.browser_nonce, tenant)
+        states.redeem(issued.state, issued.browser_nonce)
 
 
 @pytest.mark.parametrize(
     ("mutate", "reason"),
     [
-        (lambda s, n, t: (None, n, t), "missing"),
-        (lambda s, n, t: ("forged-" + s, n, t), "unknown"),
-        (lambda s, n, t: (s[:-2] + "xx", n, t), "unknown"),
-        (lambda s, n, t: (s, n + "x", t), "other_browser"),
-        (lambda s, n, t: (s, None, t), "other_browser"),
-        (lambda s, n, t: (s, n, str(uuid.uuid4())), "tenant_mismatch"),
-        (lambda s, n, t: (s, n, None), "tenant_mismatch"),
+        (lambda s, n: (None, n), "missing"),
+        (lambda s, n: ("forged-" + s, n), "unknown"),
+        (lambda s, n: (s[:-2] + "xx", n), "unknown"),
+        (lambda s, n: ("x" * 201, n), "unknown"),
+        (lambda s, n: (s, n + "x"), "other_browser"),
+        (lambda s, n: (s, None), "other_browser"),
     ],
 )
-def test_forged_tampered_and_misbound_states_are_refused(store, mutate, reason):
+def test_forged_tampered_and_misbound_states_are_refused_and_stay_unused(store, mutate, reason):
     states, _ = store
-    tenant = str(uuid.uuid4())
-    issued = states.issue("https://a.crm.dynamics.com", tenant, None)
+    issued = states.issue(msal_flow(), "https://a.crm.dynamics.com", None)
     with pytest.raises(ConsentStateError) as info:
-        states.redeem(*mutate(issued.state, issued.browser_nonce, tenant))
+        states.redeem(*mutate(issued.state, issued.browser_nonce))
     assert info.value.reason == reason
+    # A stranger cannot burn the real browser's sign-in.
+    assert states.redeem(issued.state, issued.browser_nonce).org_url == "https://a.crm.dynamics.com"
 
 
 def test_state_expires_after_its_ttl(store):
     states, clock = store
-    tenant = str(uuid.uuid4())
-    issued = states.issue("https://a.crm.dynamics.com", tenant, None)
+    issued = states.issue(msal_flow(), "https://a.crm.dynamics.com", None)
     clock["now"] += 601
     with pytest.raises(ConsentStateError) as info:
-        states.redeem(issued.state, issued.browser_nonce, tenant)
+        states.redeem(issued.state, issued.browser_nonce)
     assert info.value.reason == "expired"
 
 
-def test_only_hashes_are_stored(store):
+def test_only_hashes_and_a_sealed_flow_are_stored(store):
     states, _ = store
-    issued = states.issue("https://a.crm.dynamics.com", str(uuid.uuid4()), None)
+    flow = msal_flow()
+    issued = states.issue(flow, "https://a.crm.dynamics.com", None)
     stored = repr(states._table.rows)
-    assert issued.state not in stored and issued.browser_nonce not in stored
+    for secret in (issued.state, issued.browser_nonce, flow["nonce"], flow["code_verifier"]):
+        assert secret not in stored
+
+
+def test_a_tampered_sealed_flow_is_unusable(store):
+    states, _ = store
+    issued = states.issue(msal_flow(), "https://a.crm.dynamics.com", None)
+    (key,) = states._table.rows
+    sealed = states._table.rows[key]["Flow"]
+    states._table.rows[key]["Flow"] = sealed[:-4] + ("AAAA" if not sealed.endswith("AAAA") else "BBBB")
+    with pytest.raises(ConsentStateError) as info:
+        states.redeem(issued.state, issued.browser_nonce)
+    assert info.value.reason == "unknown"
+
+
+def test_purge_deletes_expired_states_only(store):
+    states, clock = store
+    old = [states.issue(msal_flow(), "https://a.crm.dynamics.com", None) for _ in range(3)]
+    states.redeem(old[0].state, old[0].browser_nonce)  # used ones go too once expired
+    clock["now"] += 601
+    fresh = states.issue(msal_flow(), "https://b.crm.dynamics.com", None)
+    assert states.purge_expired() == 3
+    assert len(states._table.rows) == 1
+    assert states.redeem(fresh.state, fresh.browser_nonce).org_url == "https://b.crm.dynamics.com"

@@ -44,6 +44,7 @@ class Services:
             entra_home_tenant_id=TENANT,
             key_vault_url="https://kv.vault.azure.net",
             key_vault_certificate_name="c",
+            onboarding_redirect_uri="https://app.example/api/consent/callback",
         )
         self.onboarding = Down(error)
         self.registry = Down(error)
@@ -57,7 +58,7 @@ ERRORS = [
 
 CASES = [
     (onboarding.onboard_start, "POST", "onboard", {}, b"org_url=https%3A%2F%2Fx.crm.dynamics.com", "html"),
-    (onboarding.consent_callback, "GET", "consent/callback", {"state": "s", "tenant": TENANT}, b"", "html"),
+    (onboarding.consent_callback, "GET", "consent/callback", {"state": "s", "code": "c"}, b"", "html"),
     (onboarding.recheck, "POST", "onboard/recheck", {}, f"tenant={TENANT}&ticket=t".encode(), "html"),
     (onboarding.verify_tenant, "POST", f"tenants/{TENANT}/verify", {}, b"", "json"),
     (user_api.me, "GET", "me", {}, b"", "json"),
@@ -77,7 +78,7 @@ def test_storage_down_is_a_503_with_a_code_and_retry_after(case, error):
             f"http://localhost/api/{path}",
             params=params,
             body=body,
-            headers={"authorization": "Bearer x"},
+            headers={"authorization": "Bearer x", "origin": "https://app.example"},
             route_params={"tenant_id": TENANT},
         )
         resp = handler.build().get_user_function()(req)
