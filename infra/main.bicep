@@ -24,8 +24,11 @@ param deployerPrincipalId string = ''
 @description('Optional. CIDR ranges allowed to call the app; all other callers get 403. Empty: open to all (customer administrators onboard from their own browsers and Dataverse posts webhooks from its own addresses, so restrict only when those are covered).')
 param allowedIpRanges array = []
 
-@description('Optional. Most instances the Flex Consumption app scales out to.')
-@minValue(1)
+// Flex Consumption: "The lowest maximum scale is currently 40. The highest currently supported value is 1000."
+// (learn.microsoft.com/azure/azure-functions/flex-consumption-plan#considerations); Microsoft's Flex samples declare
+// the same bounds (Azure-Samples/azure-functions-flex-consumption-samples, IaC/bicep/main.bicep).
+@description('Optional. Most instances the Flex Consumption app scales out to (40-1000: Flex Consumption accepts no lower maximum).')
+@minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 100
 
