@@ -222,7 +222,9 @@ var tags = {
   'azd-env-name': environmentName
 }
 
-// The app's Settings presets are named after clouds; map the cloud this deployment runs in onto them.
+// The app's Settings presets are named after clouds; map the cloud this deployment runs in onto them. Only 'public'
+// gets past the deployment guard below (no Flex Consumption elsewhere); the mapping stays whole so that the
+// settings contract test can hold it to the code's presets.
 var azureCloud = environment().name == 'AzureUSGovernment' ? 'usgov' : environment().name == 'AzureChinaCloud' ? 'china' : 'public'
 var federationAudiences = {
   public: 'api://AzureADTokenExchange'

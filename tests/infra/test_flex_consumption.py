@@ -1,10 +1,12 @@
 """What a Flex Consumption function app accepts, checked over the Bicep so that a rejected property cannot come back.
 
 Flex Consumption answers a site whose ``siteConfig`` carries a property it does not take with ARM 400, extended code
-51021 ("The following list of ... site configuration properties (Site.SiteConfig.FtpsState, ...) for Flex
-Consumption sites is invalid. Please remove or rename them before retrying.", reported in
-microsoft/azure-pipelines-tasks#21032 and Azure/terraform-azurerm-avm-res-web-site#283/#360; enforcement rolls out
-by region, so a template that deployed last month can fail today). ``azd up`` then stops at the function app. So
+51021. Reported verbatim: "The following list of 4 site configuration properties (Site.SiteConfig.FtpsState,
+Site.SiteConfig.Use32BitWorkerProcess, Site.SiteConfig.NetFrameworkVersion,
+Site.SiteConfig.FunctionsRuntimeScaleMonitoringEnabled) for Flex Consumption sites is invalid"
+(microsoft/azure-pipelines-tasks#21032, where West Europe rejected what North Europe still accepted: enforcement
+rolls out by region), Site.SiteConfig.LinuxFxVersion (Azure/terraform-azurerm-avm-res-web-site#283) and
+FunctionAppScaleLimit (microsoft/azure-pipelines-tasks#22254). ``azd up`` then stops at the function app. So
 ``siteConfig`` (and any ``sites/config`` named ``web``, which is the same object) may hold only the properties on
 SITE_CONFIG_ALLOWED, each with the source that it is accepted; everything else fails here first.
 """
@@ -46,7 +48,7 @@ SITE_CONFIG_ALLOWED = {
 # siteConfig properties Microsoft or ARM itself names as rejected or deprecated on Flex Consumption: the deprecation
 # table (ftpsState "FTPS not supported", use32BitWorkerProcess, alwaysOn, windowsFxVersion, linuxFxVersion,
 # netFrameworkVersion, javaVersion, powerShellVersion, preWarmedInstanceCount, functionAppScaleLimit) and verbatim
-# ARM 51021 answers (FtpsState, LinuxFxVersion; functionsRuntimeScaleMonitoringEnabled per the AVM commit above).
+# ARM 51021 answers quoted in the module docstring.
 # None of them may ever join the allow-list.
 SITE_CONFIG_REJECTED = frozenset(
     {
