@@ -11,9 +11,12 @@ targetScope = 'subscription'
 @maxLength(64)
 param environmentName string
 
-@description('Required. Azure region of every resource; it must offer the Flex Consumption plan.')
+@description('Required. Azure region of every resource. It must offer the Flex Consumption plan: the deployment refuses a region that is neither in flexConsumptionRegions below nor in additionalFlexConsumptionRegions (az functionapp list-flexconsumption-locations lists the current ones).')
 @minLength(1)
 param location string
+
+@description('Optional. Regions that az functionapp list-flexconsumption-locations lists but flexConsumptionRegions below does not have yet, as that command names them (lower case, no spaces). Empty: the built-in list only.')
+param additionalFlexConsumptionRegions array = []
 
 @description('Optional. Name of the resource group. Defaults to rg-<environmentName>.')
 param resourceGroupName string = ''
@@ -24,8 +27,11 @@ param deployerPrincipalId string = ''
 @description('Optional. CIDR ranges allowed to call the app; all other callers get 403. Empty: open to all (customer administrators onboard from their own browsers and Dataverse posts webhooks from its own addresses, so restrict only when those are covered).')
 param allowedIpRanges array = []
 
-@description('Optional. Most instances the Flex Consumption app scales out to.')
-@minValue(1)
+// Flex Consumption: "The lowest maximum scale is currently 40. The highest currently supported value is 1000."
+// (learn.microsoft.com/azure/azure-functions/flex-consumption-plan#considerations); Microsoft's Flex samples declare
+// the same bounds (Azure-Samples/azure-functions-flex-consumption-samples, IaC/bicep/main.bicep).
+@description('Optional. Most instances the Flex Consumption app scales out to (40-1000: Flex Consumption accepts no lower maximum).')
+@minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 100
 
@@ -216,7 +222,9 @@ var tags = {
   'azd-env-name': environmentName
 }
 
-// The app's Settings presets are named after clouds; map the cloud this deployment runs in onto them.
+// The app's Settings presets are named after clouds; map the cloud this deployment runs in onto them. Only 'public'
+// gets past the deployment guard below (no Flex Consumption elsewhere); the mapping stays whole so that the
+// settings contract test can hold it to the code's presets.
 var azureCloud = environment().name == 'AzureUSGovernment' ? 'usgov' : environment().name == 'AzureChinaCloud' ? 'china' : 'public'
 var federationAudiences = {
   public: 'api://AzureADTokenExchange'
@@ -224,6 +232,66 @@ var federationAudiences = {
   china: 'api://AzureADTokenExchangeChina'
 }
 var useFederation = credentialSource == 'managed_identity_federation'
+
+// Reasons not to deploy, checked before anything is created: the resource group waits for modules/deployment-guard
+// .bicep, whose only parameter allows the value 'none', so ARM rejects the deployment with the reasons below as the
+// rejected value. (Bicep's fail() would say it more directly, but pycep, the parser checkov uses, cannot read it;
+// tools/infra_check.py requires every file to parse.) tests/infra/test_deployment_guard.py evaluates these lines.
+//
+// 1. Cloud. This template deploys a Flex Consumption plan. Microsoft: "If you're using Azure Government, Flex
+//    Consumption isn't available there yet." (learn.microsoft.com/azure/azure-functions/migration/
+//    migrate-plan-consumption-to-flex). For Azure operated by 21Vianet no statement either way was found, so it is
+//    refused too rather than claimed.
+// 2. Region. Not every region offers Flex Consumption; Microsoft publishes no fixed list but the command
+//    `az functionapp list-flexconsumption-locations` (learn.microsoft.com/azure/azure-functions/flex-consumption-how-to
+//    #view-currently-supported-regions). The list below is the one Microsoft's Flex Consumption quickstart allows
+//    for its location (Azure-Samples/functions-quickstart-python-http-azd, infra/main.bicep, 2025-11); a region added
+//    since goes in additionalFlexConsumptionRegions.
+// 3. Tenant. In the secretless mode the managed identity is a federated credential of the app registration, and
+//    "Both the Microsoft Entra app and managed identity must belong to the same tenant." (learn.microsoft.com/entra/
+//    workload-id/workload-identity-federation-config-app-trust-managed-identity). The identity is created in the
+//    tenant of the subscription deployed to, tenant().
+var flexConsumptionRegions = [
+  'australiaeast'
+  'australiasoutheast'
+  'brazilsouth'
+  'canadacentral'
+  'centralindia'
+  'centralus'
+  'eastasia'
+  'eastus'
+  'eastus2'
+  'eastus2euap'
+  'francecentral'
+  'germanywestcentral'
+  'italynorth'
+  'japaneast'
+  'koreacentral'
+  'northcentralus'
+  'northeurope'
+  'norwayeast'
+  'southafricanorth'
+  'southcentralus'
+  'southeastasia'
+  'southindia'
+  'spaincentral'
+  'swedencentral'
+  'uaenorth'
+  'uksouth'
+  'ukwest'
+  'westcentralus'
+  'westeurope'
+  'westus'
+  'westus2'
+  'westus3'
+]
+var isPublicCloud = environment().name == 'AzureCloud'
+var offersFlexConsumption = contains(union(flexConsumptionRegions, additionalFlexConsumptionRegions), toLower(replace(location, ' ', '')))
+var federationTenantMismatch = useFederation && toLower(tenant().tenantId) != toLower(entraHomeTenantId)
+var cloudRefusal = isPublicCloud ? '' : 'Cloud ${environment().name} is not supported: this template deploys a Flex Consumption plan, which Microsoft documents as not available in Azure Government and which this project has not confirmed in Azure operated by 21Vianet. Deploy to the Azure public cloud (AzureCloud); see infra/README.md, Supported clouds and regions.'
+var regionRefusal = offersFlexConsumption ? '' : 'Region ${location} is not on this template\'s list of regions that offer Flex Consumption. Run `az functionapp list-flexconsumption-locations --output table` for the current list and choose one (azd env set AZURE_LOCATION <region>); if it lists ${location}, pass it in additionalFlexConsumptionRegions.'
+var tenantRefusal = federationTenantMismatch ? 'CREDENTIAL_SOURCE=managed_identity_federation needs the managed identity and the app registration in the same Microsoft Entra tenant, but this subscription belongs to tenant ${tenant().tenantId} and ENTRA_HOME_TENANT_ID is ${entraHomeTenantId}. Deploy into a subscription of tenant ${entraHomeTenantId}, or use CREDENTIAL_SOURCE=key_vault.' : ''
+var reasonNotToDeploy = empty('${cloudRefusal}${regionRefusal}${tenantRefusal}') ? 'none' : replace(trim('${cloudRefusal} ${regionRefusal} ${tenantRefusal}'), '  ', ' ')
 
 // Names the app fixes in code (shared/*.py: *_QUEUE, *_TABLE, *CONTAINER); created up front so the first
 // request does not pay for creating them.
@@ -248,10 +316,21 @@ var containerNames = [
   syncContainer
 ]
 
+module deploymentGuard 'modules/deployment-guard.bicep' = {
+  name: 'deployment-guard'
+  params: {
+    reasonNotToDeploy: reasonNotToDeploy
+  }
+}
+
+// Everything else is scoped to this group, so nothing is created until the guard has passed.
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: !empty(resourceGroupName) ? resourceGroupName : '${abbrs.resourcesResourceGroups}${environmentName}'
   location: location
   tags: tags
+  dependsOn: [
+    deploymentGuard
+  ]
 }
 
 module identity 'modules/managed-identity.bicep' = {

@@ -49,8 +49,10 @@ param appInsightsName string
 ])
 param pythonVersion string = '3.11'
 
-@description('Optional. Most instances the app scales out to.')
-@minValue(1)
+// "The lowest maximum scale is currently 40. The highest currently supported value is 1000."
+// (learn.microsoft.com/azure/azure-functions/flex-consumption-plan#considerations)
+@description('Optional. Most instances the app scales out to (40-1000).')
+@minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 100
 
@@ -200,6 +202,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_17: callers (browsers, Dataverse webhooks) present no client certificates; webhooks are authenticated by function key and tenant secret
   // checkov:skip=CKV_AZURE_212: Flex Consumption manages instance counts itself (scale from zero); there is no minimum instance setting on the plan
   // checkov:skip=CKV_AZURE_213: the platform health check is not supported on Flex Consumption; the app serves GET /api/health for external probes
+  // checkov:skip=CKV_AZURE_78: Flex Consumption rejects siteConfig.ftpsState (ARM 51021; Microsoft lists it as deprecated there, FTPS not supported); FTP publishing is off through the ftp basicPublishingCredentialsPolicies resource below
   name: name
   location: location
   tags: tags
@@ -217,10 +220,13 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     publicNetworkAccess: 'Enabled'
     // Key Vault references, should a setting ever use one, resolve with the same identity.
     keyVaultReferenceIdentity: identityResourceId
+    // Flex Consumption refuses a site whose siteConfig has a property it does not take (ARM 400, code 51021, e.g.
+    // Site.SiteConfig.FtpsState; see functions-app-settings#flex-consumption-plan-deprecations): only the properties
+    // allowed, with their sources, in tests/infra/test_flex_consumption.py. FTP is off through the ftp
+    // basicPublishingCredentialsPolicies resource below, not ftpsState (pycep reads at most 5 comment lines here).
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
       http20Enabled: true
       ipSecurityRestrictions: accessRestrictions
       ipSecurityRestrictionsDefaultAction: empty(allowedIpRanges) ? 'Allow' : 'Deny'
@@ -329,7 +335,8 @@ resource appSettingsConfig 'Microsoft.Web/sites/config@2024-04-01' = {
   properties: appSettings
 }
 
-// No FTP or basic-auth publishing: deployments authenticate with Entra ID.
+// No FTP or basic-auth publishing: deployments authenticate with Entra ID. On Flex Consumption these policies are
+// what keeps FTP off (siteConfig.ftpsState is rejected there).
 resource ftpPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
   parent: functionApp
   name: 'ftp'

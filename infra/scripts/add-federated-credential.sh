@@ -11,8 +11,15 @@
 # `Prefer: create-if-missing` (upsert, so running it again is harmless). The signed-in user must own the app
 # registration or hold Application Administrator (or Cloud Application Administrator).
 #
-# Reads: ENTRA_CLIENT_ID, AZURE_ENV_NAME and the provision outputs AZURE_FEDERATED_CREDENTIAL_ISSUER,
-# AZURE_FEDERATED_CREDENTIAL_SUBJECT (the identity's principal id), AZURE_FEDERATED_CREDENTIAL_AUDIENCE.
+# Reads: ENTRA_CLIENT_ID, ENTRA_HOME_TENANT_ID, AZURE_ENV_NAME and the provision outputs AZURE_TENANT_ID,
+# AZURE_FEDERATED_CREDENTIAL_ISSUER, AZURE_FEDERATED_CREDENTIAL_SUBJECT (the identity's principal id),
+# AZURE_FEDERATED_CREDENTIAL_AUDIENCE.
+#
+# "Both the Microsoft Entra app and managed identity must belong to the same tenant."
+# (learn.microsoft.com/entra/workload-id/workload-identity-federation-config-app-trust-managed-identity): main.bicep
+# already refuses to deploy otherwise; this script checks again because it can also be run by hand.
+#
+# infra/scripts/add-federated-credential.ps1 is the same script for Windows (azure.yaml runs one or the other).
 set -eu
 
 # Inside an azd hook the environment is already loaded; by hand, load it from azd when available.
@@ -29,6 +36,17 @@ fi
 issuer="${AZURE_FEDERATED_CREDENTIAL_ISSUER:?missing; run azd provision first}"
 audience="${AZURE_FEDERATED_CREDENTIAL_AUDIENCE:?missing; run azd provision first}"
 app_id="${ENTRA_CLIENT_ID:?set ENTRA_CLIENT_ID (azd env set ENTRA_CLIENT_ID <application id>)}"
+home_tenant="${ENTRA_HOME_TENANT_ID:?set ENTRA_HOME_TENANT_ID (azd env set ENTRA_HOME_TENANT_ID <tenant id>)}"
+identity_tenant="${AZURE_TENANT_ID:?missing; run azd provision first}"
+
+lower() { printf '%s' "$1" | tr 'A-Z' 'a-z'; }
+if [ "$(lower "$identity_tenant")" != "$(lower "$home_tenant")" ]; then
+  echo "federated credential: the managed identity is in tenant $identity_tenant but the app registration" \
+    "(ENTRA_HOME_TENANT_ID) is in tenant $home_tenant; a managed identity can only be a federated credential of an" \
+    "app registration in its own tenant. Deploy into a subscription of tenant $home_tenant, or use" \
+    "CREDENTIAL_SOURCE=key_vault." >&2
+  exit 1
+fi
 # FIC names: letters, digits, dashes and underscores.
 name="azd-$(printf '%s' "${AZURE_ENV_NAME:-app}" | tr -c 'A-Za-z0-9_-' '-')-managed-identity"
 

@@ -53,32 +53,37 @@ def literal(expression: str) -> str:
 
 def params(path: Path) -> dict[str, Param]:
     """Parameters with their decorators (single-line decorators and multi-line @allowed([...]))."""
+    return params_in(path.read_text(), path.name)
+
+
+def params_in(text: str, name: str) -> dict[str, Param]:
+    """:func:`params` of Bicep text; ``name`` names it in errors."""
     found: dict[str, Param] = {}
     pending: dict[str, str] = {}
-    lines = path.read_text().splitlines()
+    lines = text.splitlines()
     index = 0
     while index < len(lines):
         line = lines[index].rstrip()
         if line.startswith("@"):
             if line.endswith("(["):
-                name = line[1:].split("(")[0]
+                decorator_name = line[1:].split("(")[0]
                 items = []
                 index += 1
                 while lines[index].strip() != "])":
                     items.append(lines[index].strip())
                     index += 1
-                pending[name] = "\n".join(items)
+                pending[decorator_name] = "\n".join(items)
             else:
                 decorator = _DECORATOR.match(line)
                 if not decorator:
-                    raise ValueError(f"{path.name}:{index + 1}: unreadable decorator {line!r}")
+                    raise ValueError(f"{name}:{index + 1}: unreadable decorator {line!r}")
                 pending[decorator.group(1)] = decorator.group(2)
         elif line.startswith("param "):
             match = _PARAM.match(line)
             if not match:
-                raise ValueError(f"{path.name}:{index + 1}: unreadable param {line!r}")
-            name, type_, default = match.groups()
-            found[name] = Param(name, type_, default, pending, index + 1)
+                raise ValueError(f"{name}:{index + 1}: unreadable param {line!r}")
+            symbol, type_, default = match.groups()
+            found[symbol] = Param(symbol, type_, default, pending, index + 1)
             pending = {}
         elif line.strip() and not line.startswith("//"):
             pending = {}
@@ -124,6 +129,12 @@ def object_entries(path: Path, opening: str) -> dict[str, str]:
     return entries
 
 
+def array_items_in(lines: list[str], start: int) -> list[str]:
+    """Items of the multi-line array literal opened at the end of ``lines[start]`` and closed by a line ``]``."""
+    end = lines.index("]", start)
+    return [line.strip() for line in lines[start + 1 : end] if line.strip() and not line.strip().startswith("//")]
+
+
 def array_items(path: Path, opening: str) -> list[str]:
     """Items of a multi-line array literal, one per line."""
     return [line.strip() for line in block(path, opening) if line.strip() and not line.strip().startswith("//")]
@@ -131,7 +142,12 @@ def array_items(path: Path, opening: str) -> list[str]:
 
 def resources(path: Path) -> list[tuple[str, str, list[str], list[str]]]:
     """(symbol, type@version, comment lines right above, body lines) of every resource declaration."""
-    lines = path.read_text().splitlines()
+    return resources_in(path.read_text())
+
+
+def resources_in(text: str) -> list[tuple[str, str, list[str], list[str]]]:
+    """:func:`resources` of Bicep text (a file's, or a test's edited copy)."""
+    lines = text.splitlines()
     found = []
     for index, line in enumerate(lines):
         match = re.match(r"^resource (\w+) '([^']+)'", line)
@@ -146,3 +162,27 @@ def resources(path: Path) -> list[tuple[str, str, list[str], list[str]]]:
         end = next(i for i in range(index, len(lines)) if lines[i] in ("}", "}]"))
         found.append((match.group(1), match.group(2), comments, lines[index : end + 1]))
     return found
+
+
+def nested_object_keys(lines: list[str], start: int) -> list[str]:
+    """The property names of the object literal opened at the end of ``lines[start]`` (e.g. ``siteConfig: {``), one
+    level deep: keys of nested objects and arrays are not included. Raises ValueError when the object never closes.
+    """
+    keys: list[str] = []
+    depth = 0
+    for index in range(start, len(lines)):
+        code = _without_strings(lines[index])
+        if index > start and depth == 1:
+            match = re.match(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*:", code)
+            if match:
+                keys.append(match.group(1))
+        depth += code.count("{") + code.count("[") - code.count("}") - code.count("]")
+        if depth <= 0:
+            return keys
+    raise ValueError(f"the object opened on line {start + 1} is never closed")
+
+
+def _without_strings(line: str) -> str:
+    """A line with its single-quoted strings and its // comment removed, so braces inside them are not counted."""
+    code = re.sub(r"'(?:[^'\\]|\\.)*'", "''", line)
+    return code.split("//", 1)[0]

@@ -85,7 +85,15 @@ def test_secret_looking_parameters_are_secure(path: Path) -> None:
             assert "secure" in param.decorators, f"{path.name}: {param.name} needs @secure()"
 
 
-@pytest.mark.parametrize("path", MODULE_FILES, ids=names(MODULE_FILES))
+# AVM's rule is for resource modules; modules/deployment-guard.bicep creates nothing, so it has no name or id to give.
+RESOURCE_MODULES = [p for p in MODULE_FILES if bicep_source.resources(p)]
+
+
+def test_only_the_deployment_guard_declares_no_resource() -> None:
+    assert [p.name for p in MODULE_FILES if p not in RESOURCE_MODULES] == ["deployment-guard.bicep"]
+
+
+@pytest.mark.parametrize("path", RESOURCE_MODULES, ids=names(RESOURCE_MODULES))
 def test_every_module_outputs_name_and_resource_id(path: Path) -> None:
     outputs = bicep_source.outputs(path)
     assert {"name", "resourceId"} <= set(outputs)
