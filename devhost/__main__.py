@@ -1,5 +1,6 @@
 """`python -m devhost [--port 7071]`: serve `function_app.app`'s HTTP functions on 127.0.0.1 until Ctrl-C,
-printing the URL, the keys and every route. A development tool: production runs on the Functions host.
+printing the URL, the keys and every route; exit 2 without serving anything when the Python worker would not index
+the app (devhost.worker_rules). A development tool: production runs on the Functions host.
 """
 
 from __future__ import annotations

@@ -656,3 +656,17 @@ def test_python_m_devhost_refuses_to_start_with_the_checkers_message(
     assert result.returncode == 2
     assert "listening" not in result.stdout
     assert result.stderr == f"devhost: refusing to start: {expected.value}\n"
+
+
+def test_python_m_devhost_refuses_an_attribute_that_is_not_the_function_app() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "devhost", "--port", "0", "--no-local-settings", "--app", "function_app:health_bp"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert result.returncode == 2 and "listening" not in result.stdout
+    assert "function_app.health_bp is not its FunctionApp" in result.stderr
