@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install lint infra-check test test-nightly unit integration e2e demo bench sandbox devhost cli clean chromium
+.PHONY: install lint lock-check infra-check test test-nightly unit integration e2e demo bench sandbox devhost cli clean chromium
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,11 +29,16 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The dependency locks are current: requirements(-dev).txt pin every package of requirements(-dev).in at the same
+# version, every transitive dependency, each with hashes (offline; recompiling is in the README, "Dependencies").
+lock-check: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit/test_requirements_lock.py
+
 # Bicep: every file parses (pycep) and checkov passes with 0 failures and 0 parsing errors (own venv: .venv-infra).
 infra-check:
 	$(PYTHON) tools/infra_check.py
 
-test: lint infra-check $(NODE_STAMP) chromium
+test: lint lock-check infra-check $(NODE_STAMP) chromium
 	$(BIN)/pytest
 
 # Nightly-sized proof: 12,000 generated hostile inputs over every HTTP function (new cases every night) and the

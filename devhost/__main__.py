@@ -1,5 +1,6 @@
 """`python -m devhost [--port 7071]`: serve `function_app.app`'s HTTP functions on 127.0.0.1 until Ctrl-C,
-printing the URL, the keys and every route. A development tool: production runs on the Functions host.
+printing the URL, the keys and every route; exit 2 without serving anything when the Python worker would not index
+the app (devhost.worker_rules). A development tool: production runs on the Functions host.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+import azure.functions as func
+
 from devhost.host import DEFAULT_MAX_BODY_BYTES, DevHost, read_route_prefix
+from devhost.worker_rules import SCRIPT_FILE, Violation, WorkerIndexingError, find_function_app
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +65,31 @@ def _describe(host: DevHost) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _function_app(spec: str) -> func.FunctionRegister:
+    """The FunctionApp of `module[:attribute]`, found as the Python worker finds it: the one top-level instance.
+    Raises WorkerIndexingError when the module has none or several, or the attribute names another object.
+    """
+    module_name, _, attribute = spec.partition(":")
+    module = importlib.import_module(module_name)
+    app = find_function_app(module)
+    if attribute and getattr(module, attribute, None) is not app:
+        raise WorkerIndexingError(
+            [Violation(SCRIPT_FILE, "one-function-app", f"{module_name}.{attribute} is not its FunctionApp")]
+        )
+    return app
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m devhost",
         description="Serve function_app.app's HTTP functions on 127.0.0.1 (development only) until Ctrl-C.",
     )
     parser.add_argument("--port", type=int, default=7071, help="TCP port (0 picks a free one); default 7071")
-    parser.add_argument("--app", default="function_app:app", help="module:attribute of the FunctionApp")
+    parser.add_argument(
+        "--app",
+        default="function_app",
+        help="the module holding the FunctionApp (found as the worker finds it); module:attribute also names it",
+    )
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger bodies get 413")
     parser.add_argument("--no-local-settings", action="store_true", help="do not load local.settings.json")
     parser.add_argument("--verbose", action="store_true", help="log every request (DEBUG)")
@@ -83,14 +105,17 @@ def main(argv: list[str] | None = None) -> int:
         if loaded:
             logger.info("loaded %d setting(s) from local.settings.json: %s", len(loaded), ", ".join(loaded))
 
-    module_name, _, attribute = args.app.partition(":")
-    app = getattr(importlib.import_module(module_name), attribute or "app")
-    host = DevHost(
-        app,
-        port=args.port,
-        route_prefix=read_route_prefix(REPO_ROOT / "host.json"),
-        max_body_bytes=args.max_body_bytes,
-    )
+    try:
+        host = DevHost(
+            _function_app(args.app),
+            port=args.port,
+            route_prefix=read_route_prefix(REPO_ROOT / "host.json"),
+            max_body_bytes=args.max_body_bytes,
+        )
+    except WorkerIndexingError as exc:
+        # The real host would serve nothing: refuse to start, with the same message the tests print.
+        sys.stderr.write(f"devhost: refusing to start: {exc}\n")
+        return 2
 
     stop = threading.Event()
 

@@ -42,7 +42,9 @@ class DevHost:
     production runs on the Functions host).
 
     Functions are indexed here, once: `app.get_functions()` refuses a second call on the same app. Raises
-    ValueError for a non-loopback `host`, a route template or auth level it cannot honour, or an ambiguous route.
+    WorkerIndexingError (a ValueError) when the Python worker would refuse to index the app, so that the devhost
+    never serves what the real host would not; ValueError for a non-loopback `host`, a route template or auth
+    level it cannot honour, or an ambiguous route.
     """
 
     def __init__(

@@ -16,6 +16,7 @@ import azure.functions as func
 
 from devhost.keys import AuthLevel
 from devhost.routes import RouteTemplate
+from devhost.worker_rules import check_functions
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +58,16 @@ class SkippedFunction:
 
 
 def index_functions(app: func.FunctionApp) -> tuple[list[HttpFunction], list[SkippedFunction]]:
-    """The app's HTTP functions and the functions skipped. Raises ValueError for a route template or auth
+    """The app's HTTP functions and the functions skipped. Raises WorkerIndexingError (a ValueError) when the
+    Python worker would refuse to index the app (devhost.worker_rules), ValueError for a route template or auth
     level the devhost cannot honour (better at start than as a surprise 404), and whatever
     `app.get_functions()` raises (e.g. duplicate function names).
     """
+    functions = app.get_functions()
+    check_functions(functions)
     served: list[HttpFunction] = []
     skipped: list[SkippedFunction] = []
-    for function in app.get_functions():
+    for function in functions:
         name = function.get_function_name()
         bindings: list[dict[str, Any]] = json.loads(function.get_function_json()).get("bindings", [])
         trigger = next((b for b in bindings if str(b.get("type", "")).lower().endswith("trigger")), None)

@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl
 import azure.functions as func
 from azure.functions import _abc
 
+from devhost.cookies import set_cookie_headers
 from devhost.indexing import HttpFunction
 from devhost.server import WireResponse
 
@@ -206,7 +207,8 @@ def encode_response(result: Any) -> WireResponse:
     """Status, headers and body, as azure.functions' HttpResponseConverter hands them to the host.
 
     - Content-Type: the function's own header if it set one, else the mimetype, plus `; charset=` for text/*.
-    - Set-Cookie: every value. Any other repeated header: the last value (the converter builds a dict).
+    - Set-Cookie: each cookie rewritten as the host writes it back (devhost.cookies). Any other repeated header:
+      the last value (the converter builds a dict).
     - A `str` result is a 200 text/plain body; None is 204. Raises TypeError for anything else.
     """
     if isinstance(result, str):
@@ -219,12 +221,10 @@ def encode_response(result: Any) -> WireResponse:
     if not 100 <= status <= 599:
         raise TypeError(f"invalid HTTP status {status}")
     single: dict[str, tuple[str, str]] = {}
-    cookies: list[tuple[str, str]] = []
     for name, value in result.headers.items():
-        if name.lower() == "set-cookie":
-            cookies.append(("Set-Cookie", value))
-        else:
+        if name.lower() != "set-cookie":
             single[name.lower()] = (name, value)
+    cookies = [("Set-Cookie", value) for value in set_cookie_headers(result.headers.get_all("Set-Cookie"))]
     if "content-type" not in single:
         mimetype = result.mimetype
         content_type = f"{mimetype}; charset={result.charset}" if mimetype.startswith("text/") else mimetype

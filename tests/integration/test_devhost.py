@@ -1,6 +1,7 @@
 """The development host over real HTTP: routing from binding metadata, route parameters and constraints, keys
 per auth level, request and response mapping (query, headers, cookies, content type), errors and limits,
-async functions, the real `function_app.app`, and `python -m devhost`.
+async functions, the real `function_app.app`, and `python -m devhost`; Set-Cookie written back as the Functions
+host does (the onboarding cookie included), and refusal to start an app the Python worker would not index.
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ import importlib
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from http.client import HTTPConnection
 from pathlib import Path
@@ -22,6 +25,11 @@ import pytest
 import requests
 
 from devhost import DevHost, HostKeys, read_route_prefix
+from devhost.worker_rules import WorkerIndexingError, check_functions, find_function_app
+from shared.bootstrap import use_services
+from shared.settings import Settings
+from shared.tenants.onboarding import OnboardingStart, VerificationResult
+from shared.tenants.registry import TenantStatus
 
 pytestmark = pytest.mark.integration
 
@@ -248,9 +256,10 @@ def test_every_set_cookie_and_header_is_sent_with_text_charset(host: DevHost) ->
         connection.close()
 
     assert response.status == 200 and body == b"<p>hi</p>"
+    # Rewritten as the Functions host writes cookies back (see the Set-Cookie tests below).
     assert [v for n, v in headers if n.lower() == "set-cookie"] == [
-        "a=1; Path=/; HttpOnly; SameSite=Lax",
-        "b=2; Path=/api; Secure",
+        "a=1; domain=; path=/; samesite=lax; httponly",
+        "b=2; domain=; path=/api; secure",
     ]
     named = {n.lower(): v for n, v in headers}
     assert named["content-type"] == "text/html; charset=utf-8"
@@ -379,3 +388,285 @@ def test_python_m_devhost_prints_url_keys_and_routes_then_serves(http: requests.
     assert "health" in lines[-1] and "GET" in lines[-1] and "ANONYMOUS" in lines[-1] and "/api/health" in lines[-1]
     assert response.json() == {"status": "ok"}
     assert process.returncode == 0
+
+
+# -- Set-Cookie as the Functions host writes it back ------------------------------------------------------------------
+
+# Each case: the Set-Cookie headers a function sets. The worker parses them into structured cookies and the host
+# writes each back with ASP.NET Core (devhost/cookies.py cites the sources).
+COOKIE_CASES: dict[str, list[str]] = {
+    # The worker's own end-to-end sample against the real host (azure-functions-python-worker
+    # tests/unittests/test_http_functions.py, test_multiple_cookie_header_in_response).
+    "worker-sample": [
+        "foo3=42; Domain=example.com; Expires=Thu, 12-Jan-2017 13:55:08 GMT; Path=/; Max-Age=10000000; "
+        "Secure; HttpOnly",
+        "foo3=43; Domain=example.com; Expires=Thu, 12-Jan-2018 13:55:08 GMT; Path=/; Max-Age=10000000; "
+        "Secure; HttpOnly",
+    ],
+    "defaults": ["foo=bar"],
+    "empty": [""],
+    "unparsable": ["a=1; Partitioned"],  # Python 3.11's http.cookies does not know the attribute
+    "escaped": ['v="a b/c"; Path=/; SameSite=Strict'],
+    "bad-expires": ["foo=bar; Expires=Dummy"],
+    "negative-max-age": ["foo=bar; Max-Age=-1"],
+    "bad-max-age": ["foo=bar; Max-Age=soon"],
+}
+
+
+def cookie_app() -> func.FunctionApp:
+    app = func.FunctionApp()
+
+    @app.route(route="jar/{case}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+    def jar(req: func.HttpRequest) -> func.HttpResponse:
+        response = func.HttpResponse("ok", headers={"Hello": "world"})
+        for value in COOKIE_CASES[req.route_params["case"]]:
+            response.headers.add("Set-Cookie", value)
+        return response
+
+    return app
+
+
+def _raw(
+    host: DevHost, method: str, target: str, *, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """One request on a plain connection: every response header as sent, repeated ones included."""
+    connection = HTTPConnection("127.0.0.1", int(host.url.rsplit(":", 1)[1]), timeout=5)
+    try:
+        connection.request(method, target, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.getheaders(), response.read()
+    finally:
+        connection.close()
+
+
+def _set_cookies(headers: list[tuple[str, str]]) -> list[str]:
+    return [value for name, value in headers if name.lower() == "set-cookie"]
+
+
+@pytest.fixture
+def cookie_host() -> Iterator[DevHost]:
+    with DevHost(cookie_app()) as running:
+        yield running
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        (
+            "worker-sample",
+            [
+                "foo3=42; expires=Thu, 12 Jan 2017 13:55:08 GMT; max-age=10000000; domain=example.com; path=/; "
+                "secure; httponly",
+                "foo3=43; expires=Fri, 12 Jan 2018 13:55:08 GMT; max-age=10000000; domain=example.com; path=/; "
+                "secure; httponly",
+            ],
+        ),
+        ("defaults", ["foo=bar; domain=; path="]),  # as the worker's test observes on the real host
+        ("empty", []),
+        ("escaped", ["v=a%20b%2Fc; domain=; path=/; samesite=strict"]),
+    ],
+)
+def test_set_cookie_is_written_back_as_the_functions_host_does(
+    cookie_host: DevHost, case: str, expected: list[str]
+) -> None:
+    status, headers, body = _raw(cookie_host, "GET", f"/api/jar/{case}")
+
+    assert (status, body) == (200, b"ok")
+    assert _set_cookies(headers) == expected
+    assert dict(headers)["Hello"] == "world"
+
+
+def test_set_cookie_python_cannot_parse_is_dropped_with_a_warning(
+    cookie_host: DevHost, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="devhost"):
+        status, headers, _ = _raw(cookie_host, "GET", "/api/jar/unparsable")
+
+    assert status == 200 and _set_cookies(headers) == []
+    assert any("Set-Cookie header was dropped" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize("case", ["bad-expires", "negative-max-age", "bad-max-age"])
+def test_cookie_the_host_cannot_write_fails_the_request(cookie_host: DevHost, case: str) -> None:
+    status, headers, body = _raw(cookie_host, "GET", f"/api/jar/{case}")
+
+    assert (status, body) == (500, b"Internal Server Error")
+    assert _set_cookies(headers) == []
+
+
+# -- the onboarding cookie through the development host -------------------------------------------------------------
+
+ONBOARDING_TENANT = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+ONBOARDING_CLIENT = "11111111-2222-3333-4444-555555555555"
+
+
+class _FakeOnboarding:
+    """Stands in for the onboarding service: issues a nonce shaped like the real one and records what comes back."""
+
+    def __init__(self) -> None:
+        self.nonce = secrets.token_urlsafe(32)
+        self.returned_nonces: list[str | None] = []
+
+    def start(self, org_url: str, onboarded_by: str | None) -> OnboardingStart:
+        consent = f"https://login.microsoftonline.com/{ONBOARDING_TENANT}/adminconsent?client_id={ONBOARDING_CLIENT}"
+        return OnboardingStart(consent, self.nonce, time.time() + 600)
+
+    def complete(self, params: dict[str, str], browser_nonce: str | None) -> VerificationResult:
+        self.returned_nonces.append(browser_nonce)
+        return VerificationResult(ONBOARDING_TENANT, TenantStatus.ACTIVE, ("https://fab.crm.dynamics.com",))
+
+
+class _FakeServices:
+    def __init__(self, onboarding: _FakeOnboarding) -> None:
+        self.settings = Settings(
+            entra_client_id=ONBOARDING_CLIENT,
+            entra_home_tenant_id=ONBOARDING_TENANT,
+            key_vault_url="https://kv.vault.azure.net",
+            key_vault_certificate_name="c",
+        )
+        self.onboarding = onboarding
+
+
+@pytest.fixture
+def onboarding() -> Iterator[tuple[DevHost, _FakeOnboarding]]:
+    from functions.onboarding import bp
+
+    fake = _FakeOnboarding()
+    use_services(_FakeServices(fake))  # type: ignore[arg-type]
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+    app.register_functions(bp)
+    try:
+        with DevHost(app) as running:
+            yield running, fake
+    finally:
+        use_services(None)
+
+
+def _attributes(set_cookie: str) -> tuple[str, dict[str, str]]:
+    name_value, *attributes = set_cookie.split("; ")
+    return name_value, {name: value for name, _, value in (a.partition("=") for a in attributes)}
+
+
+def test_onboarding_cookie_reaches_the_browser_locked_down(onboarding: tuple[DevHost, _FakeOnboarding]) -> None:
+    host, fake = onboarding
+    status, headers, _ = _raw(
+        host,
+        "POST",
+        "/api/onboard",
+        body=b"org_url=https%3A%2F%2Ffab.crm.dynamics.com",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+
+    (cookie,) = _set_cookies(headers)
+    name_value, attributes = _attributes(cookie)
+    assert status == 302
+    assert name_value == f"s2s_onboarding={fake.nonce}"  # the host's escaping leaves a token_urlsafe nonce as is
+    assert set(attributes) == {"max-age", "domain", "path", "secure", "samesite", "httponly"}
+    assert attributes["path"] == "/api" and attributes["samesite"] == "lax"
+    assert attributes["secure"] == "" and attributes["httponly"] == ""
+    assert attributes["domain"] == ""  # written empty by the host: a host-only cookie (RFC 6265bis §5.6.3)
+    assert 590 <= int(attributes["max-age"]) <= 600
+
+
+def test_onboarding_cookie_comes_back_intact_and_is_cleared(onboarding: tuple[DevHost, _FakeOnboarding]) -> None:
+    host, fake = onboarding
+    _, started, _ = _raw(host, "POST", "/api/onboard", body=b"org_url=https%3A%2F%2Ffab.crm.dynamics.com")
+    name_value, _ = _attributes(_set_cookies(started)[0])
+
+    status, headers, body = _raw(
+        host,
+        "GET",
+        f"/api/consent/callback?tenant={ONBOARDING_TENANT}&state=s&admin_consent=True",
+        headers={"Cookie": f"other=1; {name_value}"},
+    )
+
+    assert status == 200 and b"connected" in body
+    assert fake.returned_nonces == [fake.nonce]
+    assert _set_cookies(headers) == ["s2s_onboarding=; max-age=0; domain=; path=/api; secure; samesite=lax; httponly"]
+
+
+# -- the worker's indexing rules ------------------------------------------------------------------------------------
+
+
+def broken_app() -> func.FunctionApp:
+    """A copy of functions/health.py's `health` whose request parameter carries the wrong type."""
+    app = func.FunctionApp()
+
+    @app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+    def health(req: func.QueueMessage) -> func.HttpResponse:
+        return func.HttpResponse(json.dumps({"status": "ok"}), mimetype="application/json")
+
+    return app
+
+
+def test_devhost_refuses_an_app_the_worker_would_not_index() -> None:
+    with pytest.raises(WorkerIndexingError) as refused:
+        DevHost(broken_app())
+    with pytest.raises(WorkerIndexingError) as checked:
+        check_functions(broken_app().get_functions())
+
+    assert str(refused.value) == str(checked.value)
+    assert [v.rule for v in refused.value.violations] == ["annotation-matches-binding"]
+
+
+BROKEN_MODULES = {
+    "type_checking_only_app": """
+from __future__ import annotations
+from typing import TYPE_CHECKING
+import azure.functions as func
+if TYPE_CHECKING:
+    from azure.functions import HttpRequest
+app = func.FunctionApp()
+@app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def health(req: HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse("ok")
+""",
+    "two_apps": """
+import azure.functions as func
+app = func.FunctionApp()
+admin = func.FunctionApp()
+@app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse("ok")
+""",
+}
+
+
+@pytest.mark.parametrize("module_name", sorted(BROKEN_MODULES))
+def test_python_m_devhost_refuses_to_start_with_the_checkers_message(
+    module_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / f"{module_name}.py").write_text(BROKEN_MODULES[module_name], encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(WorkerIndexingError) as expected:
+        check_functions(find_function_app(importlib.import_module(module_name)).get_functions())
+    del sys.modules[module_name]
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    result = subprocess.run(
+        [sys.executable, "-m", "devhost", "--port", "0", "--no-local-settings", "--app", module_name],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert result.returncode == 2
+    assert "listening" not in result.stdout
+    assert result.stderr == f"devhost: refusing to start: {expected.value}\n"
+
+
+def test_python_m_devhost_refuses_an_attribute_that_is_not_the_function_app() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "devhost", "--port", "0", "--no-local-settings", "--app", "function_app:health_bp"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert result.returncode == 2 and "listening" not in result.stdout
+    assert "function_app.health_bp is not its FunctionApp" in result.stderr
