@@ -1,7 +1,8 @@
 """Where the client certificate comes from (Key Vault or a file), and how long a loaded one is trusted.
 
 ``CertificateProvider`` re-reads its source after a configured interval, so a new Key Vault version is picked up
-by new token requests without a restart, while Key Vault is read once per worker per interval, not per token.
+by new token requests without a restart, while Key Vault is read once per worker per interval, not per token. With
+a canary it signs with a new version only once Entra ID accepted it (shared.auth.certificate_rotation).
 """
 
 from __future__ import annotations
@@ -134,8 +135,9 @@ class KeyVaultCertificateSource:
             raise self._failure(exc) from exc
         value = secret.value or ""
         loaded_version = secret.properties.version
-        if loaded_version:
-            self._previous_of[loaded_version] = getattr(secret.properties, "previous_version", None)
+        previous_version = getattr(secret.properties, "previous_version", None)
+        if loaded_version and previous_version:  # when Key Vault does not say, the listing answers
+            self._previous_of[loaded_version] = previous_version
         where = f"Key Vault certificate '{self._name}'"
         if secret.properties.content_type == PKCS12_CONTENT_TYPE:
             try:

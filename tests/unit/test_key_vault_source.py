@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -105,3 +107,39 @@ def test_the_export_hint_names_the_vault_the_certificate_and_the_version():
         "--file s2s-01234567.pem --encoding PEM"
     )
     assert file == "s2s-01234567.pem"
+
+
+class VersionedClient:
+    """Certificate-backed secret versions (oldest first) that do not say which came before them."""
+
+    def __init__(self, versions: list[tuple[str, bytes, bool]]) -> None:
+        self.versions = versions  # (version, PEM, enabled)
+
+    def get_secret(self, name: str, version: str | None = None) -> Any:
+        chosen = next(v for v in self.versions if v[0] == version) if version else self.versions[-1]
+        properties = SimpleNamespace(version=chosen[0], content_type="application/x-pem-file", previous_version=None)
+        return SimpleNamespace(value=chosen[1].decode("ascii"), properties=properties)
+
+    def list_properties_of_secret_versions(self, name: str) -> list[Any]:
+        start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+        listed = [
+            SimpleNamespace(version=v, enabled=enabled, created_on=start + dt.timedelta(days=i))
+            for i, (v, _, enabled) in enumerate(self.versions)
+        ]
+        return listed[::-1]  # newest first: the service's order is not creation order
+
+
+def test_the_version_before_is_found_by_creation_date_skipping_disabled_ones():
+    pems = [make_cert(name) for name in ("v1", "v2", "v3")]
+    client = VersionedClient([
+        ("v1", pems[0].key_pem + pems[0].cert_pem, True),
+        ("v2", pems[1].key_pem + pems[1].cert_pem, False),
+        ("v3", pems[2].key_pem + pems[2].cert_pem, True),
+    ])  # fmt: skip
+    source, _ = source_with(CHALLENGE_ERROR)
+    source._client = client
+    latest = source.load()
+    assert latest.version == "v3"
+    previous = source.load_previous(latest)
+    assert previous is not None and previous.version == "v1"
+    assert source.load_previous(previous) is None
