@@ -38,7 +38,11 @@ def _build_parser() -> argparse.ArgumentParser:
     token.add_argument("--tenant", required=True, help="customer tenant id (GUID)")
     token.add_argument("--org", required=True, help="Dataverse org URL, e.g. https://contoso.crm.dynamics.com")
     token.add_argument("--repeat", type=int, default=1, help="ask N times (the second comes from the cache)")
-    commands.add_parser("certificate", help="show the client certificate in use (thumbprints, expiry, version)")
+    commands.add_parser(
+        "certificate",
+        help="show the client certificate in use (thumbprints, expiry, version) and any newer version waiting, "
+        "with why it waits and the fix",
+    )
     whoami = commands.add_parser("whoami", help="call WhoAmI on an org as the application user (or a user)")
     whoami.add_argument("--tenant", required=True, help="customer tenant id (GUID)")
     whoami.add_argument("--org", required=True, help="Dataverse org URL")
@@ -166,6 +170,15 @@ def _token_report(services: Any, tenant: str, org: str, repeat: int) -> list[dic
     return reports
 
 
+def _certificate_report(services: Any) -> dict[str, Any]:
+    """The version in use (top level) and ``waiting_version``: a newer version that does not sign yet, with its
+    status (``not_registered``: Entra ID refused it; ``unproven``: its check proved nothing yet), why and the fix."""
+    described = dict(services.tokens.assertion_source.describe())
+    if described.get("credential") == "certificate" and described.get("waiting_version") is None:
+        described["waiting_version"] = "none: no newer version is waiting"
+    return described
+
+
 def _print(data: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps(data, indent=2, default=str))
@@ -233,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "poison":
             _print(_poison(services, args), args.json)
         else:
-            _print(services.tokens.assertion_source.describe(), args.json)
+            _print(_certificate_report(services), args.json)
     except (ConfigurationError, InvalidOrgUrlError, InvalidTenantError) as exc:
         _print({"error": exc.code, "message": exc.message}, args.json)
         return 2

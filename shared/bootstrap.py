@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shared.auth.azure_identity import azure_credential
+from shared.auth.certificate_canary import HomeTenantCanary
 from shared.auth.certificate_sources import (
     CertificateProvider,
     CertificateSource,
@@ -263,9 +264,18 @@ def build_assertion_source(
     if settings.credential_source is CredentialSource.MANAGED_IDENTITY_FEDERATION:
         assert settings.managed_identity_client_id is not None
         return ManagedIdentityAssertionSource(settings.managed_identity_client_id, settings.federation_audience)
+    # A new version signs only after a token request for the home tenant proved it (shared.auth.certificate_canary).
+    canary = HomeTenantCanary(
+        client_id=settings.entra_client_id,
+        authority_host=settings.entra_authority_host,
+        home_tenant_id=settings.entra_home_tenant_id,
+        http_timeout=settings.http_timeout_seconds,
+        send_certificate_chain=settings.send_certificate_chain,
+    )
     provider = CertificateProvider(
         certificate_source or build_certificate_source(settings),
         refresh_seconds=settings.certificate_refresh_seconds,
+        canary=canary,
     )
     return CertificateAssertionSource(provider, send_certificate_chain=settings.send_certificate_chain)
 

@@ -88,6 +88,50 @@ _KEY_VAULT = [
         "(KEY_VAULT_URL, KEY_VAULT_CERTIFICATE_NAME, the role assignment, the certificate's versions).",
         ("key vault", "key vault unreachable"),
     ),
+    Explanation(
+        "certificate_forbidden",
+        "Key Vault",
+        "Key Vault answered 403: the identity may not read the certificate",
+        "The app's identity authenticated to Key Vault but may not read the certificate's backing secret (where "
+        "the private key lives). The message carries Key Vault's own error code: `Forbidden/ForbiddenByRbac` "
+        'from a vault using Azure RBAC, an access-policy refusal ("does not have secrets get permission") from a '
+        "vault using access policies; a 403 about the client address comes from the vault's firewall. Reported as "
+        "`certificate_error`.",
+        "RBAC vault: assign **Key Vault Secrets User** on the vault to the identity. Access-policy vault: `az "
+        "keyvault set-policy --name <vault> --object-id <principal id> --secret-permissions get`. `az keyvault "
+        "show --name <vault> --query properties.enableRbacAuthorization` says which model the vault uses.",
+        ("forbiddenbyrbac", "forbiddenbypolicy", "key vault 403"),
+    ),
+    Explanation(
+        "key_vault_challenge",
+        "Key Vault",
+        "Key Vault's challenge names a resource the vault host does not belong to",
+        "Before sending a token the Key Vault client checks that the resource named by the vault's 401 challenge "
+        "is a domain the vault's host belongs to; the vault at KEY_VAULT_URL failed that check, so the worker has "
+        "no certificate. Reported as `certificate_error`; it is not transient, so the worker does not ask again "
+        "before its retry interval.",
+        "Set KEY_VAULT_URL to the vault's own URL (`https://<vault>.vault.azure.net/`, or the sovereign cloud's "
+        "vault domain). KEY_VAULT_VERIFY_CHALLENGE_RESOURCE=false turns the check off; only a local stand-in on "
+        "another host (the sandbox on 127.0.0.1) needs that.",
+        ("key_vault_verify_challenge_resource", "challenge resource", "verify_challenge_resource"),
+    ),
+    Explanation(
+        "certificate_not_registered",
+        "Key Vault",
+        "New certificate version not registered on the app",
+        "Key Vault holds a newer version of the certificate (made by hand, or by the policy's AutoRenew action) "
+        "and a token request for the app's home tenant signed with it was refused (AADSTS700027 class): its "
+        "public part is not on the app registration. Workers keep signing with the version in use; "
+        "`python -m cli certificate` shows both, and the certificate job logs an error with "
+        '`"problem": "new version not registered on the app"`. When the check proved nothing instead (Entra '
+        "ID unreachable, no service principal in the home tenant: `new version not proven yet`), the version "
+        "waits too and is checked again, the first retry after a minute, backing off to CERTIFICATE_REFRESH_SECONDS.",
+        "Register the new version, keeping the one in use: `az keyvault certificate download --vault-name <vault> "
+        "--name <certificate> --version <new version> --file new.pem --encoding PEM`, then `az ad app credential "
+        "reset --id <client id> --cert @new.pem --append`. Workers switch at their next check "
+        "(CERTIFICATE_REFRESH_SECONDS) without a restart; remove the old certificate from the app only after that.",
+        ("new version not registered on the app", "not registered", "certificate rotation", "auto-renew"),
+    ),
 ]
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import jwt
 
 from shared.auth.certificate_sources import CertificateProvider
+from shared.auth.certificates import ClientCertificate
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -39,6 +40,26 @@ class ClientAssertionSource(Protocol):
         ...
 
 
+def sign_client_assertion(
+    certificate: ClientCertificate, context: Mapping[str, str], *, send_certificate_chain: bool, now: int
+) -> str:
+    """The modern client assertion for ``context`` (MSAL's ``client_id`` and ``token_endpoint``): PS256,
+    ``x5t#S256``, and ``x5c`` when asked for subject-name/issuer setups (entra: certificate-credentials)."""
+    headers: dict[str, Any] = {"typ": "JWT", "x5t#S256": certificate.x5t_s256}
+    if send_certificate_chain:
+        headers["x5c"] = certificate.x5c
+    claims = {
+        "aud": context["token_endpoint"],
+        "iss": context["client_id"],
+        "sub": context["client_id"],
+        "jti": str(uuid.uuid4()),
+        "iat": now,
+        "nbf": now,
+        "exp": now + ASSERTION_LIFETIME_SECONDS,
+    }
+    return jwt.encode(claims, certificate.private_key, algorithm="PS256", headers=headers)
+
+
 class CertificateAssertionSource:
     """Signs the modern assertion: PS256, ``x5t#S256``, and ``x5c`` for subject-name/issuer setups."""
 
@@ -56,27 +77,16 @@ class CertificateAssertionSource:
         self._clock = clock
 
     def __call__(self, context: Mapping[str, str]) -> str:
-        certificate = self.provider.current()
-        now = int(self._clock())
-        headers: dict[str, Any] = {"typ": "JWT", "x5t#S256": certificate.x5t_s256}
-        if self._send_chain:
-            headers["x5c"] = certificate.x5c
-        claims = {
-            "aud": context["token_endpoint"],
-            "iss": context["client_id"],
-            "sub": context["client_id"],
-            "jti": str(uuid.uuid4()),
-            "iat": now,
-            "nbf": now,
-            "exp": now + ASSERTION_LIFETIME_SECONDS,
-        }
-        return jwt.encode(claims, certificate.private_key, algorithm="PS256", headers=headers)
+        return sign_client_assertion(
+            self.provider.current(), context, send_certificate_chain=self._send_chain, now=int(self._clock())
+        )
 
     def refresh_after_rejection(self) -> None:
         self.provider.refresh_after_rejection()
 
     def describe(self) -> dict[str, object]:
-        return {"credential": self.kind, **self.provider.current().describe()}
+        """The version in use and any newer version waiting (shared.auth.certificate_rotation)."""
+        return {"credential": self.kind, **self.provider.describe()}
 
 
 class ManagedIdentityAssertionSource:

@@ -234,7 +234,9 @@ class JobRunner:
         )
 
     def run_certificate_expiry(self) -> dict[str, Any]:
-        """Warns (a structured log event) when the certificate is inside a threshold; says so when secretless."""
+        """Reports the certificate in use (a warning inside a threshold) and any newer version that does not sign
+        yet: an error when Entra ID refused it ("new version not registered on the app"), so a version Key Vault
+        renewed on its own is noticed while the one in use still works. Says so when secretless."""
         settings = self._services.settings
         described = self._services.tokens.assertion_source.describe()
         if described.get("credential") != "certificate":
@@ -247,6 +249,8 @@ class JobRunner:
             return report
         days_left = float(described["days_left"])
         crossed = [d for d in settings.certificate_expiry_warning_days if days_left <= d]
+        waiting = described.get("waiting_version")
+        problem = waiting.get("problem") if isinstance(waiting, dict) else None
         report = {
             "event": "certificate_expiry",
             "credential": "certificate",
@@ -256,9 +260,14 @@ class JobRunner:
             "not_after": described.get("not_after"),
             "days_left": days_left,
             "threshold_days": min(crossed) if crossed else None,
+            "proven": described.get("proven"),
+            "problem": problem,
+            "waiting_version": waiting,
             "checked_at": utc_now(),
         }
-        if crossed:
+        if isinstance(waiting, dict) and waiting.get("status") == "not_registered":
+            logger.error("certificate expiry %s", json.dumps(report))
+        elif crossed or problem:
             logger.warning("certificate expiry %s", json.dumps(report))
         else:
             logger.info("certificate expiry %s", json.dumps(report))
