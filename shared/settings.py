@@ -78,7 +78,7 @@ CLOUD_PRESETS: dict[str, CloudPreset] = {
     ),
 }
 
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 @dataclass(frozen=True)
@@ -178,11 +178,11 @@ class Settings:
             raise ConfigurationError("CONSENT_STATE_TTL_SECONDS", "must be between 60 and 600 (at most 10 minutes)")
         if self.onboarding_redirect_uri is not None:
             _require_redirect_uri("ONBOARDING_REDIRECT_URI", self.onboarding_redirect_uri)
-        if self.storage_account_name is not None and not re.match(r"^[a-z0-9]{3,24}$", self.storage_account_name):
+        if self.storage_account_name is not None and not re.fullmatch(r"[a-z0-9]{3,24}", self.storage_account_name):
             raise ConfigurationError("STORAGE_ACCOUNT_NAME", "must be 3-24 lower-case letters and digits")
         if not 1024 <= self.webhook_max_body_bytes <= 16 * 1024 * 1024:
             raise ConfigurationError("WEBHOOK_MAX_BODY_BYTES", "must be between 1024 and 16777216")
-        if not re.match(r"^[A-Za-z0-9-]{1,64}$", self.webhook_secret_header):
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", self.webhook_secret_header):
             raise ConfigurationError("WEBHOOK_SECRET_HEADER", "must be a header name (letters, digits, dashes)")
         if not 1 <= self.webhook_max_dequeue_count <= 100:
             raise ConfigurationError("WEBHOOK_MAX_DEQUEUE_COUNT", "must be between 1 and 100")
@@ -199,7 +199,7 @@ class Settings:
             raise ConfigurationError("SWEEP_TIME_BUDGET_SECONDS", "must be between 10 and 3600")
         if not 1 <= self.sync_page_size <= 5000:
             raise ConfigurationError("SYNC_PAGE_SIZE", "must be between 1 and 5000")
-        if not re.match(r"^[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])$", self.sync_container):
+        if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])", self.sync_container):
             raise ConfigurationError("SYNC_CONTAINER", "must be a valid blob container name")
         if "{tenantid}" not in self.oidc_v1_issuer_template:
             raise ConfigurationError("OIDC_V1_ISSUER_TEMPLATE", "must contain {tenantid}")
@@ -342,9 +342,9 @@ def _parse_sync_tables(raw: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
             continue
         name, _, columns = part.partition(":")
         cols = tuple(c.strip() for c in columns.split(",") if c.strip())
-        if not re.match(r"^[a-z_][a-z0-9_]*$", name.strip()) or not cols:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", name.strip()) or not cols:
             raise ValueError("expected entityset:column,column;entityset:column")
-        if any(not re.match(r"^[a-z_][a-z0-9_]*$", c) for c in cols):
+        if any(not re.fullmatch(r"[a-z_][a-z0-9_]*", c) for c in cols):
             raise ValueError("column names are lower-case logical names")
         tables.append((name.strip(), cols))
     if not tables:

@@ -55,7 +55,7 @@ from shared.settings import is_guid
 logger = logging.getLogger(__name__)
 
 API_PATH = "/api/data/v9.2"
-_ENTITY_ID_IN_URL = re.compile(r"\(([0-9a-fA-F-]{36})\)\s*$")
+_ENTITY_ID_IN_URL = re.compile(r"\(([0-9a-fA-F-]{36})\)\s*\Z")
 
 
 class TokenSource(Protocol):
@@ -326,7 +326,7 @@ class DataverseClient:
     # -- plumbing ------------------------------------------------------------------------------------------
 
     def _table_url(self, table: str) -> str:
-        if not ENTITY_SET.match(table):
+        if not ENTITY_SET.fullmatch(table):
             raise ValueError(f"{table!r} is not an entity set name")
         return f"{self.api_root}/{table}"
 
@@ -339,7 +339,7 @@ class DataverseClient:
             raise ValueError("an alternate key needs at least one attribute")
         pairs = []
         for name, value in key.items():
-            if not ATTRIBUTE.match(name):
+            if not ATTRIBUTE.fullmatch(name):
                 raise ValueError(f"{name!r} is not an attribute name")
             literal = str(value) if isinstance(value, int) else "'" + str(value).replace("'", "''") + "'"
             pairs.append(f"{name}={quote(literal, safe=chr(39))}")
