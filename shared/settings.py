@@ -19,6 +19,9 @@ from shared.errors import ConfigurationError
 
 T = TypeVar("T")
 
+# Levels LIBRARY_LOG_LEVEL accepts: Python's logging level names.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 
 class AppMode(enum.StrEnum):
     MULTI_TENANT = "multi_tenant"
@@ -136,8 +139,11 @@ class Settings:
     oidc_required_role: str | None = None
     oidc_v1_issuer_template: str = "https://sts.windows.net/{tenantid}/"
     oidc_clock_skew_seconds: int = 120
+    library_log_level: str = "WARNING"
 
     def __post_init__(self) -> None:
+        if self.library_log_level not in LOG_LEVELS:
+            raise ConfigurationError("LIBRARY_LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)}")
         _require_guid("ENTRA_CLIENT_ID", self.entra_client_id)
         _require_guid("ENTRA_HOME_TENANT_ID", self.entra_home_tenant_id)
         _require_https_base("ENTRA_AUTHORITY_HOST", self.entra_authority_host)
@@ -299,7 +305,19 @@ class Settings:
             oidc_required_role=get("OIDC_REQUIRED_ROLE"),
             oidc_v1_issuer_template=get("OIDC_V1_ISSUER_TEMPLATE") or preset.v1_issuer_template,
             oidc_clock_skew_seconds=parsed("OIDC_CLOCK_SKEW_SECONDS", int, 120),
+            library_log_level=parsed("LIBRARY_LOG_LEVEL", _parse_log_level, "WARNING"),
         )
+
+
+def library_log_level(environ: Mapping[str, str] | None = None) -> str:
+    """``LIBRARY_LOG_LEVEL`` for ``function_app`` to apply while the host indexes functions, where nothing may
+    raise (an exception there hides every function): a malformed value gives the default here, and
+    ``Settings.from_env`` refuses it with a ConfigurationError at the first invocation."""
+    raw = (os.environ if environ is None else environ).get("LIBRARY_LOG_LEVEL", "")
+    try:
+        return _parse_log_level(raw.strip()) if raw.strip() else "WARNING"
+    except ValueError:
+        return "WARNING"
 
 
 def is_guid(value: str) -> bool:
@@ -361,6 +379,13 @@ def _parse_days(raw: str) -> tuple[int, ...]:
     if not days or any(d < 1 or d > 365 for d in days):
         raise ValueError("expected comma-separated days between 1 and 365")
     return days
+
+
+def _parse_log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+    return level
 
 
 def _parse_bool(raw: str) -> bool:
