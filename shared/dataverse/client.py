@@ -51,6 +51,7 @@ from shared.dataverse.odata import (
     retry_after_seconds,
 )
 from shared.settings import is_guid
+from shared.telemetry import dims
 
 logger = logging.getLogger(__name__)
 
@@ -468,6 +469,9 @@ class DataverseClient:
                         type(exc).__name__,
                         attempt,
                         delay,
+                        extra=self._dims(
+                            "dataverse.retry", client_request_id, reason=type(exc).__name__, delay_s=delay
+                        ),
                     )
                     self._sleep(delay)
                     continue
@@ -504,6 +508,9 @@ class DataverseClient:
                     retry_after,
                     client_request_id,
                     response.headers.get("x-ms-service-request-id"),
+                    extra=self._dims(
+                        "dataverse.throttled", client_request_id, response, retry_after_s=retry_after, method=method
+                    ),
                 )
                 # A 429 means the request was not processed, so it is always safe to send again.
                 if attempt < self._retry.max_attempts and self._clock() + retry_after < deadline:
@@ -525,6 +532,9 @@ class DataverseClient:
                     self.tenant_id,
                     attempt,
                     delay,
+                    extra=self._dims(
+                        "dataverse.retry", client_request_id, response, reason=f"HTTP {status}", delay_s=delay
+                    ),
                 )
                 self._sleep(delay)
                 continue
@@ -544,8 +554,26 @@ class DataverseClient:
                 error.error_code,
                 client_request_id,
                 error.service_request_id,
+                extra=self._dims(
+                    "dataverse.failed", client_request_id, response, status=status, error_code=error.error_code
+                ),
             )
             raise error
+
+    def _dims(
+        self, event: str, client_request_id: str, answer: _Answer | None = None, **measures: str | float | None
+    ) -> dict[str, str | int | float | bool]:
+        """A log record's dimensions: this client's tenant and org, our request id and the service's."""
+        service_request_id = answer.headers.get("x-ms-service-request-id") if answer is not None else None
+        rounded = {k: round(v, 3) if isinstance(v, float) else v for k, v in measures.items()}
+        return dims(
+            event,
+            tenant_id=self.tenant_id,
+            org=self.org_url,
+            client_request_id=client_request_id,
+            service_request_id=service_request_id,
+            measures=rounded,
+        )
 
     def _can_retry(self, attempt: int, deadline: float) -> bool:
         return attempt < self._retry.max_attempts and self._clock() < deadline

@@ -32,6 +32,7 @@ from shared.dataverse.errors import (
 from shared.dataverse.org_url import validate_org_url
 from shared.errors import ConfigurationError, CredentialError, S2SError, TokenAcquisitionError
 from shared.settings import Settings
+from shared.telemetry import dims
 from shared.tenants.consent_states import ConsentStateStore
 from shared.tenants.org_index import OrgIndex
 from shared.tenants.registry import TenantRegistry, TenantStatus, Verification, utc_now
@@ -131,7 +132,12 @@ class OnboardingService:
             {"client_id": self._settings.entra_client_id, "state": issued.state, "redirect_uri": redirect_uri}
         )
         url = f"{self._settings.entra_authority_host}/{tenant}/adminconsent?{query}"
-        logger.info("Onboarding started for org %s in tenant %s", canonical, tenant)
+        logger.info(
+            "Onboarding started for org %s in tenant %s",
+            canonical,
+            tenant,
+            extra=dims("onboarding.started", tenant_id=tenant, org=canonical),
+        )
         return OnboardingStart(url, issued.browser_nonce, issued.expires_at)
 
     def complete(self, params: Mapping[str, str], browser_nonce: str | None) -> VerificationResult:
