@@ -309,6 +309,36 @@ class Settings:
         )
 
 
+@dataclass(frozen=True)
+class MonitorSettings:
+    """The host's Application Insights settings, as the app's own exporter needs them (shared.telemetry)."""
+
+    connection_string: str | None
+    aad_authentication: bool
+    aad_client_id: str | None
+    worker_exports: bool
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> MonitorSettings:
+        """``APPLICATIONINSIGHTS_CONNECTION_STRING``; ``APPLICATIONINSIGHTS_AUTHENTICATION_STRING``
+        (``ClientId=<id>;Authorization=AAD``, azure-functions: functions-app-settings); and
+        ``PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY`` (the worker exports by itself). Host settings: never
+        refused here, only read."""
+        env = os.environ if environ is None else environ
+        parts = dict(
+            part.split("=", 1)
+            for part in env.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", "").split(";")
+            if "=" in part
+        )
+        fields = {k.strip().lower(): v.strip() for k, v in parts.items()}
+        return cls(
+            connection_string=env.get("APPLICATIONINSIGHTS_CONNECTION_STRING", "").strip() or None,
+            aad_authentication=fields.get("authorization", "").lower() == "aad",
+            aad_client_id=fields.get("clientid") or None,
+            worker_exports=env.get("PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY", "").strip().lower() == "true",
+        )
+
+
 def library_log_level(environ: Mapping[str, str] | None = None) -> str:
     """``LIBRARY_LOG_LEVEL`` for ``function_app`` to apply while the host indexes functions, where nothing may
     raise (an exception there hides every function): a malformed value gives the default here, and

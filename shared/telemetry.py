@@ -27,7 +27,9 @@ Two concerns, both cheap at import (only ``logging`` and ``urllib.parse``; ``fun
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 # The loggers of the libraries under the app: the Azure SDKs (azure-core's pipeline and its
@@ -40,6 +42,9 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("n", logging.INFO, "p", 1,
     "message",
     "asctime",
 }
+
+if TYPE_CHECKING:
+    from shared.settings import MonitorSettings
 
 Dimension = str | int | float | bool
 
@@ -85,3 +90,64 @@ def dims(
     for name, value in {**(measures or {}), **more}.items():
         values[f"m_{name}" if name in _RECORD_ATTRIBUTES or name in values else name] = value
     return {name: value for name, value in values.items() if value is not None}
+
+
+_monitor_lock = threading.Lock()
+_monitor_state: str | None = None
+
+
+def enable_azure_monitor(settings: MonitorSettings) -> str:
+    """Export the app's log records, their ``extra`` as custom dimensions, with the Azure Monitor distro; once per
+    process, on first use (never at import: the distro and azure-identity are heavy). Returns what happened:
+
+    - ``worker``: ``PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY`` is on, so the worker configured the distro itself
+      (azure-functions: opentelemetry-howto) and a second configuration would export every record twice;
+    - ``no_connection_string``: nothing to export to (local work, tests);
+    - ``distro_absent``: ``azure-monitor-opentelemetry`` is not installed; records still reach the host as messages;
+    - ``enabled``: configured. With ``Authorization=AAD`` in ``APPLICATIONINSIGHTS_AUTHENTICATION_STRING`` (the
+      deployment disables local auth) the exporter authenticates with that managed identity: the worker's own
+      automatic configuration passes no credential, and the host's authentication string does not reach the
+      worker's exporter (azure-functions: opentelemetry-howto, "Microsoft Entra authentication": "you must configure
+      authentication separately for both the host process and the worker process"). ``configure_azure_monitor``
+      takes ``credential`` (azure-monitor-opentelemetry API reference).
+    - ``failed``: the distro raised; logged once, never raised into a function.
+    """
+    global _monitor_state  # noqa: PLW0603 - one exporter per process is the point
+    with _monitor_lock:
+        if _monitor_state is None:
+            _monitor_state = _configure(settings)
+        return _monitor_state
+
+
+def _configure(settings: MonitorSettings) -> str:
+    if settings.worker_exports:
+        return "worker"
+    if not settings.connection_string:
+        return "no_connection_string"
+    try:
+        from azure.monitor.opentelemetry import configure_azure_monitor
+    except ImportError:
+        logging.getLogger(__name__).info("azure-monitor-opentelemetry is not installed: no custom dimensions")
+        return "distro_absent"
+    try:
+        credential = None
+        if settings.aad_authentication:
+            from azure.identity import ManagedIdentityCredential
+
+            credential = ManagedIdentityCredential(client_id=settings.aad_client_id)
+        configure_azure_monitor(
+            connection_string=settings.connection_string,
+            credential=credential,
+            # Logs only: the host already reports requests and dependencies, and the SDK spans would add
+            # the very per-request records quiet_libraries removes.
+            instrumentation_options={name: {"enabled": False} for name in _INSTRUMENTATIONS},
+        )
+    except Exception:
+        logging.getLogger(__name__).warning("Could not configure the Azure Monitor distro", exc_info=True)
+        return "failed"
+    return "enabled"
+
+
+# Library names of the distro's bundled instrumentations (azure-monitor-opentelemetry README, "Officially supported
+# instrumentations"), all turned off.
+_INSTRUMENTATIONS = ("azure_sdk", "django", "fastapi", "flask", "psycopg2", "requests", "urllib", "urllib3")

@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
+import types
 from collections.abc import Iterator
 
 import pytest
 
+from shared import telemetry
 from shared.dataverse.errors import ApplicationUserMissingError
 from shared.errors import TokenAcquisitionError
 from shared.jobs.sweeps import Sweep, TenantOutcome
-from shared.settings import Settings, library_log_level
+from shared.settings import MonitorSettings, Settings, library_log_level
 from shared.telemetry import LIBRARY_LOGGERS, dims, org_host, quiet_libraries
 from shared.tenants.registry import Tenant, TenantRegistry, TenantStatus
 from tests.unit import test_dataverse_client as dv
@@ -227,3 +230,74 @@ def test_time_is_measured_not_assumed(records: Records) -> None:
     wh.intake(SlowStore()).accept(wh.BODY, wh.HEADERS)
     (record,) = records.events("webhook.acknowledged")
     assert record.ack_ms >= 50  # type: ignore[attr-defined]
+
+
+# -- the app's own exporter -------------------------------------------------------------------------------------------
+
+CONNECTION = "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=https://in.example/"
+
+
+@pytest.fixture
+def fresh_monitor(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, object]]]:
+    """A fake distro module that records its configuration; the once-per-process state reset around the test."""
+    calls: list[dict[str, object]] = []
+    fake = types.ModuleType("azure.monitor.opentelemetry")
+    fake.configure_azure_monitor = lambda **kwargs: calls.append(kwargs)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "azure.monitor.opentelemetry", fake)
+    monkeypatch.setattr(telemetry, "_monitor_state", None)
+    yield calls
+
+
+def test_the_exporter_authenticates_with_the_hosts_managed_identity(fresh_monitor: list[dict[str, object]]) -> None:
+    settings = MonitorSettings.from_env(
+        {
+            "APPLICATIONINSIGHTS_CONNECTION_STRING": CONNECTION,
+            "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": f"ClientId={GUID};Authorization=AAD",
+        }
+    )
+    assert (settings.aad_authentication, settings.aad_client_id) == (True, GUID)
+    assert telemetry.enable_azure_monitor(settings) == "enabled"
+    assert telemetry.enable_azure_monitor(settings) == "enabled"  # once per process
+    (call,) = fresh_monitor
+    assert call["connection_string"] == CONNECTION
+    credential = call["credential"]
+    assert type(credential).__name__ == "ManagedIdentityCredential"
+    options = call["instrumentation_options"]
+    assert isinstance(options, dict) and options["azure_sdk"] == {"enabled": False}
+
+
+@pytest.mark.parametrize(
+    ("environ", "state"),
+    [
+        ({}, "no_connection_string"),
+        (
+            {
+                "APPLICATIONINSIGHTS_CONNECTION_STRING": CONNECTION,
+                "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "true",
+            },
+            "worker",
+        ),
+    ],
+)
+def test_no_exporter_without_a_connection_string_or_when_the_worker_exports(
+    fresh_monitor: list[dict[str, object]], environ: dict[str, str], state: str
+) -> None:
+    assert telemetry.enable_azure_monitor(MonitorSettings.from_env(environ)) == state
+    assert fresh_monitor == []
+
+
+def test_without_the_distro_nothing_breaks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "azure.monitor.opentelemetry", None)  # import raises ImportError
+    monkeypatch.setattr(telemetry, "_monitor_state", None)
+    settings = MonitorSettings.from_env({"APPLICATIONINSIGHTS_CONNECTION_STRING": CONNECTION})
+    assert telemetry.enable_azure_monitor(settings) == "distro_absent"
+
+
+def test_a_distro_that_raises_is_logged_not_raised(fresh_monitor: list[dict[str, object]], records: Records) -> None:
+    def broken(**kwargs: object) -> None:
+        raise RuntimeError("bad connection string")
+
+    sys.modules["azure.monitor.opentelemetry"].configure_azure_monitor = broken  # type: ignore[attr-defined]
+    settings = MonitorSettings.from_env({"APPLICATIONINSIGHTS_CONNECTION_STRING": CONNECTION})
+    assert telemetry.enable_azure_monitor(settings) == "failed"
+    assert any("Could not configure the Azure Monitor distro" in r.getMessage() for r in records.records)
