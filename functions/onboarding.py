@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ import azure.functions as func
 from functions import onboarding_pages as pages
 from functions.http_errors import json_error, request_id, storage_unavailable_is_503
 from functions.services import get_services
+from shared.telemetry import dims
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -29,6 +31,8 @@ bp = func.Blueprint()
 
 COOKIE = "s2s_onboarding"
 _MAX_FORM_BYTES = 4096
+# An OAuth error code (RFC 6749 section 4.1.2.1: access_denied, invalid_request, …).
+_OAUTH_ERROR = re.compile(r"[a-z_]{1,64}")
 
 
 def _form(req: func.HttpRequest) -> dict[str, str]:
@@ -145,21 +149,43 @@ def consent_callback(req: func.HttpRequest) -> func.HttpResponse:
     try:
         result = services.onboarding.complete(params, _cookie(req))
     except ConsentDeniedError as exc:
+        # Entra's error code names what happened (access_denied, consent_required, …); anything else a caller put
+        # in the query is not logged.
+        error = exc.error if _OAUTH_ERROR.fullmatch(exc.error) else "unrecognised"
+        logger.info("Sign-in callback: Entra returned %s", error, extra=dims("onboarding.callback", outcome=error))
         response = pages.consent_error_page(exc.error, exc.description)
     except ConsentStateError as exc:
-        logger.warning("Sign-in callback refused: %s", exc.reason)
+        logger.warning("Sign-in callback refused: %s", exc.reason, extra=dims("onboarding.callback", outcome=exc.code))
         return pages.invalid_state_page(exc.reason, error_code=exc.code, ttl_seconds=settings.consent_state_ttl_seconds)
     except SignInError as exc:
+        logger.warning("Sign-in callback refused: %s", exc.code, extra=dims("onboarding.callback", outcome=exc.code))
         response = pages.refused_page(exc.message, error_code=exc.code, status=400)
     except (TenantNotAllowedError, OrgNotInTenantError, NotOrgAdministratorError) as exc:
+        logger.info("Sign-in callback refused: %s", exc.code, extra=dims("onboarding.callback", outcome=exc.code))
         response = pages.refused_page(exc.message, error_code=exc.code)
     except DataverseError as exc:
-        logger.warning("Onboarding could not check the administrator's role: %s", exc.error_code or exc.status_code)
+        logger.warning(
+            "Onboarding could not check the administrator's role: %s",
+            exc.error_code or exc.status_code,
+            extra=dims("onboarding.callback", outcome="org_unavailable"),
+        )
         response = pages.unavailable_page(
             "Your environment could not be reached to check your role. Please try again.",
             error_code="org_unavailable",
         )
     else:
+        logger.info(
+            "Sign-in callback for tenant %s: %s",
+            result.tenant_id,
+            result.status,
+            extra=dims(
+                "onboarding.callback",
+                tenant_id=result.tenant_id,
+                org=result.org_urls[0] if len(result.org_urls) == 1 else None,
+                outcome=str(result.status),
+                error_code=result.error_code,
+            ),
+        )
         response = _result_page(settings, result)
     response.headers.update(clear_cookie)
     return response
@@ -260,4 +286,16 @@ def verify_tenant_from_queue(msg: func.QueueMessage) -> None:
     except TenantNotFoundError:
         logger.warning("Tenant %s vanished before its queued re-check", tenant_id)
         return
-    logger.info("Queued re-check %d of tenant %s: %s", attempt, tenant_id, result.status)
+    logger.info(
+        "Queued re-check %d of tenant %s: %s",
+        attempt,
+        tenant_id,
+        result.status,
+        extra=dims(
+            "onboarding.recheck",
+            tenant_id=tenant_id,
+            outcome=str(result.status),
+            error_code=result.error_code,
+            attempt=attempt,
+        ),
+    )

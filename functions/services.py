@@ -11,5 +11,8 @@ if TYPE_CHECKING:
 
 def get_services() -> Services:
     from shared.bootstrap import get_services as services
+    from shared.settings import MonitorSettings
+    from shared.telemetry import enable_azure_monitor
 
+    enable_azure_monitor(MonitorSettings.from_env())  # once per process; see shared/telemetry.py
     return services()

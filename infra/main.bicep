@@ -216,6 +216,16 @@ param oidcV1IssuerTemplate string = ''
 @maxValue(600)
 param oidcClockSkewSeconds int = 120
 
+@description('Optional. LIBRARY_LOG_LEVEL: level of the Azure SDK, MSAL and urllib3 loggers. Below WARNING, azure-core logs every request and response header block, each one an Application Insights record.')
+@allowed([
+  'DEBUG'
+  'INFO'
+  'WARNING'
+  'ERROR'
+  'CRITICAL'
+])
+param libraryLogLevel string = 'WARNING'
+
 var abbrs = loadJsonContent('abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
@@ -460,6 +470,7 @@ module functionApp 'modules/function-app.bicep' = {
     oidcRequiredRole: oidcRequiredRole
     oidcV1IssuerTemplate: oidcV1IssuerTemplate
     oidcClockSkewSeconds: oidcClockSkewSeconds
+    libraryLogLevel: libraryLogLevel
   }
 }
 

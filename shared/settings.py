@@ -19,6 +19,9 @@ from shared.errors import ConfigurationError
 
 T = TypeVar("T")
 
+# Levels LIBRARY_LOG_LEVEL accepts: Python's logging level names.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 
 class AppMode(enum.StrEnum):
     MULTI_TENANT = "multi_tenant"
@@ -78,7 +81,7 @@ CLOUD_PRESETS: dict[str, CloudPreset] = {
     ),
 }
 
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 @dataclass(frozen=True)
@@ -136,8 +139,11 @@ class Settings:
     oidc_required_role: str | None = None
     oidc_v1_issuer_template: str = "https://sts.windows.net/{tenantid}/"
     oidc_clock_skew_seconds: int = 120
+    library_log_level: str = "WARNING"
 
     def __post_init__(self) -> None:
+        if self.library_log_level not in LOG_LEVELS:
+            raise ConfigurationError("LIBRARY_LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)}")
         _require_guid("ENTRA_CLIENT_ID", self.entra_client_id)
         _require_guid("ENTRA_HOME_TENANT_ID", self.entra_home_tenant_id)
         _require_https_base("ENTRA_AUTHORITY_HOST", self.entra_authority_host)
@@ -178,11 +184,11 @@ class Settings:
             raise ConfigurationError("CONSENT_STATE_TTL_SECONDS", "must be between 60 and 600 (at most 10 minutes)")
         if self.onboarding_redirect_uri is not None:
             _require_redirect_uri("ONBOARDING_REDIRECT_URI", self.onboarding_redirect_uri)
-        if self.storage_account_name is not None and not re.match(r"^[a-z0-9]{3,24}$", self.storage_account_name):
+        if self.storage_account_name is not None and not re.fullmatch(r"[a-z0-9]{3,24}", self.storage_account_name):
             raise ConfigurationError("STORAGE_ACCOUNT_NAME", "must be 3-24 lower-case letters and digits")
         if not 1024 <= self.webhook_max_body_bytes <= 16 * 1024 * 1024:
             raise ConfigurationError("WEBHOOK_MAX_BODY_BYTES", "must be between 1024 and 16777216")
-        if not re.match(r"^[A-Za-z0-9-]{1,64}$", self.webhook_secret_header):
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", self.webhook_secret_header):
             raise ConfigurationError("WEBHOOK_SECRET_HEADER", "must be a header name (letters, digits, dashes)")
         if not 1 <= self.webhook_max_dequeue_count <= 100:
             raise ConfigurationError("WEBHOOK_MAX_DEQUEUE_COUNT", "must be between 1 and 100")
@@ -199,7 +205,7 @@ class Settings:
             raise ConfigurationError("SWEEP_TIME_BUDGET_SECONDS", "must be between 10 and 3600")
         if not 1 <= self.sync_page_size <= 5000:
             raise ConfigurationError("SYNC_PAGE_SIZE", "must be between 1 and 5000")
-        if not re.match(r"^[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])$", self.sync_container):
+        if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])", self.sync_container):
             raise ConfigurationError("SYNC_CONTAINER", "must be a valid blob container name")
         if "{tenantid}" not in self.oidc_v1_issuer_template:
             raise ConfigurationError("OIDC_V1_ISSUER_TEMPLATE", "must contain {tenantid}")
@@ -299,7 +305,49 @@ class Settings:
             oidc_required_role=get("OIDC_REQUIRED_ROLE"),
             oidc_v1_issuer_template=get("OIDC_V1_ISSUER_TEMPLATE") or preset.v1_issuer_template,
             oidc_clock_skew_seconds=parsed("OIDC_CLOCK_SKEW_SECONDS", int, 120),
+            library_log_level=parsed("LIBRARY_LOG_LEVEL", _parse_log_level, "WARNING"),
         )
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    """The host's Application Insights settings, as the app's own exporter needs them (shared.telemetry)."""
+
+    connection_string: str | None
+    aad_authentication: bool
+    aad_client_id: str | None
+    worker_exports: bool
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> MonitorSettings:
+        """``APPLICATIONINSIGHTS_CONNECTION_STRING``; ``APPLICATIONINSIGHTS_AUTHENTICATION_STRING``
+        (``ClientId=<id>;Authorization=AAD``, azure-functions: functions-app-settings); and
+        ``PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY`` (the worker exports by itself). Host settings: never
+        refused here, only read."""
+        env = os.environ if environ is None else environ
+        parts = dict(
+            part.split("=", 1)
+            for part in env.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", "").split(";")
+            if "=" in part
+        )
+        fields = {k.strip().lower(): v.strip() for k, v in parts.items()}
+        return cls(
+            connection_string=env.get("APPLICATIONINSIGHTS_CONNECTION_STRING", "").strip() or None,
+            aad_authentication=fields.get("authorization", "").lower() == "aad",
+            aad_client_id=fields.get("clientid") or None,
+            worker_exports=env.get("PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY", "").strip().lower() == "true",
+        )
+
+
+def library_log_level(environ: Mapping[str, str] | None = None) -> str:
+    """``LIBRARY_LOG_LEVEL`` for ``function_app`` to apply while the host indexes functions, where nothing may
+    raise (an exception there hides every function): a malformed value gives the default here, and
+    ``Settings.from_env`` refuses it with a ConfigurationError at the first invocation."""
+    raw = (os.environ if environ is None else environ).get("LIBRARY_LOG_LEVEL", "")
+    try:
+        return _parse_log_level(raw.strip()) if raw.strip() else "WARNING"
+    except ValueError:
+        return "WARNING"
 
 
 def is_guid(value: str) -> bool:
@@ -342,9 +390,9 @@ def _parse_sync_tables(raw: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
             continue
         name, _, columns = part.partition(":")
         cols = tuple(c.strip() for c in columns.split(",") if c.strip())
-        if not re.match(r"^[a-z_][a-z0-9_]*$", name.strip()) or not cols:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", name.strip()) or not cols:
             raise ValueError("expected entityset:column,column;entityset:column")
-        if any(not re.match(r"^[a-z_][a-z0-9_]*$", c) for c in cols):
+        if any(not re.fullmatch(r"[a-z_][a-z0-9_]*", c) for c in cols):
             raise ValueError("column names are lower-case logical names")
         tables.append((name.strip(), cols))
     if not tables:
@@ -361,6 +409,13 @@ def _parse_days(raw: str) -> tuple[int, ...]:
     if not days or any(d < 1 or d > 365 for d in days):
         raise ValueError("expected comma-separated days between 1 and 365")
     return days
+
+
+def _parse_log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+    return level
 
 
 def _parse_bool(raw: str) -> bool:

@@ -186,6 +186,9 @@ param oidcV1IssuerTemplate string
 @description('Required. OIDC_CLOCK_SKEW_SECONDS.')
 param oidcClockSkewSeconds int
 
+@description('Required. LIBRARY_LOG_LEVEL: level of the Azure SDK, MSAL and urllib3 loggers.')
+param libraryLogLevel string
+
 resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: appInsightsName
 }
@@ -318,6 +321,7 @@ var appSettings = {
   OIDC_REQUIRED_ROLE: oidcRequiredRole
   OIDC_V1_ISSUER_TEMPLATE: oidcV1IssuerTemplate
   OIDC_CLOCK_SKEW_SECONDS: string(oidcClockSkewSeconds)
+  LIBRARY_LOG_LEVEL: libraryLogLevel
 }
 
 resource appSettingsConfig 'Microsoft.Web/sites/config@2024-04-01' = {

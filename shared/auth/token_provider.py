@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from shared.auth import aadsts
 from shared.auth.client_assertions import ClientAssertionSource
-from shared.errors import InvalidTenantError, S2SError, TokenAcquisitionError
+from shared.errors import InvalidTenantError, S2SError, TokenAcquisitionError, entra_description, summarize
 from shared.settings import is_guid
 
 logger = logging.getLogger(__name__)
@@ -311,6 +311,7 @@ class TenantTokenProvider:
                 correlation_id=parsed.correlation_id,
                 trace_id=parsed.trace_id,
                 is_transient=True,
+                description=parsed.description,
             )
         recent = "" if seen is not None else " recently; new requests for this tenant wait until its Retry-After"
         return _condition_error(
@@ -327,9 +328,11 @@ class TenantTokenProvider:
             code = int(match.group(1))
         error = result.get("error")
         info = aadsts.describe(code, error)
-        first_line = description.splitlines()[0] if description else str(error)
+        whole = entra_description(description)
         return TokenAcquisitionError(
-            f"Entra ID refused a token for tenant {tenant_id}: {first_line[:300]}",
+            # Whole sentences only: a description cut mid-sentence can say the opposite of what Entra meant.
+            f"Entra ID refused a token for tenant {tenant_id}: {summarize(whole) or error}",
+            description=whole,
             tenant_id=tenant_id,
             error=error,
             aadsts_code=code,

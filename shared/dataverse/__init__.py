@@ -3,5 +3,6 @@ shapes in odata), the per-org client factory (clients), typed errors (errors), `
 per-org admission and pacing (governor), Retry-After windows shared across instances (throttle_board) and the
 rules for an org URL (org_url).
 
-May import shared.errors, shared.settings and shared.auth (the token it sends); never storage or tenants.
+May import shared.errors, shared.settings, shared.auth (the token it sends) and shared.telemetry (log
+dimensions); never storage or tenants.
 """

@@ -51,11 +51,12 @@ from shared.dataverse.odata import (
     retry_after_seconds,
 )
 from shared.settings import is_guid
+from shared.telemetry import dims
 
 logger = logging.getLogger(__name__)
 
 API_PATH = "/api/data/v9.2"
-_ENTITY_ID_IN_URL = re.compile(r"\(([0-9a-fA-F-]{36})\)\s*$")
+_ENTITY_ID_IN_URL = re.compile(r"\(([0-9a-fA-F-]{36})\)\s*\Z")
 
 
 class TokenSource(Protocol):
@@ -190,7 +191,7 @@ class DataverseClient:
     ) -> list[dict[str, Any]]:
         """The rows a collection-valued navigation property of one row leads to, every page, e.g. a user's
         security roles: ``list_related("systemusers", user_id, "systemuserroles_association")``."""
-        if not ATTRIBUTE.match(navigation):
+        if not ATTRIBUTE.fullmatch(navigation):
             raise ValueError(f"{navigation!r} is not a navigation property name")
         url: str | None = f"{self._row_url(table, row_id)}/{navigation}{query_string(select=select)}"
         rows: list[dict[str, Any]] = []
@@ -341,7 +342,7 @@ class DataverseClient:
     # -- plumbing ------------------------------------------------------------------------------------------
 
     def _table_url(self, table: str) -> str:
-        if not ENTITY_SET.match(table):
+        if not ENTITY_SET.fullmatch(table):
             raise ValueError(f"{table!r} is not an entity set name")
         return f"{self.api_root}/{table}"
 
@@ -354,7 +355,7 @@ class DataverseClient:
             raise ValueError("an alternate key needs at least one attribute")
         pairs = []
         for name, value in key.items():
-            if not ATTRIBUTE.match(name):
+            if not ATTRIBUTE.fullmatch(name):
                 raise ValueError(f"{name!r} is not an attribute name")
             literal = str(value) if isinstance(value, int) else "'" + str(value).replace("'", "''") + "'"
             pairs.append(f"{name}={quote(literal, safe=chr(39))}")
@@ -483,6 +484,9 @@ class DataverseClient:
                         type(exc).__name__,
                         attempt,
                         delay,
+                        extra=self._dims(
+                            "dataverse.retry", client_request_id, reason=type(exc).__name__, delay_s=delay
+                        ),
                     )
                     self._sleep(delay)
                     continue
@@ -519,6 +523,9 @@ class DataverseClient:
                     retry_after,
                     client_request_id,
                     response.headers.get("x-ms-service-request-id"),
+                    extra=self._dims(
+                        "dataverse.throttled", client_request_id, response, retry_after_s=retry_after, method=method
+                    ),
                 )
                 # A 429 means the request was not processed, so it is always safe to send again.
                 if attempt < self._retry.max_attempts and self._clock() + retry_after < deadline:
@@ -540,6 +547,9 @@ class DataverseClient:
                     self.tenant_id,
                     attempt,
                     delay,
+                    extra=self._dims(
+                        "dataverse.retry", client_request_id, response, reason=f"HTTP {status}", delay_s=delay
+                    ),
                 )
                 self._sleep(delay)
                 continue
@@ -559,8 +569,26 @@ class DataverseClient:
                 error.error_code,
                 client_request_id,
                 error.service_request_id,
+                extra=self._dims(
+                    "dataverse.failed", client_request_id, response, status=status, error_code=error.error_code
+                ),
             )
             raise error
+
+    def _dims(
+        self, event: str, client_request_id: str, answer: _Answer | None = None, **measures: str | float | None
+    ) -> dict[str, str | int | float | bool]:
+        """A log record's dimensions: this client's tenant and org, our request id and the service's."""
+        service_request_id = answer.headers.get("x-ms-service-request-id") if answer is not None else None
+        rounded = {k: round(v, 3) if isinstance(v, float) else v for k, v in measures.items()}
+        return dims(
+            event,
+            tenant_id=self.tenant_id,
+            org=self.org_url,
+            client_request_id=client_request_id,
+            service_request_id=service_request_id,
+            measures=rounded,
+        )
 
     def _can_retry(self, attempt: int, deadline: float) -> bool:
         return attempt < self._retry.max_attempts and self._clock() < deadline

@@ -119,7 +119,7 @@ class BadRequestError(DataverseError):
 
 
 _MESSAGE_LIMIT = 500
-_HEX_CODE = re.compile(r"^0x[0-9a-fA-F]{8}$")
+_HEX_CODE = re.compile(r"0x[0-9a-fA-F]{8}")
 
 
 def error_from_response(
@@ -206,6 +206,6 @@ def _parse_error_body(body: bytes) -> tuple[str | None, str]:
     code = error.get("code")
     message = error.get("message")
     return (
-        code if isinstance(code, str) and _HEX_CODE.match(code) else None,
+        code if isinstance(code, str) and _HEX_CODE.fullmatch(code) else None,
         message[:_MESSAGE_LIMIT] if isinstance(message, str) else "",
     )

@@ -13,8 +13,8 @@ from typing import Any
 from urllib.parse import quote
 
 MAX_PAGE_SIZE = 5000  # the default and maximum odata.maxpagesize (pad/webapi/query/page-results)
-ENTITY_SET = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-ATTRIBUTE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+ENTITY_SET = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+ATTRIBUTE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 def query_string(
@@ -27,7 +27,7 @@ def query_string(
     params: list[str] = []
     if select:
         for name in select:
-            if not ATTRIBUTE.match(name):
+            if not ATTRIBUTE.fullmatch(name):
                 raise ValueError(f"{name!r} is not an attribute name")
         params.append("$select=" + ",".join(select))
     if filter:

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from shared.errors import S2SError
 
-_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
 def is_host_name(text: str) -> bool:

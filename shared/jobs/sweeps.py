@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from shared.errors import S2SError, TokenAcquisitionError
+from shared.telemetry import dims
 from shared.tenants.registry import Tenant, TenantStatus, Verification, utc_now
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,22 @@ class Sweep:
                     summary.tenants_failed += 1
                     summary.failures[tenant.tenant_id] = reason
                 logger.warning(
-                    "%s failed for tenant %s: %s", job, tenant.tenant_id, reason, exc_info=not isinstance(exc, S2SError)
+                    "%s failed for tenant %s: %s",
+                    job,
+                    tenant.tenant_id,
+                    reason,
+                    exc_info=not isinstance(exc, S2SError),
+                    extra=dims(
+                        "sweep.tenant_failed",
+                        tenant_id=tenant.tenant_id,
+                        org=getattr(exc, "org_url", None),
+                        correlation_id=getattr(exc, "correlation_id", None),
+                        client_request_id=getattr(exc, "client_request_id", None),
+                        service_request_id=getattr(exc, "service_request_id", None),
+                        job=job,
+                        error_code=code,
+                        detail=reason,
+                    ),
                 )
                 if on_failure is not None:
                     try:
@@ -134,7 +150,13 @@ class Sweep:
                 if not outcome.finished:
                     summary.stopped_by_time_budget = True
             if not outcome.ok:
-                logger.warning("%s failed for tenant %s: %s", job, tenant.tenant_id, outcome.detail[:500])
+                logger.warning(
+                    "%s failed for tenant %s: %s",
+                    job,
+                    tenant.tenant_id,
+                    outcome.detail[:500],
+                    extra=dims("sweep.tenant_failed", tenant_id=tenant.tenant_id, job=job, detail=outcome.detail[:500]),
+                )
             if progress:
                 progress(tenant.tenant_id, "ok" if outcome.ok else "failed", outcome.detail)
 
@@ -143,7 +165,21 @@ class Sweep:
         summary.duration_seconds = round(self._clock() - started, 3)
         summary.throttle_waits = self._throttle_waits() - waits_before
         # One structured line per run, for dashboards and alerts.
-        logger.info("sweep summary %s", json.dumps(summary.to_dict(), sort_keys=True))
+        logger.info(
+            "sweep summary %s",
+            json.dumps(summary.to_dict(), sort_keys=True),
+            extra=dims(
+                "sweep.summary",
+                job=job,
+                tenants_ok=summary.tenants_ok,
+                tenants_failed=summary.tenants_failed,
+                tenants_skipped=summary.tenants_skipped,
+                rows=summary.rows,
+                throttle_waits=summary.throttle_waits,
+                duration_s=summary.duration_seconds,
+                stopped_by_time_budget=summary.stopped_by_time_budget,
+            ),
+        )
         return summary
 
 
@@ -219,6 +255,13 @@ class JobRunner:
                     tenant.status,
                     result.status,
                     result.message,
+                    extra=dims(
+                        "tenant.health_changed",
+                        tenant_id=tenant.tenant_id,
+                        from_status=str(tenant.status),
+                        to_status=str(result.status),
+                        error_code=result.error_code,
+                    ),
                 )
             # A verification that failed without changing the status (a transient Entra failure keeps an active
             # tenant active) is still a failure of this run.

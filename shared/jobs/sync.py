@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from shared.dataverse.client import DataverseClient
 from shared.dataverse.errors import DeltaTokenExpiredError
 from shared.jobs.sinks import ChangeSink
+from shared.telemetry import dims
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ class TableSync:
                 table,
                 client.org_url,
                 tenant_id,
+                extra=dims("sync.resync", tenant_id=tenant_id, org=client.org_url, table=table),
             )
             self._checkpoints.save(tenant_id, client.org_url, table, Checkpoint())
             result.resynced = True
@@ -224,6 +226,7 @@ class TableSync:
                     client.org_url,
                     tenant_id,
                     number,
+                    extra=dims("sync.paused", tenant_id=tenant_id, org=client.org_url, table=table, page=number),
                 )
                 return result
         return result

@@ -52,7 +52,12 @@ class UserPrincipal:
 
 class JwksCache:
     """The authority's signing keys by ``kid``. Refreshed every ``refresh_seconds``; an unknown ``kid`` triggers a
-    refetch at most once per ``min_refetch_seconds``, so a flood of made-up kids cannot hammer the authority."""
+    refetch at most once per ``min_refetch_seconds``, so a flood of made-up kids cannot hammer the authority.
+
+    A known key never waits on the network: lookups read the current key set without a lock (it is replaced
+    whole, never changed in place), and the periodic refresh runs on a background thread while the old keys keep
+    answering. Only a caller whose ``kid`` is unknown waits, and only for the fetch that may bring its key.
+    """
 
     def __init__(
         self,
@@ -66,23 +71,48 @@ class JwksCache:
         self._refresh = refresh_seconds
         self._min_refetch = min_refetch_seconds
         self._clock = clock
-        self._lock = threading.Lock()
+        # Held only around a fetch; lookups of known keys never take it.
+        self._fetch_lock = threading.Lock()
         self._keys: dict[str, tuple[Any, str | None]] = {}
         self._fetched_at = float("-inf")
         self.fetches = 0
 
     def key(self, kid: str) -> tuple[Any, str | None] | None:
         """(public key, the key's ``issuer`` or None) or None when no such key exists."""
-        now = self._clock()
-        with self._lock:
-            stale = now - self._fetched_at >= self._refresh
-            if kid not in self._keys and now - self._fetched_at >= self._min_refetch:
-                stale = True
-            if stale:
+        keys = self._keys
+        known = keys.get(kid)
+        if known is not None:
+            if self._clock() - self._fetched_at >= self._refresh:
+                self._refresh_in_background()
+            return known
+        with self._fetch_lock:
+            if (found := self._keys.get(kid)) is not None:  # a fetch that finished meanwhile brought it
+                return found
+            now = self._clock()
+            if now - self._fetched_at >= self._min_refetch:
                 self._load(now)
             return self._keys.get(kid)
 
+    def _refresh_in_background(self) -> None:
+        if not self._fetch_lock.acquire(blocking=False):
+            return  # a fetch is already under way
+        try:
+            thread = threading.Thread(target=self._refresh_holding_lock, name="jwks-refresh", daemon=True)
+            thread.start()
+        except BaseException:
+            self._fetch_lock.release()
+            raise
+
+    def _refresh_holding_lock(self) -> None:
+        try:
+            now = self._clock()
+            if now - self._fetched_at >= self._refresh:
+                self._load(now)
+        finally:
+            self._fetch_lock.release()
+
     def _load(self, now: float) -> None:
+        """Fetch and replace the key set; the caller holds ``_fetch_lock``."""
         try:
             document = self._fetch()
         except Exception:  # keep the keys we have: an outage must not reject valid tokens
@@ -100,6 +130,18 @@ class JwksCache:
         self._keys = keys
         self._fetched_at = now
         self.fetches += 1
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header. The scheme is matched case-insensitively and may
+    be followed by several spaces. RFC 7235 section 2.1: the framework "uses a case-insensitive token as a means to
+    identify the authentication scheme", and ``credentials = auth-scheme [ 1*SP ( token68 / #auth-param ) ]``.
+    Raises InvalidUserTokenError."""
+    scheme, _, rest = (authorization or "").partition(" ")
+    token = rest.strip(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise InvalidUserTokenError("A bearer token is required.")
+    return token
 
 
 class UserTokenValidator:
@@ -124,9 +166,7 @@ class UserTokenValidator:
 
     def validate(self, authorization: str | None) -> UserPrincipal:
         """Raises InvalidUserTokenError naming the failed check."""
-        if not authorization or not authorization.startswith("Bearer ") or len(authorization) <= 7:
-            raise InvalidUserTokenError("A bearer token is required.")
-        token = authorization[7:].strip()
+        token = bearer_token(authorization)
         if len(token) > MAX_TOKEN_BYTES:
             raise InvalidUserTokenError("The token is too large.")
         try:

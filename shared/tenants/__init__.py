@@ -2,5 +2,5 @@
 index from org host to tenant (org_index) and the onboarding service that verifies a tenant and records it
 (onboarding).
 
-May import shared.errors, shared.settings, shared.auth, shared.dataverse and shared.signin.
+May import shared.errors, shared.settings, shared.auth, shared.dataverse, shared.signin and shared.telemetry.
 """

@@ -33,6 +33,7 @@ from shared.dataverse.org_url import validate_org_url
 from shared.errors import ConfigurationError, CredentialError, S2SError, TokenAcquisitionError
 from shared.settings import Settings
 from shared.signin.administrators import AdministratorSignIn, SignedInAdministrator
+from shared.telemetry import dims
 from shared.tenants.consent_states import ConsentStateStore
 from shared.tenants.org_index import OrgIndex
 from shared.tenants.registry import TenantRegistry, TenantStatus, Verification, utc_now
@@ -166,7 +167,7 @@ class OnboardingService:
         cleaned = clean_contact(contact or "")
         flow = self._sign_in.begin(canonical, redirect_uri)
         issued = self._states.issue(flow, canonical, cleaned)
-        logger.info("Onboarding sign-in started for org %s", canonical)
+        logger.info("Onboarding sign-in started for org %s", canonical, extra=dims("onboarding.started", org=canonical))
         return OnboardingStart(str(flow["auth_uri"]), issued.browser_nonce, issued.expires_at)
 
     def complete(self, params: Mapping[str, str], browser_nonce: str | None) -> VerificationResult:

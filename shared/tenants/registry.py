@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.errors import S2SError
+from shared.telemetry import dims
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +289,23 @@ class TenantRegistry:
             if current != status:
                 self._add_history(key, current, status, reason=reason, actor=actor, now=now, stamp=stamp)
                 log = logger.warning if status in (_S.CONSENT_REVOKED, _S.FAILED) else logger.info
-                log("Tenant %s: %s -> %s (%s)", key, current or "new", status, reason)
+                log(
+                    "Tenant %s: %s -> %s (%s)",
+                    key,
+                    current or "new",
+                    status,
+                    reason,
+                    extra=dims(
+                        "tenant.status",
+                        tenant_id=key,
+                        org=org_url,
+                        from_status=str(current or "new"),
+                        to_status=str(status),
+                        reason=reason[:500] if reason else None,
+                        actor=actor,
+                        org_count=len(orgs),
+                    ),
+                )
             # The row is exactly what was just written: no need to read it back.
             return replace(_to_tenant(new), etag=(written or {}).get("etag"))
         raise RegistryConflictError(f"Tenant {key} is being updated by many writers; try again.")

@@ -2,5 +2,5 @@
 (store: queue, payload blobs, processed-change records), the handlers that run later with the org's S2S client
 (processing), and parsing of the RemoteExecutionContext body (remote_context).
 
-May import shared.errors, shared.settings, shared.dataverse and shared.tenants.
+May import shared.errors, shared.settings, shared.dataverse, shared.tenants and shared.telemetry.
 """

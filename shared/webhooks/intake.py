@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.dataverse.org_url import is_host_name
+from shared.telemetry import dims
 from shared.tenants.org_index import OrgEntry, OrgIndex
 from shared.tenants.registry import TenantRegistry, TenantStatus
 from shared.webhooks.remote_context import ExecutionContext, InvalidContextError, parse_context
@@ -79,7 +80,9 @@ class WebhookIntake:
         self._lock = threading.Lock()
 
     def accept(self, body: bytes, headers: Mapping[str, str]) -> IntakeResult:
-        """Never raises for bad input: every outcome is an IntakeResult with a status and a code."""
+        """Never raises for bad input: every outcome is an IntakeResult with a status and a code. What reaches the
+        store is logged (``webhook.acknowledged``, or ``webhook.not_stored`` for a 503) with how long it took."""
+        started = time.monotonic()
         if len(body) > self._max_body:
             return IntakeResult(413, "payload_too_large", f"The body exceeds {self._max_body} bytes.")
         try:
@@ -113,9 +116,28 @@ class WebhookIntake:
             return IntakeResult(401, "invalid_webhook_secret", "The webhook secret header is missing or wrong.")
         key = event_key(entry.organization_id, context)
         log_fields = (entry.tenant_id, entry.org_url, context.correlation_id, context.operation_id)
+
+        def outcome(event: str, status: int, code: str) -> dict[str, str | int | float | bool]:
+            return dims(
+                event,
+                tenant_id=entry.tenant_id,
+                org=entry.org_url,
+                correlation_id=context.correlation_id,
+                operation_id=context.operation_id,
+                message_name=context.message_name,
+                entity=context.primary_entity_name,
+                status=status,
+                outcome=code,
+                ack_ms=round((time.monotonic() - started) * 1000, 1),
+            )
+
         try:
             if self._store.seen(key):
-                logger.info("Webhook duplicate acknowledged: tenant %s org %s correlation %s operation %s", *log_fields)
+                logger.info(
+                    "Webhook duplicate acknowledged: tenant %s org %s correlation %s operation %s",
+                    *log_fields,
+                    extra=outcome("webhook.acknowledged", 200, "duplicate"),
+                )
                 return IntakeResult(200, "duplicate", "Already received.", duplicate=True, key=key)
             envelope = {
                 "v": 1,
@@ -134,10 +156,16 @@ class WebhookIntake:
             self._store.enqueue(key, envelope, body)
         except StorageUnavailableError:
             logger.exception(
-                "Webhook not stored (answering 503): tenant %s org %s correlation %s operation %s", *log_fields
+                "Webhook not stored (answering 503): tenant %s org %s correlation %s operation %s",
+                *log_fields,
+                extra=outcome("webhook.not_stored", 503, "storage_unavailable"),
             )
             return IntakeResult(503, "storage_unavailable", "The event could not be stored; retry later.")
-        logger.info("Webhook queued: tenant %s org %s correlation %s operation %s", *log_fields)
+        logger.info(
+            "Webhook queued: tenant %s org %s correlation %s operation %s",
+            *log_fields,
+            extra=outcome("webhook.acknowledged", 202, "accepted"),
+        )
         return IntakeResult(202, "accepted", "Queued.", key=key)
 
     def _lookup(self, host: str) -> tuple[OrgEntry | None, bool, str | None]:

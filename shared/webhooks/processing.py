@@ -25,6 +25,7 @@ from shared.dataverse.client import DataverseClient
 from shared.dataverse.clients import DataverseClients
 from shared.dataverse.errors import DataverseError
 from shared.errors import CredentialError, S2SError, TokenAcquisitionError
+from shared.telemetry import dims
 from shared.webhooks.intake import envelope_from_message
 from shared.webhooks.remote_context import ExecutionContext, InvalidContextError, parse_context
 from shared.webhooks.store import StorageUnavailableError, WebhookStore
@@ -162,10 +163,31 @@ class WebhookProcessor:
             envelope.get("correlation_id"),
             envelope.get("operation_id"),
         )
+        received = envelope.get("received_us")
+
+        def outcome(event: str, **measures: str | int | None) -> dict[str, str | int | float | bool]:
+            age = time.time() * 1000 - received / 1000 if isinstance(received, int) else None
+            return dims(
+                event,
+                tenant_id=envelope.get("tenant_id"),
+                org=envelope.get("org_url"),
+                correlation_id=envelope.get("correlation_id"),
+                operation_id=envelope.get("operation_id"),
+                message_name=envelope.get("message"),
+                entity=envelope.get("entity"),
+                attempt=dequeue_count,
+                age_ms=round(age, 1) if age is not None else None,  # since the receiver stored it
+                measures=measures,
+            )
+
         claim = self._store.claim(key, owner=message_id)
         if not claim.granted:
             if claim.reason == "done":
-                logger.info("Webhook event already processed: tenant %s org %s correlation %s operation %s", *fields)
+                logger.info(
+                    "Webhook event already processed: tenant %s org %s correlation %s operation %s",
+                    *fields,
+                    extra=outcome("webhook.processed", outcome="duplicate"),
+                )
                 return "duplicate"
             raise TransientProcessingError("Another worker is processing this event.")
         try:
@@ -184,6 +206,7 @@ class WebhookProcessor:
                     dequeue_count,
                     *fields,
                     reason,
+                    extra=outcome("webhook.processed", outcome="retry", reason=reason),
                 )
                 raise TransientProcessingError(reason) from exc
             self._store.to_poison(envelope, reason, dequeue_count)
@@ -192,10 +215,15 @@ class WebhookProcessor:
                 dequeue_count,
                 *fields,
                 reason,
+                extra=outcome("webhook.processed", outcome="poisoned", reason=reason),
             )
             return "poisoned"
         self._store.complete(key)
-        logger.info("Webhook event processed: tenant %s org %s correlation %s operation %s", *fields)
+        logger.info(
+            "Webhook event processed: tenant %s org %s correlation %s operation %s",
+            *fields,
+            extra=outcome("webhook.processed", outcome="done"),
+        )
         return "done"
 
     def _event(self, envelope: dict[str, Any]) -> WebhookEvent:

@@ -17,7 +17,7 @@ from typing import Any
 
 from shared.errors import S2SError
 
-_DATE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")
+_DATE = re.compile(r"/Date\((-?\d+)([+-]\d{4})?\)/")
 _MAX_DEPTH = 8  # ParentContext nesting in practice is 1-2; deeper input is refused rather than recursed into
 
 
@@ -80,7 +80,7 @@ class ExecutionContext:
 def parse_date(value: str) -> datetime:
     """``/Date(1506409448000-0700)/`` → an aware UTC datetime. The milliseconds are UTC already; the zone suffix
     only says where the writer was. Raises ValueError, also for a date outside what datetime can hold."""
-    match = _DATE.match(value)
+    match = _DATE.fullmatch(value)
     if not match:
         raise ValueError(f"not a /Date()/ value: {value[:40]!r}")
     try:
@@ -100,7 +100,7 @@ def parse_value(value: Any, depth: int = 0) -> Any:
     if depth > _MAX_DEPTH:
         raise InvalidContextError("The payload nests values too deeply.")
     if isinstance(value, str):
-        return _date(value) if _DATE.match(value) else value
+        return _date(value) if _DATE.fullmatch(value) else value
     if isinstance(value, list):
         if all(isinstance(item, dict) and set(item) >= {"key", "value"} for item in value) and value:
             return parse_bag(value, depth + 1)
@@ -194,7 +194,7 @@ def parse_context(body: Any, depth: int = 0) -> ExecutionContext:
         ),
         user_object_id=_optional_guid(body.get("UserAzureActiveDirectoryObjectId"), "UserAzureActiveDirectoryObjectId"),
         business_unit_id=_optional_guid(body.get("BusinessUnitId"), "BusinessUnitId"),
-        operation_created_on=_date(created) if isinstance(created, str) and _DATE.match(created) else None,
+        operation_created_on=_date(created) if isinstance(created, str) and _DATE.fullmatch(created) else None,
         input_parameters=parse_bag(body.get("InputParameters")),
         output_parameters=parse_bag(body.get("OutputParameters")),
         shared_variables=parse_bag(body.get("SharedVariables")),

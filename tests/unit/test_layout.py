@@ -21,13 +21,21 @@ MAX_MODULE_LINES = 600
 # in prose; this is the check.
 SHARED_DEPENDENCIES: dict[str, set[str]] = {
     "shared.errors": set(),
+    "shared.telemetry": set(),
     "shared.settings": {"shared.errors"},
     "shared.auth": {"shared.errors", "shared.settings"},
     "shared.signin": {"shared.errors", "shared.settings", "shared.auth"},
-    "shared.dataverse": {"shared.errors", "shared.settings", "shared.auth"},
-    "shared.tenants": {"shared.errors", "shared.settings", "shared.auth", "shared.dataverse", "shared.signin"},
-    "shared.webhooks": {"shared.errors", "shared.settings", "shared.dataverse", "shared.tenants"},
-    "shared.jobs": {"shared.errors", "shared.settings", "shared.dataverse", "shared.tenants"},
+    "shared.dataverse": {"shared.errors", "shared.settings", "shared.auth", "shared.telemetry"},
+    "shared.tenants": {
+        "shared.errors",
+        "shared.settings",
+        "shared.auth",
+        "shared.dataverse",
+        "shared.signin",
+        "shared.telemetry",
+    },
+    "shared.webhooks": {"shared.errors", "shared.settings", "shared.dataverse", "shared.tenants", "shared.telemetry"},
+    "shared.jobs": {"shared.errors", "shared.settings", "shared.dataverse", "shared.tenants", "shared.telemetry"},
     "shared.storage": {"shared.errors", "shared.settings", "shared.auth"},
     "shared.troubleshooting": {"shared.auth", "shared.dataverse"},
 }
