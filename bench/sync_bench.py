@@ -84,6 +84,7 @@ def main() -> int:
     from sandbox.azurite import Azurite
     from shared.bootstrap import build_services, use_services
     from shared.settings import CredentialSource, Settings
+    from shared.tenants.orgs import OrgStatus
     from shared.tenants.registry import TenantStatus
 
     logging.basicConfig(level=logging.ERROR)
@@ -125,6 +126,9 @@ def main() -> int:
             for org in scenario["orgs"]:
                 for status in (TenantStatus.PENDING_CONSENT, TenantStatus.CONSENTED, TenantStatus.ACTIVE):
                     services.registry.record(org["tenant"], status, reason="bench", actor="bench", org_url=org["url"])
+                services.registry.set_org_status(
+                    org["tenant"], org["url"], OrgStatus.ACTIVE, reason="WhoAmI ok", actor="bench"
+                )
                 services.tokens.get_token(org["tenant"], org["url"])  # the figure is about the sweep, not Entra
             services.sync_sink  # noqa: B018 - create the container before timing
             services.sync_checkpoints  # noqa: B018

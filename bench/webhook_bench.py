@@ -44,6 +44,7 @@ def main() -> int:
     from sandbox.azurite import Azurite
     from shared.bootstrap import build_services, use_services
     from shared.settings import CredentialSource, Settings
+    from shared.tenants.orgs import OrgStatus
     from shared.tenants.registry import TenantStatus
 
     logging.basicConfig(level=logging.ERROR)
@@ -65,6 +66,9 @@ def main() -> int:
         tenant, org_id, host_name = str(uuid.uuid4()), str(uuid.uuid4()), "benchorg.crm.dynamics.com"
         for status in (TenantStatus.PENDING_CONSENT, TenantStatus.CONSENTED, TenantStatus.ACTIVE):
             services.registry.record(tenant, status, reason="bench", actor="bench", org_url=f"https://{host_name}")
+        services.registry.set_org_status(
+            tenant, f"https://{host_name}", OrgStatus.ACTIVE, reason="WhoAmI ok", actor="bench"
+        )
         services.org_index.record(f"https://{host_name}", tenant, org_id)
         services.webhook_store.create_resources()
         services.webhook_processor  # noqa: B018 - build it (and its table) before timing

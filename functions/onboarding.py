@@ -192,32 +192,50 @@ def consent_callback(req: func.HttpRequest) -> func.HttpResponse:
 
 
 def _result_page(settings: Settings, result: VerificationResult) -> func.HttpResponse:
+    """The page a person sees: about the org they onboarded or re-checked (``focus``) when there is one, so a
+    second environment that still lacks our application user is explained without hiding the working ones."""
+    from shared.tenants.orgs import OrgStatus
     from shared.tenants.registry import TenantStatus
 
     app_name = settings.app_display_name
+    focus = result.focus
+    if result.status is TenantStatus.PENDING_CONSENT:
+        return pages.pending_page(result.message or "")
+    if focus is not None:
+        if focus.status is OrgStatus.ACTIVE and result.status is TenantStatus.ACTIVE:
+            return pages.active_page(app_name, result.tenant_id, (focus.url,))
+        if focus.status is OrgStatus.AWAITING_APPLICATION_USER:
+            verification = focus.last_verification
+            return pages.awaiting_page(
+                app_name,
+                settings.entra_client_id,
+                result.tenant_id,
+                focus.url,
+                detail=(verification.message if verification else None) or result.message or "",
+                ticket=result.recheck_ticket,
+                ticket_expires=focus.ticket_expires,
+            )
+        verification = focus.last_verification
+        return pages.failed_page((verification.message if verification else None) or result.message or "")
     if result.status is TenantStatus.ACTIVE:
         return pages.active_page(app_name, result.tenant_id, result.org_urls)
-    if result.status is TenantStatus.AWAITING_APPLICATION_USER:
+    if result.status is TenantStatus.AWAITING_APPLICATION_USER and result.org_urls:
         return pages.awaiting_page(
             app_name,
             settings.entra_client_id,
             result.tenant_id,
-            result.org_urls,
+            result.org_urls[0],
             detail=result.message or "",
             ticket=result.recheck_ticket,
         )
-    if result.status is TenantStatus.PENDING_CONSENT:
-        return pages.pending_page(result.message or "")
     return pages.failed_page(result.message or "")
 
 
 @bp.route(route="onboard/recheck", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def recheck_form(req: func.HttpRequest) -> func.HttpResponse:
-    tenant = req.params.get("tenant", "")[:64]
-    ticket = req.params.get("ticket", "")[:64]
-    if not tenant or not ticket:
-        return pages.invalid_state_page("missing", error_code="invalid_recheck_link")
-    return pages.recheck_page(tenant, ticket)
+    """The page where a customer pastes the re-check code they were given; nothing is read from the URL (a
+    ticket never travels in a query string)."""
+    return pages.recheck_page()
 
 
 @bp.route(route="onboard/recheck", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
@@ -230,10 +248,12 @@ def recheck(req: func.HttpRequest) -> func.HttpResponse:
         form = _form(req)
     except ValueError:
         return pages.invalid_state_page("missing", error_code="invalid_form")
-    tenant, ticket = form.get("tenant", ""), form.get("ticket", "")
-    if not is_guid(tenant) or not ticket or not services.registry.check_recheck_ticket(tenant, ticket):
+    tenant, ticket, org = form.get("tenant", "").strip(), form.get("ticket", "").strip(), form.get("org", "").strip()
+    result = None
+    if is_guid(tenant) and ticket and len(ticket) <= 200 and len(org) <= 300:
+        result = services.onboarding.recheck(tenant, ticket, org or None)
+    if result is None:
         return pages.invalid_state_page("unknown", error_code="invalid_recheck_ticket")
-    result = services.onboarding.verify(tenant, actor="customer re-check")
     return _result_page(services.settings, result)
 
 
@@ -256,6 +276,7 @@ def verify_tenant(req: func.HttpRequest) -> func.HttpResponse:
         "tenant_id": result.tenant_id,
         "status": result.status.value,
         "org_urls": list(result.org_urls),
+        "orgs": [org.to_dict() for org in result.orgs],
         "error_code": result.error_code,
         "message": result.message,
         "request_id": request_id(req),

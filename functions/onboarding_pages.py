@@ -6,8 +6,8 @@ request is ever written unescaped, and nothing but our own pages and the authori
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from html import escape
-from urllib.parse import urlencode
 
 import azure.functions as func
 
@@ -133,22 +133,33 @@ def active_page(app_name: str, tenant_id: str, org_urls: tuple[str, ...]) -> fun
 
 
 def awaiting_page(
-    app_name: str, client_id: str, tenant_id: str, org_urls: tuple[str, ...], *, detail: str, ticket: str | None
+    app_name: str,
+    client_id: str,
+    tenant_id: str,
+    org: str,
+    *,
+    detail: str,
+    ticket: str | None,
+    ticket_expires: int = 0,
 ) -> func.HttpResponse:
-    org = org_urls[0] if org_urls else "https://yourorg.crm.dynamics.com"
     recheck = ""
     if ticket:
+        until = (
+            datetime.fromtimestamp(ticket_expires, UTC).strftime("%Y-%m-%d %H:%M UTC") if ticket_expires else "7 days"
+        )
         recheck = f"""
 <form method="post" action="/api/onboard/recheck">
   <input type="hidden" name="tenant" value="{e(tenant_id)}">
+  <input type="hidden" name="org" value="{e(org)}">
   <input type="hidden" name="ticket" value="{e(ticket)}">
   <button type="submit">I have created the application user — check again</button>
 </form>
-<p>You can also come back later: <a href="/api/onboard/recheck?{e(urlencode({"tenant": tenant_id, "ticket": ticket}))}">
-re-check link</a> (valid for 7 days).</p>"""
+<p>To check later from another page, keep this re-check code (valid until {e(until)}) and paste it at
+<a href="/api/onboard/recheck">/api/onboard/recheck</a>: tenant <code>{e(tenant_id)}</code>, code
+<code>{e(ticket)}</code>.</p>"""
     body = f"""
 <p class="ok" role="status">You are signed in and the app is approved. One step is left: {e(app_name)} has no
-application user in <code>{e(org)}</code> yet.</p>
+application user in <code>{e(org)}</code> yet. Your other environments already connected keep working.</p>
 <p class="error" role="alert">Dataverse said: {e(detail)}</p>
 <h2>Create the application user</h2>
 <ol>
@@ -246,12 +257,15 @@ def unavailable_page(detail: str, *, error_code: str = "storage_unavailable") ->
     return page("Please try again in a moment", body, status=503, error_code=error_code)
 
 
-def recheck_page(tenant_id: str, ticket: str) -> func.HttpResponse:
-    body = f"""
-<p>Check whether the application user now exists and finish the connection.</p>
+def recheck_page() -> func.HttpResponse:
+    body = """
+<p>Check whether the application user now exists and finish the connection. Paste the re-check code you were
+given after signing in (it is valid for 7 days).</p>
 <form method="post" action="/api/onboard/recheck">
-  <input type="hidden" name="tenant" value="{e(tenant_id)}">
-  <input type="hidden" name="ticket" value="{e(ticket)}">
+  <label for="tenant">Tenant ID</label>
+  <input id="tenant" name="tenant" required maxlength="36" autocomplete="off">
+  <label for="ticket">Re-check code</label>
+  <input id="ticket" name="ticket" required maxlength="200" autocomplete="off">
   <button type="submit">Check again</button>
 </form>"""
     return page("Check the connection again", body)

@@ -38,7 +38,6 @@ def _unauthorized(description: str, req: func.HttpRequest) -> func.HttpResponse:
 
 def _authenticate(req: func.HttpRequest) -> tuple[UserPrincipal, Tenant] | func.HttpResponse:
     from shared.signin.user_tokens import InvalidUserTokenError
-    from shared.tenants.registry import TenantStatus
 
     services = get_services()
     try:
@@ -49,7 +48,7 @@ def _authenticate(req: func.HttpRequest) -> tuple[UserPrincipal, Tenant] | func.
     if settings.is_single_tenant and user.tenant_id != settings.entra_home_tenant_id.lower():
         return json_error(403, "tenant_not_active", "This application serves only its own organisation.", req)
     tenant = services.registry.find_tenant(user.tenant_id)
-    if tenant is None or tenant.status is not TenantStatus.ACTIVE or not tenant.org_urls:
+    if tenant is None or not tenant.active_org_urls:
         return json_error(403, "tenant_not_active", "Your organisation is not an active customer of this app.", req)
     return user, tenant
 
@@ -100,7 +99,7 @@ def me_whoami(req: func.HttpRequest) -> func.HttpResponse:
     if isinstance(authenticated, func.HttpResponse):
         return authenticated
     user, tenant = authenticated
-    client = get_services().dataverse.for_org(tenant.tenant_id, tenant.org_urls[0])
+    client = get_services().dataverse.for_org(tenant.tenant_id, tenant.active_org_urls[0])
     try:
         who = client.whoami(caller_object_id=user.object_id)
     except S2SError as exc:
@@ -129,7 +128,7 @@ def me_accounts(req: func.HttpRequest) -> func.HttpResponse:
     # Not str.isdigit: it accepts "²" (int() refuses it) and digit strings longer than int() will parse.
     if not _TOP.fullmatch(raw_top) or not 1 <= int(raw_top) <= _MAX_TOP:
         return json_error(400, "invalid_top", f"top must be a whole number from 1 to {_MAX_TOP}.", req)
-    client = get_services().dataverse.for_org(tenant.tenant_id, tenant.org_urls[0])
+    client = get_services().dataverse.for_org(tenant.tenant_id, tenant.active_org_urls[0])
     try:
         page = next(
             client.query(

@@ -222,7 +222,7 @@ class JobRunner:
                 deadline=past_deadline,
             )
             rows, finished = 0, True
-            for org in tenant.org_urls:
+            for org in tenant.active_org_urls:
                 client = services.dataverse.for_org(tenant.tenant_id, org, bulk=True)
                 for table, columns in settings.sync_tables:
                     if past_deadline():

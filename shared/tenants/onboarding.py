@@ -18,7 +18,7 @@ import logging
 import time
 import unicodedata
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from shared.auth import aadsts
@@ -36,7 +36,8 @@ from shared.signin.administrators import AdministratorSignIn, SignedInAdministra
 from shared.telemetry import dims
 from shared.tenants.consent_states import ConsentStateStore
 from shared.tenants.org_index import OrgIndex
-from shared.tenants.registry import TenantRegistry, TenantStatus, Verification, utc_now
+from shared.tenants.orgs import OrgRecord, OrgStatus, OrgVerification
+from shared.tenants.registry import OrgUpdate, TenantRegistry, TenantStatus, Verification, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -121,12 +122,22 @@ class OnboardingStart:
 
 @dataclass(frozen=True)
 class VerificationResult:
+    """``status`` is the tenant's; ``focus`` the org a person asked about (the one they onboarded or re-checked),
+    whose own status decides the page they see."""
+
     tenant_id: str
     status: TenantStatus
     org_urls: tuple[str, ...]
     error_code: str | None = None
     message: str | None = None
     recheck_ticket: str | None = None
+    orgs: tuple[OrgRecord, ...] = ()
+    focus: OrgRecord | None = None
+
+    def about(self, org_url: str, ticket: str | None = None) -> VerificationResult:
+        """The same result, for the person who asked about ``org_url`` (with their re-check ticket)."""
+        focus = next((org for org in self.orgs if org.url == org_url), None)
+        return replace(self, focus=focus, recheck_ticket=ticket)
 
 
 QueueSender = Callable[[dict[str, Any], int], None]
@@ -210,7 +221,21 @@ class OnboardingService:
                 onboarded_by=admin.username,
                 contact=consent.contact,
             )
-        return self.verify(admin.tenant_id, actor=admin.actor, fresh_consent=True)
+        result = self.verify(admin.tenant_id, actor=admin.actor, fresh_consent=True, org_urls=(consent.org_url,))
+        focused = result.about(consent.org_url)
+        if focused.focus is not None and focused.focus.status is OrgStatus.AWAITING_APPLICATION_USER:
+            ticket = self._registry.issue_recheck_ticket(admin.tenant_id, consent.org_url)
+            focused = replace(focused, recheck_ticket=ticket)
+        return focused
+
+    def recheck(self, tenant_id: str, ticket: str, org_url: str | None = None) -> VerificationResult | None:
+        """The customer's re-check with their ticket (from a POST body): verifies that org only; None when the
+        ticket is not valid for it. The ticket stays as it is."""
+        org = self._registry.check_recheck_ticket(tenant_id, ticket, org_url)
+        if org is None:
+            return None
+        result = self.verify(tenant_id, actor="customer re-check", org_urls=(org,))
+        return result.about(org, ticket)
 
     def _check_org_administrator(self, admin: SignedInAdministrator, org_url: str) -> None:
         """With the person's own delegated token: the org answers (so it belongs to their tenant), knows them,
@@ -242,18 +267,27 @@ class OnboardingService:
             )
 
     def verify(
-        self, tenant_id: str, *, actor: str, fresh_consent: bool = False, attempt: int = 0
+        self,
+        tenant_id: str,
+        *,
+        actor: str,
+        fresh_consent: bool = False,
+        attempt: int = 0,
+        org_urls: tuple[str, ...] | None = None,
     ) -> VerificationResult:
-        """Token + WhoAmI on every org of the tenant; records the outcome. Raises TenantNotFoundError."""
+        """Token, then WhoAmI on each org of the tenant (or only ``org_urls``); each org gets its own status and
+        verification, the tenant the sum of them (shared.tenants.orgs). Never issues a re-check ticket: only a
+        signed-in administrator's flow does. Raises TenantNotFoundError."""
         tenant = self._registry.get_tenant(tenant_id)
         if tenant.status is TenantStatus.OFFBOARDED:
             return VerificationResult(
                 tenant.tenant_id,
                 tenant.status,
                 tenant.org_urls,
-                message="The tenant is offboarded; it must consent again to come back.",
+                message="The tenant is offboarded; its administrator must onboard it again to come back.",
+                orgs=tenant.orgs,
             )
-        orgs = tenant.org_urls
+        orgs = tuple(url for url in tenant.org_urls if org_urls is None or url in org_urls)
         token_error = self._first_token(tenant.tenant_id, orgs[0] if orgs else None, fresh_consent)
         if token_error is not None:
             return self._token_failed(
@@ -269,51 +303,64 @@ class OnboardingService:
             current = self._registry.record(
                 tenant.tenant_id, TenantStatus.CONSENTED, reason="app-only token obtained", actor=actor
             ).status
-        status = TenantStatus.ACTIVE
-        error_code: str | None = None
-        inconclusive = False  # a failure on our side or in transit: the tenant keeps its status
-        message = "WhoAmI succeeded on every organisation."
-        for org in orgs:
-            try:
-                who = self._dataverse.for_org(tenant.tenant_id, org).whoami()
-                if self._org_index is not None:
-                    # Webhooks from this org are accepted only for the organisation id WhoAmI reported.
-                    self._org_index.record(org, tenant.tenant_id, who.organization_id)
-            except (ApplicationUserMissingError, ApplicationUserDisabledError) as exc:
-                status, error_code = TenantStatus.AWAITING_APPLICATION_USER, exc.error_code
-                message = f"{org}: {exc.message}"
-                break
-            except DataverseError as exc:
-                # Throttling, 5xx and an unreachable org are transient: they say nothing about the tenant.
-                inconclusive = exc.is_transient
-                status = current if inconclusive else TenantStatus.FAILED
-                error_code = exc.error_code or str(exc.status_code)
-                message = f"{org}: {exc.message}"
-                break
-            except (TokenAcquisitionError, CredentialError) as exc:
-                if isinstance(exc, TokenAcquisitionError) and exc.aadsts_code:
-                    error_code = f"AADSTS{exc.aadsts_code}"
-                else:
-                    error_code = exc.code
-                inconclusive = _says_nothing_about_the_tenant(exc)
-                status = current if inconclusive else TenantStatus.FAILED
-                message = f"{org}: {exc.message}"
-                break
-        verification = Verification(utc_now(), "error" if inconclusive else status.value, error_code, message[:500])
-        recorded = self._registry.record(
-            tenant.tenant_id, status, reason=message[:300], actor=actor, verification=verification
+        updates = {org: self._verify_org(tenant.tenant_id, org) for org in orgs}
+        problems = [u.verification for u in updates.values() if u.status is not OrgStatus.ACTIVE]
+        if problems:
+            error_code, message = problems[0].error_code, problems[0].message or ""
+        else:
+            error_code, message = None, "WhoAmI succeeded on every organisation."
+        inconclusive = bool(updates) and all(u.status is None for u in updates.values())
+        recorded = self._registry.record_verification(
+            tenant.tenant_id,
+            updates,
+            reason=message[:300],
+            actor=actor,
+            verification=Verification(utc_now(), "error" if inconclusive else "verified", error_code, message[:500]),
         )
-        ticket = None
-        if recorded.status is TenantStatus.AWAITING_APPLICATION_USER:
-            ticket = self._registry.issue_recheck_ticket(tenant.tenant_id)
-        return VerificationResult(tenant.tenant_id, recorded.status, recorded.org_urls, error_code, message, ticket)
+        return VerificationResult(
+            tenant.tenant_id, recorded.status, recorded.org_urls, error_code, message, orgs=recorded.orgs
+        )
+
+    def _verify_org(self, tenant_id: str, org: str) -> OrgUpdate:
+        """WhoAmI on one org as the application user: what it says about that org alone."""
+        now = utc_now()
+        try:
+            who = self._dataverse.for_org(tenant_id, org).whoami()
+        except (ApplicationUserMissingError, ApplicationUserDisabledError) as exc:
+            return OrgUpdate(
+                OrgStatus.AWAITING_APPLICATION_USER,
+                OrgVerification(
+                    now, OrgStatus.AWAITING_APPLICATION_USER.value, exc.error_code, f"{org}: {exc.message}"[:500]
+                ),
+            )
+        except DataverseError as exc:
+            # Throttling, 5xx and an unreachable org are transient: they say nothing about the org.
+            code = exc.error_code or str(exc.status_code)
+            status = None if exc.is_transient else OrgStatus.FAILED
+            return OrgUpdate(
+                status, OrgVerification(now, status.value if status else "error", code, f"{org}: {exc.message}"[:500])
+            )
+        except (TokenAcquisitionError, CredentialError) as exc:
+            code = (
+                f"AADSTS{exc.aadsts_code}" if isinstance(exc, TokenAcquisitionError) and exc.aadsts_code else exc.code
+            )
+            status = None if _says_nothing_about_the_tenant(exc) else OrgStatus.FAILED
+            return OrgUpdate(
+                status, OrgVerification(now, status.value if status else "error", code, f"{org}: {exc.message}"[:500])
+            )
+        if self._org_index is not None:
+            # Webhooks from this org are accepted only for the organisation id WhoAmI reported.
+            self._org_index.record(org, tenant_id, who.organization_id)
+        return OrgUpdate(OrgStatus.ACTIVE, OrgVerification(now, OrgStatus.ACTIVE.value))
 
     def offboard(self, tenant_id: str, *, actor: str, reason: str) -> VerificationResult:
         """Mark the tenant offboarded (jobs skip it) and forget its tokens. Raises TenantNotFoundError."""
         self._registry.get_tenant(tenant_id)
         recorded = self._registry.record(tenant_id, TenantStatus.OFFBOARDED, reason=reason, actor=actor)
         self._tokens.forget_tenant(tenant_id.lower())
-        return VerificationResult(recorded.tenant_id, recorded.status, recorded.org_urls, message=reason)
+        return VerificationResult(
+            recorded.tenant_id, recorded.status, recorded.org_urls, message=reason, orgs=recorded.orgs
+        )
 
     # -- helpers -------------------------------------------------------------------------------------------
 
@@ -377,4 +424,4 @@ class OnboardingService:
         recorded = self._registry.record(
             tenant_id, status, reason=message[:300], actor=actor, verification=verification
         )
-        return VerificationResult(tenant_id, recorded.status, recorded.org_urls, code, message)
+        return VerificationResult(tenant_id, recorded.status, recorded.org_urls, code, message, orgs=recorded.orgs)

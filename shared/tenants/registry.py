@@ -16,13 +16,24 @@ import random
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from shared.errors import S2SError
 from shared.telemetry import dims
+from shared.tenants.orgs import (
+    SCHEMA_VERSION,
+    OrgRecord,
+    OrgStatus,
+    OrgVerification,
+    dump_orgs,
+    load_orgs,
+    summarize,
+    updated,
+    with_org,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +41,7 @@ TENANTS_TABLE = "tenants"
 HISTORY_TABLE = "tenanthistory"
 _PARTITION = "tenant"
 _MAX_CONFLICT_RETRIES = 20
+RECHECK_TICKET_TTL_SECONDS = 7 * 86400  # a customer's re-check ticket is valid for 7 days (README, Onboarding)
 
 
 class TenantStatus(enum.StrEnum):
@@ -70,6 +82,10 @@ class TransitionNotAllowedError(S2SError):
     code = "transition_not_allowed"
 
 
+class OrgNotFoundError(S2SError):
+    code = "org_not_found"
+
+
 class RegistryConflictError(S2SError):
     """Too many concurrent writers on one tenant; nothing was written by this call."""
 
@@ -95,12 +111,31 @@ class Tenant:
     last_verification: Verification | None = None
     contact: str | None = None
     etag: str | None = field(default=None, repr=False, compare=False)
+    orgs: tuple[OrgRecord, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Built with org URLs only (as schema-1 rows were): each org takes the tenant's status, the rule of
+        # shared.tenants.orgs.migrate_v1.
+        if self.org_urls and not self.orgs:
+            legacy = {"Status": self.status.value, "OrgUrls": json.dumps(list(self.org_urls))}
+            object.__setattr__(self, "orgs", load_orgs(legacy))
+
+    def org(self, url: str) -> OrgRecord | None:
+        return next((org for org in self.orgs if org.url == url), None)
+
+    @property
+    def active_org_urls(self) -> tuple[str, ...]:
+        """The orgs the app works with: active ones, and only while the tenant itself is active."""
+        if self.status is not TenantStatus.ACTIVE:
+            return ()
+        return tuple(org.url for org in self.orgs if org.status is OrgStatus.ACTIVE)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "tenant_id": self.tenant_id,
             "status": self.status.value,
             "org_urls": list(self.org_urls),
+            "orgs": [org.to_dict() for org in self.orgs],
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "onboarded_by": self.onboarded_by,
@@ -111,12 +146,24 @@ class Tenant:
 
 @dataclass(frozen=True)
 class Transition:
+    """A change of the tenant's status, or, with ``org`` set, of one org's (added: from None; removed: to
+    "removed")."""
+
     tenant_id: str
     from_status: str | None
     to_status: str
     reason: str
     actor: str
     at: str
+    org: str | None = None
+
+
+@dataclass(frozen=True)
+class OrgUpdate:
+    """What a verification learned about one org: its new status (None: keep it) and the verification."""
+
+    status: OrgStatus | None
+    verification: OrgVerification
 
 
 @dataclass(frozen=True)
@@ -204,6 +251,7 @@ class TenantRegistry:
                     reason=entity.get("Reason", ""),
                     actor=entity.get("Actor", ""),
                     at=entity["At"],
+                    org=entity.get("Org") or None,
                 )
             )
             if len(out) >= limit:
@@ -225,11 +273,81 @@ class TenantRegistry:
         verification: Verification | None = None,
         require_from: frozenset[TenantStatus] | None = None,
     ) -> Tenant:
-        """Move a tenant to ``status`` (creating it on first sight), adding
-        ``org_url`` to its orgs and storing ``verification``. Safe under concurrent writers.
+        """Move a tenant to ``status`` (creating it on first sight), adding ``org_url`` to its orgs (pending
+        verification) and storing ``verification``. Safe under concurrent writers.
 
         Raises TransitionNotAllowedError (nothing written) and RegistryConflictError after repeated conflicts.
         """
+
+        def decide(current: TenantStatus | None, orgs: tuple[OrgRecord, ...], now: str) -> _Decision:
+            if require_from is not None and (current is None or current not in require_from):
+                raise TransitionNotAllowedError(
+                    f"Tenant {tenant_id.lower()} is {current or 'not registered'}; this step needs "
+                    f"{', '.join(sorted(s.value for s in require_from))}."
+                )
+            new_orgs = with_org(orgs, org_url, now) if org_url else orgs
+            return _Decision(status, new_orgs, onboarded_by=onboarded_by, contact=contact, verification=verification)
+
+        return self._write(tenant_id, decide, reason=reason, actor=actor)
+
+    def record_verification(
+        self,
+        tenant_id: str,
+        updates: Mapping[str, OrgUpdate],
+        *,
+        reason: str,
+        actor: str,
+        verification: Verification,
+        tenant_status: TenantStatus | None = None,
+    ) -> Tenant:
+        """Store what a verification learned per org and move the tenant to ``tenant_status``, or, when None, to
+        what its orgs sum up to (shared.tenants.orgs.summarize). Orgs not in ``updates`` keep their status.
+        Raises TenantNotFoundError, TransitionNotAllowedError, RegistryConflictError."""
+
+        def decide(current: TenantStatus | None, orgs: tuple[OrgRecord, ...], now: str) -> _Decision:
+            if current is None:
+                raise TenantNotFoundError(f"Tenant {tenant_id[:64]} is not in the registry.")
+            new_orgs = orgs
+            for url, update in updates.items():
+                record = next((org for org in new_orgs if org.url == url), None)
+                if record is None:  # removed meanwhile
+                    continue
+                new_orgs = updated(
+                    new_orgs, url, status=update.status or record.status, last_verification=update.verification
+                )
+            target = tenant_status or TenantStatus(summarize(current.value, new_orgs))
+            return _Decision(target, new_orgs, verification=verification)
+
+        return self._write(tenant_id, decide, reason=reason, actor=actor)
+
+    def set_org_status(self, tenant_id: str, org_url: str, status: OrgStatus, *, reason: str, actor: str) -> Tenant:
+        """Set one org's status as an operator (or a seed) decides it, the tenant's summed up again. Raises
+        TenantNotFoundError; an org the tenant does not have is ignored."""
+        return self.record_verification(
+            tenant_id,
+            {org_url: OrgUpdate(status, OrgVerification(utc_now(), status.value, message=reason[:500]))},
+            reason=reason,
+            actor=actor,
+            verification=Verification(utc_now(), status.value, message=reason[:500]),
+        )
+
+    def remove_org(self, tenant_id: str, org_url: str, *, actor: str, reason: str) -> Tenant:
+        """Disconnect one org; the tenant's status is summed up again from the orgs left. Raises
+        TenantNotFoundError, OrgNotFoundError."""
+
+        def decide(current: TenantStatus | None, orgs: tuple[OrgRecord, ...], now: str) -> _Decision:
+            if current is None:
+                raise TenantNotFoundError(f"Tenant {tenant_id[:64]} is not in the registry.")
+            if not any(org.url == org_url for org in orgs):
+                raise OrgNotFoundError(f"Tenant {tenant_id[:64]} has no organisation {org_url[:300]}.")
+            left = tuple(org for org in orgs if org.url != org_url)
+            return _Decision(TenantStatus(summarize(current.value, left)), left)
+
+        return self._write(tenant_id, decide, reason=reason, actor=actor)
+
+    def _write(self, tenant_id: str, decide: _Decide, *, reason: str, actor: str) -> Tenant:
+        """Read the row, let ``decide`` compute the new one from it, write it only if nobody wrote in between
+        (ETag), and retry on a conflict; history rows for the tenant's and each org's status changes."""
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
@@ -242,31 +360,27 @@ class TenantRegistry:
             except ResourceNotFoundError:
                 entity = None
             current = TenantStatus(entity["Status"]) if entity is not None else None
-            if require_from is not None and (current is None or current not in require_from):
-                raise TransitionNotAllowedError(
-                    f"Tenant {key} is {current or 'not registered'}; this step needs "
-                    f"{', '.join(sorted(s.value for s in require_from))}."
-                )
+            orgs = load_orgs(entity) if entity is not None else ()
+            decision = decide(current, orgs, now)
+            status = decision.status
             if current is not None and not transition_allowed(current, status):
                 raise TransitionNotAllowedError(f"Tenant {key} cannot go from {current} to {status}.")
-            orgs = json.loads(entity["OrgUrls"]) if entity is not None else []
-            if org_url and org_url not in orgs:
-                orgs.append(org_url)
+            old = entity or {}
             new = {
                 "PartitionKey": _PARTITION,
                 "RowKey": key,
+                "SchemaVersion": SCHEMA_VERSION,
                 "Status": status.value,
-                "OrgUrls": json.dumps(orgs),
-                "CreatedAt": entity["CreatedAt"] if entity is not None else now,
+                "OrgUrls": json.dumps([org.url for org in decision.orgs]),  # kept for readers of schema 1
+                "Orgs": dump_orgs(decision.orgs),
+                "CreatedAt": old.get("CreatedAt") or now,
                 "UpdatedAt": now,
-                "OnboardedBy": (onboarded_by or (entity or {}).get("OnboardedBy") or ""),
-                "Contact": (contact or (entity or {}).get("Contact") or ""),
-                "LastVerification": json.dumps(vars(verification))
-                if verification is not None
-                else (entity or {}).get("LastVerification", ""),
-                "RecheckTicketHash": (entity or {}).get("RecheckTicketHash", ""),
-                "RecheckTicketExpires": (entity or {}).get("RecheckTicketExpires", 0),
-                "WebhookSecretHash": (entity or {}).get("WebhookSecretHash", ""),
+                "OnboardedBy": decision.onboarded_by or old.get("OnboardedBy") or "",
+                "Contact": decision.contact or old.get("Contact") or "",
+                "LastVerification": json.dumps(vars(decision.verification))
+                if decision.verification is not None
+                else old.get("LastVerification", ""),
+                "WebhookSecretHash": old.get("WebhookSecretHash", ""),
             }
             # Stamped before the write: a writer that loses a race re-reads after the winner wrote, so stamps
             # (and the history's order) follow the order in which updates actually landed.
@@ -286,44 +400,91 @@ class TenantRegistry:
                 # writers does not collide again in lock-step.
                 time.sleep(random.uniform(0.005, 0.05))  # noqa: S311 - jitter, not security
                 continue
-            if current != status:
-                self._add_history(key, current, status, reason=reason, actor=actor, now=now, stamp=stamp)
-                log = logger.warning if status in (_S.CONSENT_REVOKED, _S.FAILED) else logger.info
-                log(
-                    "Tenant %s: %s -> %s (%s)",
-                    key,
-                    current or "new",
-                    status,
-                    reason,
-                    extra=dims(
-                        "tenant.status",
-                        tenant_id=key,
-                        org=org_url,
-                        from_status=str(current or "new"),
-                        to_status=str(status),
-                        reason=reason[:500] if reason else None,
-                        actor=actor,
-                        org_count=len(orgs),
-                    ),
-                )
+            self._history_of(
+                key, current, status, orgs, decision.orgs, reason=reason, actor=actor, now=now, stamp=stamp
+            )
             # The row is exactly what was just written: no need to read it back.
             return replace(_to_tenant(new), etag=(written or {}).get("etag"))
         raise RegistryConflictError(f"Tenant {key} is being updated by many writers; try again.")
 
-    def issue_recheck_ticket(self, tenant_id: str, ttl_seconds: int = 7 * 86400) -> str:
-        """A secret for the customer's re-check link; only its hash is stored. Replaces any earlier ticket."""
-        from azure.data.tables import UpdateMode
+    def _history_of(
+        self,
+        key: str,
+        current: TenantStatus | None,
+        status: TenantStatus,
+        before: tuple[OrgRecord, ...],
+        after: tuple[OrgRecord, ...],
+        *,
+        reason: str,
+        actor: str,
+        now: str,
+        stamp: float,
+    ) -> None:
+        old = {org.url: org.status for org in before}
+        new = {org.url: org.status for org in after}
+        tick = 0
+        changed = []
+        for url in [*new, *(url for url in old if url not in new)]:
+            was, will = old.get(url), new.get(url)
+            if was is not will:
+                changed.append(url)
+                tick += 1
+                self._add_history(
+                    key,
+                    was.value if was else None,
+                    will.value if will else "removed",
+                    reason=reason,
+                    actor=actor,
+                    now=now,
+                    stamp=stamp,
+                    org=url,
+                    order=tick,
+                )
+        if current != status:
+            self._add_history(
+                key,
+                current.value if current else None,
+                status.value,
+                reason=reason,
+                actor=actor,
+                now=now,
+                stamp=stamp,
+                order=tick + 1,
+            )
+            log = logger.warning if status in (_S.CONSENT_REVOKED, _S.FAILED) else logger.info
+            log(
+                "Tenant %s: %s -> %s (%s)",
+                key,
+                current or "new",
+                status,
+                reason,
+                extra=dims(
+                    "tenant.status",
+                    tenant_id=key,
+                    org=changed[0] if len(changed) == 1 else None,
+                    from_status=str(current or "new"),
+                    to_status=str(status),
+                    reason=reason[:500] if reason else None,
+                    actor=actor,
+                    org_count=len(after),
+                ),
+            )
 
+    def issue_recheck_ticket(self, tenant_id: str, org_url: str, ttl_seconds: int = RECHECK_TICKET_TTL_SECONDS) -> str:
+        """A secret for the customer's re-check of one org (only its hash is stored), replacing that org's earlier
+        ticket. Only a signed-in administrator's flow issues one; background verification never does. Raises
+        TenantNotFoundError, OrgNotFoundError."""
         ticket = secrets.token_urlsafe(24)
-        self._tenants.update_entity(
-            {
-                "PartitionKey": _PARTITION,
-                "RowKey": tenant_id.lower(),
-                "RecheckTicketHash": _hash(ticket),
-                "RecheckTicketExpires": int(self._clock()) + ttl_seconds,
-            },
-            mode=UpdateMode.MERGE,
-        )
+        expires = int(self._clock()) + ttl_seconds
+
+        def decide(current: TenantStatus | None, orgs: tuple[OrgRecord, ...], now: str) -> _Decision:
+            if current is None:
+                raise TenantNotFoundError(f"Tenant {tenant_id[:64]} is not in the registry.")
+            if not any(org.url == org_url for org in orgs):
+                raise OrgNotFoundError(f"Tenant {tenant_id[:64]} has no organisation {org_url[:300]}.")
+            return _Decision(current, updated(orgs, org_url, ticket_hash=_hash(ticket), ticket_expires=expires))
+
+        self._write(tenant_id, decide, reason="re-check ticket issued", actor="onboarding")
         return ticket
 
     def set_webhook_secret(self, tenant_id: str) -> str:
@@ -347,53 +508,75 @@ class TenantRegistry:
             return None
         return entity.get("WebhookSecretHash") or None
 
-    def check_recheck_ticket(self, tenant_id: str, ticket: str) -> bool:
+    def check_recheck_ticket(self, tenant_id: str, ticket: str, org_url: str | None = None) -> str | None:
+        """The org a valid, unexpired ticket belongs to (``org_url`` when given must be it); None otherwise."""
         import hmac
 
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            entity = self._tenants.get_entity(_PARTITION, tenant_id.lower())
-        except ResourceNotFoundError:
-            return False
-        stored = entity.get("RecheckTicketHash") or ""
-        expires = int(entity.get("RecheckTicketExpires") or 0)
-        return bool(stored) and expires > self._clock() and hmac.compare_digest(stored, _hash(ticket))
+        tenant = self.find_tenant(tenant_id)
+        if tenant is None or not ticket:
+            return None
+        wanted = _hash(ticket)
+        for org in tenant.orgs:
+            if org_url is not None and org.url != org_url:
+                continue
+            if org.ticket_hash and org.ticket_expires > self._clock() and hmac.compare_digest(org.ticket_hash, wanted):
+                return org.url
+        return None
 
     def _add_history(
         self,
         key: str,
-        current: TenantStatus | None,
-        status: TenantStatus,
+        current: str | None,
+        status: str,
         *,
         reason: str,
         actor: str,
         now: str,
         stamp: float,
+        org: str | None = None,
+        order: int = 0,
     ) -> None:
-        # Newest first: Table Storage returns rows in RowKey order within a partition.
-        inverted = 10**17 - int(stamp * 1_000_000)  # microseconds: quick successive transitions keep their order
+        # Newest first: Table Storage returns rows in RowKey order within a partition. Microseconds keep quick
+        # successive transitions in order; ``order`` orders the rows one write adds (org changes, then tenant).
+        inverted = 10**17 - int(stamp * 1_000_000) - order
         self._history.create_entity(
             {
                 "PartitionKey": key,
                 "RowKey": f"{inverted:017d}-{uuid.uuid4().hex[:8]}",
-                "FromStatus": current.value if current else "",
-                "ToStatus": status.value,
+                "FromStatus": current or "",
+                "ToStatus": status,
                 "Reason": reason[:1000],
                 "Actor": actor[:200],
                 "At": now,
+                "Org": org or "",
             }
         )
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """A writer's answer to "given the row as it is now, what should it be?"."""
+
+    status: TenantStatus
+    orgs: tuple[OrgRecord, ...]
+    onboarded_by: str | None = None
+    contact: str | None = None
+    verification: Verification | None = None
+
+
+_Decide = Callable[[TenantStatus | None, tuple[OrgRecord, ...], str], _Decision]
 
 
 def _to_tenant(entity: Any) -> Tenant:
     verification = None
     if entity.get("LastVerification"):
         verification = Verification(**json.loads(entity["LastVerification"]))
+    orgs = load_orgs(entity)
     return Tenant(
         tenant_id=entity["RowKey"],
         status=TenantStatus(entity["Status"]),
-        org_urls=tuple(json.loads(entity.get("OrgUrls") or "[]")),
+        org_urls=tuple(org.url for org in orgs),
+        orgs=orgs,
         created_at=entity["CreatedAt"],
         updated_at=entity["UpdatedAt"],
         onboarded_by=entity.get("OnboardedBy") or None,

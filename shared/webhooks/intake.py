@@ -20,7 +20,7 @@ from typing import Any
 from shared.dataverse.org_url import is_host_name
 from shared.telemetry import dims
 from shared.tenants.org_index import OrgEntry, OrgIndex
-from shared.tenants.registry import TenantRegistry, TenantStatus
+from shared.tenants.registry import TenantRegistry
 from shared.webhooks.remote_context import ExecutionContext, InvalidContextError, parse_context
 from shared.webhooks.store import StorageUnavailableError, WebhookStore
 
@@ -182,7 +182,7 @@ class WebhookIntake:
         secret_hash = None
         if entry is not None:
             tenant = self._registry.find_tenant(entry.tenant_id)
-            active = tenant is not None and tenant.status is TenantStatus.ACTIVE and entry.org_url in tenant.org_urls
+            active = tenant is not None and entry.org_url in tenant.active_org_urls
             if active and self._secrets is not None:
                 secret_hash = self._secrets(entry.tenant_id)
         with self._lock:

@@ -11,6 +11,7 @@ import requests
 
 from devhost import DevHost
 from shared.bootstrap import build_services, use_services
+from shared.tenants.orgs import OrgStatus
 from shared.tenants.registry import TenantStatus
 from tests.integration.conftest import app_with_certificate, cert_file_settings, customer_org
 
@@ -48,6 +49,7 @@ def world(sandbox, sandbox_env, azurite, tmp_path):
     use_services(services)
     for status in (TenantStatus.PENDING_CONSENT, TenantStatus.CONSENTED, TenantStatus.ACTIVE):
         services.registry.record(tenant, status, reason="test", actor="test", org_url=org)
+    services.registry.set_org_status(tenant, org, OrgStatus.ACTIVE, reason="seed", actor="test")
     host = DevHost(user_app()).start()
     yield SimpleNamespace(
         st=st,

@@ -29,6 +29,7 @@ from shared.auth.certificate_sources import CertificateProvider, KeyVaultCertifi
 from shared.auth.client_assertions import CertificateAssertionSource
 from shared.bootstrap import Services, build_services
 from shared.settings import Settings
+from shared.tenants.orgs import OrgStatus
 from shared.tenants.registry import TenantRegistry, TenantStatus
 from shared.troubleshooting import explain
 
@@ -89,6 +90,7 @@ class Fleet:
         for tenant, org in self.orgs.items():
             for status in (TenantStatus.PENDING_CONSENT, TenantStatus.CONSENTED, TenantStatus.ACTIVE):
                 self.registry.record(tenant, status, reason="test setup", actor="test", org_url=org)
+            self.registry.set_org_status(tenant, org, OrgStatus.ACTIVE, reason="seed", actor="test")
 
     def worker(
         self,

@@ -13,6 +13,7 @@ from dataclasses import replace
 import pytest
 
 from shared.bootstrap import build_services, use_services
+from shared.tenants.orgs import OrgStatus
 from shared.tenants.registry import TenantStatus
 from tests.integration.conftest import app_with_certificate, cert_file_settings, customer_org
 
@@ -39,6 +40,9 @@ class World:
         self.use(self.settings)
         for status in (TenantStatus.PENDING_CONSENT, TenantStatus.CONSENTED, TenantStatus.ACTIVE):
             self.services.registry.record(self.tenant, status, reason="test", actor="test", org_url=self.org_url)
+        self.services.registry.set_org_status(
+            self.tenant, self.org_url, OrgStatus.ACTIVE, reason="WhoAmI ok", actor="test"
+        )
 
     def use(self, settings):
         self.services = build_services(settings)

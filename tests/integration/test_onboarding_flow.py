@@ -4,6 +4,7 @@ page and Dataverse orgs, the registry on Azurite; MSAL does the code flow for re
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from dataclasses import dataclass, replace
@@ -164,7 +165,8 @@ def test_form_then_administrator_sign_in_then_active(flow):
     assert tenant.status is TenantStatus.ACTIVE and tenant.org_urls == (flow.ready_org,)
     assert tenant.contact == "ops@fabrikam.example" and tenant.onboarded_by == admin.upn
     history = flow.registry.history(flow.ready_tenant)
-    assert [h.to_status for h in history] == ["active", "consented", "pending_consent"]
+    assert [h.to_status for h in history if h.org is None] == ["active", "consented", "pending_consent"]
+    assert [h.to_status for h in history if h.org == flow.ready_org] == ["active", "pending_verification"]
     assert all(admin.object_id in h.actor and admin.upn in h.actor for h in history)
     replayed = back(flow, callback, cookie)
     assert replayed.status_code == 400 and "already used" in replayed.text
@@ -271,11 +273,66 @@ def test_an_administrator_of_another_tenant_cannot_onboard_this_org(flow):
     assert flow.registry.find_tenant(flow.bare_tenant) is None
 
 
-def test_a_second_org_is_added_only_by_a_signed_in_administrator(flow):
-    onboard(flow, flow.ready_org, flow.admins[flow.ready_tenant])
-    page = onboard(flow, flow.second_org, flow.admins[flow.ready_tenant])
-    assert page.status_code == 200
-    assert flow.registry.get_tenant(flow.ready_tenant).org_urls == (flow.ready_org, flow.second_org)
+def test_a_second_org_without_our_application_user_waits_and_the_working_one_stays_active(flow):
+    """Issue: an org added to an active tenant that lacks the application user never demotes the tenant; webhooks
+    from the working org are still accepted (202) and its users still served (/api/me 200)."""
+    from functions.user_api import me
+    from functions.webhooks import dataverse_webhook
+    from shared.bootstrap import get_services
+    from tests.unit import webhook_samples as samples
+
+    admin = flow.admins[flow.ready_tenant]
+    onboard(flow, flow.ready_org, admin)
+    page = onboard(flow, flow.second_org, admin)
+    assert page.status_code == 200 and "Almost there" in page.text and flow.second_org in page.text
+    tenant = flow.registry.get_tenant(flow.ready_tenant)
+    assert tenant.status is TenantStatus.ACTIVE
+    assert {o.url: o.status.value for o in tenant.orgs} == {
+        flow.ready_org: "active",
+        flow.second_org: "awaiting_application_user",
+    }
+    host = flow.ready_org.removeprefix("https://")
+    org_id = flow.sandbox.state.get_org(flow.ready_org).org_id
+    body = samples.update_contact(OrganizationId=org_id, CorrelationId=str(uuid.uuid4()))
+    hook = dataverse_webhook(
+        func.HttpRequest(
+            "POST",
+            "/api/webhooks/dataverse",
+            body=json.dumps(body).encode(),
+            headers={"x-ms-dynamics-organization": host},
+        )
+    )
+    assert hook.status_code == 202
+    flow.use(oidc_v1_issuer_template=f"{flow.sandbox.authority_host}/{{tenantid}}/")
+    token = flow.sandbox.state.issue_user_token(flow.clerk, audience=flow.client_id)
+    answer = me(func.HttpRequest("GET", "/api/me", body=b"", headers={"authorization": f"Bearer {token}"}))
+    assert answer.status_code == 200 and json.loads(answer.get_body())["tenant_status"] == "active"
+    assert get_services().registry.get_tenant(flow.ready_tenant).active_org_urls == (flow.ready_org,)
+
+    # The customer creates the application user and re-checks with the code from the page (a POST body).
+    fields = dict(re.findall(r'name="(tenant|org|ticket)" value="([^"]+)"', page.text))
+    flow.sandbox.state.add_application_user(flow.second_org, flow.client_id)
+    again = requests.post(
+        f"{flow.host.url}/api/onboard/recheck", data={k: unescape(v) for k, v in fields.items()}, timeout=30
+    )
+    assert again.status_code == 200 and "is connected" in again.text
+    assert flow.registry.get_tenant(flow.ready_tenant).org(flow.second_org).status.value == "active"
+
+
+def test_background_verification_never_replaces_the_customers_ticket(flow):
+    from shared.bootstrap import get_services
+
+    page = onboard(flow, flow.bare_org, flow.admins[flow.bare_tenant])
+    fields = {k: unescape(v) for k, v in re.findall(r'name="(tenant|org|ticket)" value="([^"]+)"', page.text)}
+    services = get_services()
+    services.onboarding.verify(flow.bare_tenant, actor="health job")
+    services.onboarding.verify(flow.bare_tenant, actor="admin API")
+    assert services.registry.check_recheck_ticket(flow.bare_tenant, fields["ticket"]) == flow.bare_org
+    refused = requests.post(f"{flow.host.url}/api/onboard/recheck", data={**fields, "ticket": "guessed"}, timeout=30)
+    assert refused.status_code == 400
+    # A ticket in the query string is not read.
+    query = requests.post(f"{flow.host.url}/api/onboard/recheck", params=fields, timeout=30)
+    assert query.status_code == 400
 
 
 def test_an_offboarded_tenant_comes_back_only_through_a_signed_in_administrator(flow):
@@ -296,7 +353,7 @@ def test_an_offboarded_tenant_comes_back_only_through_a_signed_in_administrator(
     assert forged.status_code == 400 and tenant_rows(flow, flow.ready_tenant) == before
     assert onboard(flow, flow.ready_org, admin).status_code == 200
     history = flow.registry.history(flow.ready_tenant)
-    reentry = next(h for h in history if h.from_status == "offboarded")
+    reentry = next(h for h in history if h.from_status == "offboarded" and h.org is None)
     assert "re-onboarded after offboarding" in reentry.reason and admin.object_id in reentry.actor
     assert flow.registry.get_tenant(flow.ready_tenant).status is TenantStatus.ACTIVE
 

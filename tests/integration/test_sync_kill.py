@@ -40,6 +40,7 @@ from shared.bootstrap import build_services, use_services
 from shared.dataverse.batch import BatchOperation
 from shared.jobs.sync import Checkpoint
 from shared.settings import Settings
+from shared.tenants.orgs import OrgStatus
 from shared.tenants.registry import TenantStatus
 
 pytestmark = pytest.mark.integration
@@ -277,6 +278,9 @@ class KillHarness:
         use_services(self.services)
         for status in (TenantStatus.PENDING_CONSENT, TenantStatus.CONSENTED, TenantStatus.ACTIVE):
             self.services.registry.record(self.tenant, status, reason="test", actor="test", org_url=self.org_url)
+        self.services.registry.set_org_status(
+            self.tenant, self.org_url, OrgStatus.ACTIVE, reason="WhoAmI ok", actor="test"
+        )
         self.client = self.services.dataverse.for_org(self.tenant, self.org_url)
         self.children: list[subprocess.Popen[str]] = []
         self.attempts: list[Attempt] = []

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from shared.bootstrap import build_services, use_services
+from shared.tenants.orgs import OrgStatus
 from shared.tenants.registry import TenantRegistry, TenantStatus
 from tests.integration.conftest import app_with_certificate, cert_file_settings, customer_org
 
@@ -49,6 +50,7 @@ def storm(sandbox, sandbox_env, azurite, tmp_path):
         tenant, org, _ = customer_org(st, client_id, "storm", rows=ROWS)
         for status in (TenantStatus.PENDING_CONSENT, TenantStatus.CONSENTED, TenantStatus.ACTIVE):
             services.registry.record(tenant, status, reason="test", actor="test", org_url=org)
+        services.registry.set_org_status(tenant, org, OrgStatus.ACTIVE, reason="seed", actor="test")
         orgs[tenant] = org
     yield st, services, orgs
     use_services(None)

@@ -42,6 +42,7 @@ from devhost.server import LoopbackHttpServer
 from sandbox.azurite import Azurite
 from shared.bootstrap import Services, build_services, use_services
 from shared.settings import CredentialSource, Settings
+from shared.tenants.orgs import OrgStatus
 from shared.tenants.registry import TenantStatus
 from shared.webhooks.processing import HandlerRegistry, TransientProcessingError, WebhookProcessor
 from shared.webhooks.store import EVENTS_QUEUE, POISON_QUEUE
@@ -125,6 +126,9 @@ def rig(tmp_path: Path, quiet_sdk: None) -> Iterator[Rig]:
         host_name = f"faults{uuid.uuid4().hex[:8]}.crm.dynamics.com"
         for status in (TenantStatus.PENDING_CONSENT, TenantStatus.CONSENTED, TenantStatus.ACTIVE):
             services.registry.record(tenant, status, reason="test", actor="test", org_url=f"https://{host_name}")
+        services.registry.set_org_status(
+            tenant, f"https://{host_name}", OrgStatus.ACTIVE, reason="WhoAmI ok", actor="test"
+        )
         services.org_index.record(f"https://{host_name}", tenant, org_id)
         services.webhook_intake  # noqa: B018 - build it (queues, tables, container) while storage is up
         use_services(services)

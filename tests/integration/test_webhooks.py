@@ -15,6 +15,7 @@ from cli.main import main as cli_main
 from functions import webhooks as fn
 from sandbox.azurite import Azurite
 from shared.bootstrap import Services, build_services, use_services
+from shared.tenants.orgs import OrgStatus
 from shared.tenants.registry import TenantStatus
 from tests.integration.conftest import app_with_certificate, cert_file_settings, customer_org
 from tests.unit import webhook_samples as samples
@@ -94,6 +95,7 @@ def make_hook(sandbox, connection_string, tmp_path) -> Hook:
     registry = services.registry
     for status in (TenantStatus.PENDING_CONSENT, TenantStatus.CONSENTED, TenantStatus.ACTIVE):
         registry.record(tenant, status, reason="test", actor="test", org_url=org_url)
+    registry.set_org_status(tenant, org_url, OrgStatus.ACTIVE, reason="seed", actor="test")
     services.org_index.record(org_url, tenant, org.org_id)
     use_services(services)
     return Hook(sandbox, services, tenant, org_url, org.org_id, client_id, host_name)

@@ -48,6 +48,7 @@ from shared.signin.user_tokens import JwksCache, UserTokenValidator
 from shared.tenants.consent_states import ConsentStateStore
 from shared.tenants.onboarding import OnboardingService
 from shared.tenants.org_index import OrgIndex
+from shared.tenants.orgs import OrgStatus
 from shared.tenants.registry import TenantRegistry, TenantStatus
 from shared.webhooks.intake import WebhookIntake
 from shared.webhooks.store import WebhookStore
@@ -386,6 +387,7 @@ def _seeded_rows() -> dict[str, dict[tuple[str, str], dict[str, Any]]]:
     registry, index = TenantRegistry(tables["tenants"], tables["history"]), OrgIndex(tables["orgindex"])
     for status in (TenantStatus.PENDING_CONSENT, TenantStatus.CONSENTED, TenantStatus.ACTIVE):
         registry.record(HOME, status, reason="seed", actor="test", org_url=ORG)
+    registry.set_org_status(HOME, ORG, OrgStatus.ACTIVE, reason="seed", actor="test")
     for status in (TenantStatus.PENDING_CONSENT, TenantStatus.CONSENTED, TenantStatus.AWAITING_APPLICATION_USER):
         registry.record(WAITING, status, reason="seed", actor="test", org_url=WAITING_ORG)
     index.record(ORG, HOME, samples.ORG_ID)
@@ -469,13 +471,13 @@ def _benign_pages() -> str:
             name, client, authority, org_url="x", contact="y", error="z", error_code="invalid_org_url", status=400
         ),
         onboarding_pages.active_page(name, HOME, (ORG, WAITING_ORG)),
-        onboarding_pages.awaiting_page(name, client, WAITING, (WAITING_ORG,), detail="d", ticket="t"),
+        onboarding_pages.awaiting_page(name, client, WAITING, WAITING_ORG, detail="d", ticket="t", ticket_expires=9),
         onboarding_pages.pending_page("d"),
         onboarding_pages.consent_error_page("access_denied", "d"),
         onboarding_pages.consent_error_page("server_error", "d"),
         onboarding_pages.refused_page("m"),
         onboarding_pages.failed_page("d"),
-        onboarding_pages.recheck_page(HOME, "t"),
+        onboarding_pages.recheck_page(),
         *(onboarding_pages.invalid_state_page(reason) for reason in ("missing", "unknown", "expired", "nope")),
     ]
     return "\n".join(r.get_body().decode() for r in responses)
@@ -747,13 +749,17 @@ def test_recheck_link_page_escapes_its_values(params, headers):
                 (6, st.sampled_from((WAITING, WAITING.upper(), HOME))), (1, hs.guid_like), (2, hs.hostile_text)
             ),
             "ticket": hs.weighted((6, st.sampled_from((TICKET, HOME_TICKET))), (2, hs.hostile_text)),
+            "org": hs.weighted((3, st.sampled_from(("", WAITING_ORG, ORG))), (1, hs.hostile_text)),
         }
     ),
     headers=hs.headers(),
 )
 def test_recheck_accepts_only_the_ticket_issued_to_that_tenant(body, headers):
     world = install(World())
-    tickets = {WAITING: world.registry.issue_recheck_ticket(WAITING), HOME: world.registry.issue_recheck_ticket(HOME)}
+    tickets = {
+        WAITING: world.registry.issue_recheck_ticket(WAITING, WAITING_ORG),
+        HOME: world.registry.issue_recheck_ticket(HOME, ORG),
+    }
     for placeholder, tenant in ((TICKET, WAITING), (HOME_TICKET, HOME)):
         body = body.replace(placeholder.encode(), tickets[tenant].encode())
     sent = Sent()
@@ -764,6 +770,8 @@ def test_recheck_accepts_only_the_ticket_issued_to_that_tenant(body, headers):
     if resp.status_code == 200:
         form = dict(parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True))
         assert tickets.get(form.get("tenant", "").lower()) == form.get("ticket"), "a ticket opened another tenant"
+        ticket_org = {WAITING: WAITING_ORG, HOME: ORG}[form["tenant"].lower()]
+        assert form.get("org") in (None, "", ticket_org), "a ticket opened another org of its tenant"
 
 
 @budget("verify_tenant")

@@ -25,6 +25,7 @@ from shared.tenants.onboarding import (
     TenantNotAllowedError,
     VerificationResult,
 )
+from shared.tenants.orgs import OrgRecord, OrgStatus, OrgVerification
 from shared.tenants.registry import TenantStatus
 
 CLIENT = "11111111-2222-3333-4444-555555555555"
@@ -56,6 +57,12 @@ class FakeOnboarding:
     def verify(self, tenant_id, actor):
         self.calls.append(("verify", tenant_id, actor))
         return self.complete_result
+
+    ticket_valid: bool = True
+
+    def recheck(self, tenant_id, ticket, org_url):
+        self.calls.append(("recheck", tenant_id, ticket, org_url))
+        return self.complete_result if self.ticket_valid else None
 
 
 class FakeRegistry:
@@ -203,6 +210,33 @@ def test_awaiting_page_tells_exactly_what_to_do(fake):
     assert "<script" not in body and "<img" not in body
 
 
+def test_the_page_is_about_the_org_just_onboarded_not_the_tenants_summary(fake):
+    working, new = "https://fab.crm.dynamics.com", "https://fab-test.crm4.dynamics.com"
+    orgs = (
+        OrgRecord(working, OrgStatus.ACTIVE, "t"),
+        OrgRecord(
+            new,
+            OrgStatus.AWAITING_APPLICATION_USER,
+            "t",
+            OrgVerification("t", "awaiting_application_user", "0x80072560", "no application user"),
+            ticket_expires=2_000_000_000,
+        ),
+    )
+    fake.complete_result = VerificationResult(
+        TENANT, TenantStatus.ACTIVE, (working, new), orgs=orgs, recheck_ticket="ticket-2"
+    ).about(new, "ticket-2")
+    body = text(fn.consent_callback(request("GET", "consent/callback", params={"state": "s", "code": "c"})))
+    assert "Almost there" in body and new in body and "keep working" in body
+    assert 'name="org" value="https://fab-test.crm4.dynamics.com"' in body and "ticket-2" in body
+    assert "2033-05-18" in body  # the ticket's expiry, shown as a date
+    assert "/api/onboard/recheck?" not in body  # the ticket never goes into a URL
+
+
+def test_recheck_form_reads_nothing_from_the_url(fake):
+    body = text(fn.recheck_form(request("GET", "onboard/recheck", params={"tenant": TENANT, "ticket": "leaked"})))
+    assert "leaked" not in body and 'name="ticket"' in body and 'method="post"' in body
+
+
 @pytest.mark.parametrize("reason", ["missing", "unknown", "expired", "replayed", "other_browser"])
 def test_each_invalid_state_gets_a_clear_400(fake, reason):
     fake.complete_error = ConsentStateError(reason, "x")
@@ -265,16 +299,25 @@ def test_no_callback_answer_redirects_anywhere(fake):
         assert not re.search(r'href="(https?:)?//', text(resp))
 
 
-def test_recheck_needs_a_valid_ticket(fake):
-    use_services(FakeServices(fake, FakeRegistry(valid=False)))
+def test_recheck_needs_a_valid_ticket_sent_in_the_body(fake):
+    fake.ticket_valid = False
     resp = fn.recheck(request("POST", "onboard/recheck", body=f"tenant={TENANT}&ticket=nope".encode()))
-    assert resp.status_code == 400 and fake.calls == []
-    use_services(FakeServices(fake, FakeRegistry(valid=True)))
+    assert resp.status_code == 400 and 'data-error-code="invalid_recheck_ticket"' in text(resp)
+    fake.ticket_valid = True
     fake.complete_result = VerificationResult(TENANT, TenantStatus.ACTIVE, ("https://fab.crm.dynamics.com",))
-    resp = fn.recheck(request("POST", "onboard/recheck", body=f"tenant={TENANT}&ticket=good".encode()))
-    assert resp.status_code == 200 and fake.calls == [("verify", TENANT, "customer re-check")]
-    bad = fn.recheck(request("POST", "onboard/recheck", body=b"tenant=../../etc&ticket=good"))
-    assert bad.status_code == 400
+    resp = fn.recheck(
+        request(
+            "POST", "onboard/recheck", body=f"tenant={TENANT}&ticket=good&org=https://fab.crm.dynamics.com".encode()
+        )
+    )
+    assert resp.status_code == 200
+    assert fake.calls[-1] == ("recheck", TENANT, "good", "https://fab.crm.dynamics.com")
+    calls = len(fake.calls)
+    assert fn.recheck(request("POST", "onboard/recheck", body=b"tenant=../../etc&ticket=good")).status_code == 400
+    assert (
+        fn.recheck(request("POST", "onboard/recheck", params={"tenant": TENANT, "ticket": "good"})).status_code == 400
+    )
+    assert len(fake.calls) == calls  # neither reached the service
 
 
 def test_admin_verify_is_admin_level_and_validates_the_id(fake):

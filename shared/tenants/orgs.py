@@ -1,0 +1,159 @@
+"""Each organisation of a tenant and where it stands: its own status, last verification and re-check ticket, kept
+in the tenant's registry row (``Orgs``, schema version 2), and the rule that sums the orgs up into the tenant's
+status.
+
+Why per org: one tenant may connect several environments; an environment that lacks our application user (or was
+just added) must not cut off the tenant's working ones (threat model: a wrong status cuts a customer off).
+
+The rule (``summarize``), in order:
+1. A tenant-level fact wins: ``pending_consent``, ``consent_revoked`` and ``offboarded`` come from Entra (can the
+   app get a token for the tenant at all) and hold whatever its orgs say.
+2. Otherwise the tenant is ``active`` when at least one org is active (each org is then used by its own status);
+3. else ``awaiting_application_user`` when at least one org awaits it;
+4. else ``failed`` when every org failed;
+5. else it keeps its status (``consented``: no org verified yet).
+
+Rows written before per-org status (schema 1: ``OrgUrls`` and one tenant-level status, verification and ticket)
+are read through ``migrate_v1``, which loses nothing: every org takes the tenant's status and verification, the
+tenant's ticket goes to each org that awaits its application user; the next write stores schema 2.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+SCHEMA_VERSION = 2
+
+
+class OrgStatus(enum.StrEnum):
+    PENDING_VERIFICATION = "pending_verification"  # connected, not verified yet
+    ACTIVE = "active"
+    AWAITING_APPLICATION_USER = "awaiting_application_user"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class OrgVerification:
+    at: str
+    outcome: str  # the org status it led to, or "error" (inconclusive: the status was kept)
+    error_code: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class OrgRecord:
+    url: str
+    status: OrgStatus
+    added_at: str
+    last_verification: OrgVerification | None = None
+    ticket_hash: str = field(default="", repr=False)
+    ticket_expires: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """For display and JSON answers: never the ticket's hash."""
+        return {
+            "url": self.url,
+            "status": self.status.value,
+            "added_at": self.added_at,
+            "last_verification": None if self.last_verification is None else vars(self.last_verification),
+            "recheck_ticket_expires": self.ticket_expires or None,
+        }
+
+
+def dump_orgs(orgs: Iterable[OrgRecord]) -> str:
+    return json.dumps(
+        [
+            {
+                "url": org.url,
+                "status": org.status.value,
+                "added_at": org.added_at,
+                "last_verification": None if org.last_verification is None else vars(org.last_verification),
+                "ticket_hash": org.ticket_hash,
+                "ticket_expires": org.ticket_expires,
+            }
+            for org in orgs
+        ]
+    )
+
+
+def load_orgs(entity: Mapping[str, Any]) -> tuple[OrgRecord, ...]:
+    """The orgs of a registry row, whatever its schema version."""
+    if int(entity.get("SchemaVersion") or 1) < SCHEMA_VERSION:
+        return migrate_v1(entity)
+    records = []
+    for item in json.loads(entity.get("Orgs") or "[]"):
+        verification = item.get("last_verification")
+        records.append(
+            OrgRecord(
+                url=item["url"],
+                status=OrgStatus(item["status"]),
+                added_at=item.get("added_at") or "",
+                last_verification=OrgVerification(**verification) if verification else None,
+                ticket_hash=item.get("ticket_hash") or "",
+                ticket_expires=int(item.get("ticket_expires") or 0),
+            )
+        )
+    return tuple(records)
+
+
+_V1_ORG_STATUS = {
+    "active": OrgStatus.ACTIVE,
+    "awaiting_application_user": OrgStatus.AWAITING_APPLICATION_USER,
+    "failed": OrgStatus.FAILED,
+}
+
+
+def migrate_v1(entity: Mapping[str, Any]) -> tuple[OrgRecord, ...]:
+    """Schema 1 → 2 without losing anything (see the module docstring)."""
+    status = _V1_ORG_STATUS.get(str(entity.get("Status")), OrgStatus.PENDING_VERIFICATION)
+    raw = entity.get("LastVerification")
+    verification = None
+    if raw:
+        data = json.loads(raw)
+        verification = OrgVerification(data["at"], data["outcome"], data.get("error_code"), data.get("message"))
+    awaiting = status is OrgStatus.AWAITING_APPLICATION_USER
+    return tuple(
+        OrgRecord(
+            url=url,
+            status=status,
+            added_at=str(entity.get("CreatedAt") or ""),
+            last_verification=verification,
+            ticket_hash=(entity.get("RecheckTicketHash") or "") if awaiting else "",
+            ticket_expires=int(entity.get("RecheckTicketExpires") or 0) if awaiting else 0,
+        )
+        for url in json.loads(entity.get("OrgUrls") or "[]")
+    )
+
+
+def with_org(orgs: tuple[OrgRecord, ...], url: str, added_at: str) -> tuple[OrgRecord, ...]:
+    """``orgs`` plus ``url`` (pending verification) when it is not there yet."""
+    if any(org.url == url for org in orgs):
+        return orgs
+    return (*orgs, OrgRecord(url, OrgStatus.PENDING_VERIFICATION, added_at))
+
+
+def updated(orgs: tuple[OrgRecord, ...], url: str, **changes: Any) -> tuple[OrgRecord, ...]:
+    return tuple(replace(org, **changes) if org.url == url else org for org in orgs)
+
+
+# Imported lazily by the registry to keep this module free of the registry's names; the values are the
+# TenantStatus strings.
+_TENANT_LEVEL = frozenset({"pending_consent", "consent_revoked", "offboarded"})
+
+
+def summarize(current: str, orgs: Iterable[OrgRecord]) -> str:
+    """The tenant status (a TenantStatus value) the orgs add up to; see the module docstring for the rule."""
+    if current in _TENANT_LEVEL:
+        return current
+    statuses = [org.status for org in orgs]
+    if OrgStatus.ACTIVE in statuses:
+        return "active"
+    if OrgStatus.AWAITING_APPLICATION_USER in statuses:
+        return "awaiting_application_user"
+    if statuses and all(status is OrgStatus.FAILED for status in statuses):
+        return "failed"
+    return current

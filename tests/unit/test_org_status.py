@@ -1,0 +1,192 @@
+"""Status per organisation in the tenant registry: the rule that sums orgs up into the tenant's status, an org's
+failure never demoting the tenant's other orgs, per-org re-check tickets, removing an org, and the migration of
+rows written before per-org status (schema 1) without losing anything."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from shared.tenants.orgs import OrgRecord, OrgStatus, OrgVerification, load_orgs, summarize
+from shared.tenants.registry import (
+    OrgNotFoundError,
+    OrgUpdate,
+    TenantRegistry,
+    TenantStatus,
+    Verification,
+)
+from tests.unit.fake_table import FakeTable
+
+A, B = "https://a.crm.dynamics.com", "https://b.crm4.dynamics.com"
+
+
+def orgs(*statuses: OrgStatus) -> tuple[OrgRecord, ...]:
+    return tuple(OrgRecord(f"https://o{n}.crm.dynamics.com", status, "t") for n, status in enumerate(statuses))
+
+
+@pytest.mark.parametrize(
+    ("current", "org_statuses", "expected"),
+    [
+        ("consented", (OrgStatus.ACTIVE, OrgStatus.AWAITING_APPLICATION_USER), "active"),
+        ("active", (OrgStatus.FAILED, OrgStatus.ACTIVE), "active"),
+        ("active", (OrgStatus.AWAITING_APPLICATION_USER, OrgStatus.FAILED), "awaiting_application_user"),
+        ("active", (OrgStatus.FAILED, OrgStatus.FAILED), "failed"),
+        ("consented", (OrgStatus.PENDING_VERIFICATION,), "consented"),
+        ("consented", (), "consented"),
+        ("consent_revoked", (OrgStatus.ACTIVE,), "consent_revoked"),
+        ("offboarded", (OrgStatus.ACTIVE,), "offboarded"),
+        ("pending_consent", (OrgStatus.ACTIVE,), "pending_consent"),
+    ],
+)
+def test_the_tenant_status_is_the_documented_sum_of_its_orgs(current, org_statuses, expected):
+    assert summarize(current, orgs(*org_statuses)) == expected
+
+
+def active_tenant(registry: TenantRegistry) -> str:
+    t = str(uuid.uuid4())
+    for status in (TenantStatus.PENDING_CONSENT, TenantStatus.CONSENTED):
+        registry.record(t, status, reason="r", actor="a", org_url=A)
+    registry.record_verification(
+        t,
+        {A: OrgUpdate(OrgStatus.ACTIVE, OrgVerification("t", "active"))},
+        reason="ok",
+        actor="a",
+        verification=Verification("t", "verified"),
+    )
+    return t
+
+
+def test_a_new_org_without_application_user_waits_and_the_working_one_stays_active():
+    registry = TenantRegistry(FakeTable(), FakeTable())
+    t = active_tenant(registry)
+    registry.record(t, TenantStatus.ACTIVE, reason="second org", actor="admin", org_url=B)
+    tenant = registry.record_verification(
+        t,
+        {
+            B: OrgUpdate(
+                OrgStatus.AWAITING_APPLICATION_USER, OrgVerification("t", "awaiting_application_user", "0x80072560")
+            )
+        },
+        reason="no app user in B",
+        actor="admin",
+        verification=Verification("t", "verified"),
+    )
+    assert tenant.status is TenantStatus.ACTIVE
+    assert {o.url: o.status for o in tenant.orgs} == {A: OrgStatus.ACTIVE, B: OrgStatus.AWAITING_APPLICATION_USER}
+    assert tenant.active_org_urls == (A,)
+    org_rows = [(h.org, h.from_status, h.to_status) for h in registry.history(t) if h.org]
+    assert (B, "pending_verification", "awaiting_application_user") in org_rows
+
+
+def test_an_inconclusive_verification_keeps_the_org_status_and_records_the_attempt():
+    registry = TenantRegistry(FakeTable(), FakeTable())
+    t = active_tenant(registry)
+    tenant = registry.record_verification(
+        t,
+        {A: OrgUpdate(None, OrgVerification("t2", "error", "429"))},
+        reason="throttled",
+        actor="health",
+        verification=Verification("t2", "error", "429"),
+    )
+    assert tenant.status is TenantStatus.ACTIVE and tenant.org(A).status is OrgStatus.ACTIVE
+    assert tenant.org(A).last_verification == OrgVerification("t2", "error", "429")
+
+
+def test_tickets_are_per_org_expire_and_are_not_replaced_by_verification():
+    clock = {"now": 1_000.0}
+    registry = TenantRegistry(FakeTable(), FakeTable(), clock=lambda: clock["now"])
+    t = active_tenant(registry)
+    registry.record(t, TenantStatus.ACTIVE, reason="second org", actor="admin", org_url=B)
+    ticket = registry.issue_recheck_ticket(t, B, ttl_seconds=60)
+    assert registry.check_recheck_ticket(t, ticket) == B
+    assert registry.check_recheck_ticket(t, ticket, B) == B
+    assert registry.check_recheck_ticket(t, ticket, A) is None  # bound to its org
+    assert registry.check_recheck_ticket(str(uuid.uuid4()), ticket) is None
+    registry.record_verification(  # background verification: the ticket stays
+        t,
+        {B: OrgUpdate(OrgStatus.AWAITING_APPLICATION_USER, OrgVerification("t", "awaiting_application_user"))},
+        reason="health",
+        actor="health job",
+        verification=Verification("t", "verified"),
+    )
+    assert registry.check_recheck_ticket(t, ticket) == B
+    assert ticket not in json.dumps(registry._tenants.rows[("tenant", t)])  # only its hash is stored
+    clock["now"] += 61
+    assert registry.check_recheck_ticket(t, ticket) is None
+    with pytest.raises(OrgNotFoundError):
+        registry.issue_recheck_ticket(t, "https://nope.crm.dynamics.com")
+
+
+def test_removing_an_org_sums_the_tenant_up_again_and_is_recorded():
+    registry = TenantRegistry(FakeTable(), FakeTable())
+    t = active_tenant(registry)
+    registry.record(t, TenantStatus.ACTIVE, reason="second org", actor="admin", org_url=B)
+    registry.record_verification(
+        t,
+        {B: OrgUpdate(OrgStatus.AWAITING_APPLICATION_USER, OrgVerification("t", "awaiting_application_user"))},
+        reason="r",
+        actor="a",
+        verification=Verification("t", "verified"),
+    )
+    tenant = registry.remove_org(t, A, actor="operator", reason="customer asked")
+    assert tenant.org_urls == (B,) and tenant.status is TenantStatus.AWAITING_APPLICATION_USER
+    removed = next(h for h in registry.history(t) if h.org == A and h.to_status == "removed")
+    assert removed.actor == "operator" and removed.reason == "customer asked"
+    with pytest.raises(OrgNotFoundError):
+        registry.remove_org(t, A, actor="operator", reason="again")
+
+
+def schema_1_row(status: str, ticket_hash: str = "") -> dict[str, object]:
+    """A registry row as written before per-org status."""
+    return {
+        "PartitionKey": "tenant",
+        "RowKey": "11111111-2222-3333-4444-555555555555",
+        "Status": status,
+        "OrgUrls": json.dumps([A, B]),
+        "CreatedAt": "2026-01-01T00:00:00+00:00",
+        "UpdatedAt": "2026-02-01T00:00:00+00:00",
+        "OnboardedBy": "admin@contoso.example",
+        "LastVerification": json.dumps(
+            {"at": "2026-02-01T00:00:00+00:00", "outcome": status, "error_code": "0x80072560", "message": "m"}
+        ),
+        "RecheckTicketHash": ticket_hash,
+        "RecheckTicketExpires": 99_999_999_999 if ticket_hash else 0,
+        "WebhookSecretHash": "whs",
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "org_status"),
+    [
+        ("active", OrgStatus.ACTIVE),
+        ("awaiting_application_user", OrgStatus.AWAITING_APPLICATION_USER),
+        ("failed", OrgStatus.FAILED),
+        ("consented", OrgStatus.PENDING_VERIFICATION),
+    ],
+)
+def test_schema_1_rows_read_as_per_org_status_without_losing_anything(status, org_status):
+    from shared.tenants.registry import _hash
+
+    tickets = FakeTable()
+    row = schema_1_row(status, _hash("old-ticket"))
+    tickets.rows[("tenant", row["RowKey"])] = row
+    tickets.etags[("tenant", row["RowKey"])] = 'W/"1"'
+    registry = TenantRegistry(tickets, FakeTable())
+    tenant = registry.get_tenant(str(row["RowKey"]))
+    assert tenant.status.value == status and tenant.org_urls == (A, B)
+    assert all(org.status is org_status for org in tenant.orgs)
+    assert all(
+        org.last_verification == OrgVerification(**json.loads(str(row["LastVerification"]))) for org in tenant.orgs
+    )
+    awaiting = status == "awaiting_application_user"
+    # The tenant's old ticket still works, for the orgs that await their application user.
+    assert (registry.check_recheck_ticket(tenant.tenant_id, "old-ticket") == A) is awaiting
+    # The next write stores schema 2 and keeps every other field.
+    registry.record(tenant.tenant_id, TenantStatus(status), reason="touch", actor="migration test")
+    stored = tickets.rows[("tenant", row["RowKey"])]
+    assert stored["SchemaVersion"] == 2 and [o.url for o in load_orgs(stored)] == [A, B]
+    for kept in ("CreatedAt", "OnboardedBy", "LastVerification", "WebhookSecretHash", "Status"):
+        assert stored[kept] == row[kept], kept
+    assert (registry.check_recheck_ticket(tenant.tenant_id, "old-ticket") == A) is awaiting
