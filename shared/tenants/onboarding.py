@@ -315,7 +315,7 @@ class OnboardingService:
             updates,
             reason=message[:300],
             actor=actor,
-            verification=Verification(utc_now(), "error" if inconclusive else "verified", error_code, message[:500]),
+            verification=Verification(utc_now(), "error" if inconclusive else "", error_code, message[:500]),
         )
         return VerificationResult(
             tenant.tenant_id, recorded.status, recorded.org_urls, error_code, message, orgs=recorded.orgs
@@ -355,8 +355,21 @@ class OnboardingService:
 
     def offboard(self, tenant_id: str, *, actor: str, reason: str) -> VerificationResult:
         """Mark the tenant offboarded (jobs skip it) and forget its tokens. Raises TenantNotFoundError."""
-        self._registry.get_tenant(tenant_id)
-        recorded = self._registry.record(tenant_id, TenantStatus.OFFBOARDED, reason=reason, actor=actor)
+        tenant = self._registry.get_tenant(tenant_id)
+        # Its orgs wait for verification again: coming back through one org does not bring the others back
+        # unverified.
+        now = utc_now()
+        recorded = self._registry.record_verification(
+            tenant_id,
+            {
+                org: OrgUpdate(OrgStatus.PENDING_VERIFICATION, OrgVerification(now, "offboarded", message=reason[:500]))
+                for org in tenant.org_urls
+            },
+            reason=reason,
+            actor=actor,
+            verification=Verification(now, TenantStatus.OFFBOARDED.value, message=reason[:500]),
+            tenant_status=TenantStatus.OFFBOARDED,
+        )
         self._tokens.forget_tenant(tenant_id.lower())
         return VerificationResult(
             recorded.tenant_id, recorded.status, recorded.org_urls, message=reason, orgs=recorded.orgs

@@ -297,11 +297,12 @@ class TenantRegistry:
         *,
         reason: str,
         actor: str,
-        verification: Verification,
+        verification: Verification | None = None,
         tenant_status: TenantStatus | None = None,
     ) -> Tenant:
         """Store what a verification learned per org and move the tenant to ``tenant_status``, or, when None, to
-        what its orgs sum up to (shared.tenants.orgs.summarize). Orgs not in ``updates`` keep their status.
+        what its orgs sum up to (shared.tenants.orgs.summarize). Orgs not in ``updates`` keep their status. A
+        ``verification`` with an empty outcome records the tenant status it led to.
         Raises TenantNotFoundError, TransitionNotAllowedError, RegistryConflictError."""
 
         def decide(current: TenantStatus | None, orgs: tuple[OrgRecord, ...], now: str) -> _Decision:
@@ -316,7 +317,11 @@ class TenantRegistry:
                     new_orgs, url, status=update.status or record.status, last_verification=update.verification
                 )
             target = tenant_status or TenantStatus(summarize(current.value, new_orgs))
-            return _Decision(target, new_orgs, verification=verification)
+            # An empty outcome means "the status it led to", known only here, from the row as it is now.
+            outcome = verification
+            if verification is not None and not verification.outcome:
+                outcome = replace(verification, outcome=target.value)
+            return _Decision(target, new_orgs, verification=outcome)
 
         return self._write(tenant_id, decide, reason=reason, actor=actor)
 
@@ -328,7 +333,6 @@ class TenantRegistry:
             {org_url: OrgUpdate(status, OrgVerification(utc_now(), status.value, message=reason[:500]))},
             reason=reason,
             actor=actor,
-            verification=Verification(utc_now(), status.value, message=reason[:500]),
         )
 
     def remove_org(self, tenant_id: str, org_url: str, *, actor: str, reason: str) -> Tenant:

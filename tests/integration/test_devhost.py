@@ -498,6 +498,7 @@ def test_cookie_the_host_cannot_write_fails_the_request(cookie_host: DevHost, ca
 
 ONBOARDING_TENANT = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 ONBOARDING_CLIENT = "11111111-2222-3333-4444-555555555555"
+ONBOARDING_REDIRECT = "https://app.example/api/consent/callback"
 
 
 class _FakeOnboarding:
@@ -507,9 +508,9 @@ class _FakeOnboarding:
         self.nonce = secrets.token_urlsafe(32)
         self.returned_nonces: list[str | None] = []
 
-    def start(self, org_url: str, onboarded_by: str | None) -> OnboardingStart:
-        consent = f"https://login.microsoftonline.com/{ONBOARDING_TENANT}/adminconsent?client_id={ONBOARDING_CLIENT}"
-        return OnboardingStart(consent, self.nonce, time.time() + 600)
+    def start(self, org_url: str, contact: str | None) -> OnboardingStart:
+        sign_in = f"https://login.microsoftonline.com/organizations/oauth2/v2.0/authorize?client_id={ONBOARDING_CLIENT}"
+        return OnboardingStart(sign_in, self.nonce, time.time() + 600)
 
     def complete(self, params: dict[str, str], browser_nonce: str | None) -> VerificationResult:
         self.returned_nonces.append(browser_nonce)
@@ -523,6 +524,7 @@ class _FakeServices:
             entra_home_tenant_id=ONBOARDING_TENANT,
             key_vault_url="https://kv.vault.azure.net",
             key_vault_certificate_name="c",
+            onboarding_redirect_uri=ONBOARDING_REDIRECT,
         )
         self.onboarding = onboarding
 
@@ -554,7 +556,7 @@ def test_onboarding_cookie_reaches_the_browser_locked_down(onboarding: tuple[Dev
         "POST",
         "/api/onboard",
         body=b"org_url=https%3A%2F%2Ffab.crm.dynamics.com",
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        headers={"Content-Type": "application/x-www-form-urlencoded", "Origin": "https://app.example"},
     )
 
     (cookie,) = _set_cookies(headers)
@@ -570,13 +572,19 @@ def test_onboarding_cookie_reaches_the_browser_locked_down(onboarding: tuple[Dev
 
 def test_onboarding_cookie_comes_back_intact_and_is_cleared(onboarding: tuple[DevHost, _FakeOnboarding]) -> None:
     host, fake = onboarding
-    _, started, _ = _raw(host, "POST", "/api/onboard", body=b"org_url=https%3A%2F%2Ffab.crm.dynamics.com")
+    _, started, _ = _raw(
+        host,
+        "POST",
+        "/api/onboard",
+        body=b"org_url=https%3A%2F%2Ffab.crm.dynamics.com",
+        headers={"Origin": "https://app.example"},
+    )
     name_value, _ = _attributes(_set_cookies(started)[0])
 
     status, headers, body = _raw(
         host,
         "GET",
-        f"/api/consent/callback?tenant={ONBOARDING_TENANT}&state=s&admin_consent=True",
+        "/api/consent/callback?code=c0de&state=s",
         headers={"Cookie": f"other=1; {name_value}"},
     )
 

@@ -60,11 +60,18 @@ def _onboard_through_function_app(world: Flow, counter: Counter) -> None:
     app = importlib.reload(function_app).app  # applies LIBRARY_LOG_LEVEL as the host's indexing would
     with DevHost(app) as host:
         counter.records.clear()
+        world.use(onboarding_redirect_uri=f"{host.url}/api/consent/callback")
         response = requests.post(
-            f"{host.url}/api/onboard", data={"org_url": world.ready_org}, allow_redirects=False, timeout=30
+            f"{host.url}/api/onboard",
+            data={"org_url": world.ready_org},
+            headers={"Origin": host.url},
+            allow_redirects=False,
+            timeout=30,
         )
     assert response.status_code == 302, response.text
-    assert response.headers["Location"].startswith(f"{world.sandbox.authority_host}/{world.ready_tenant}/adminconsent")
+    assert response.headers["Location"].startswith(
+        f"{world.sandbox.authority_host}/organizations/oauth2/v2.0/authorize"
+    )
 
 
 def test_sdk_request_logs_are_quiet_and_the_app_info_lines_arrive(
@@ -77,7 +84,7 @@ def test_sdk_request_logs_are_quiet_and_the_app_info_lines_arrive(
     below_warning = [f"{r.name}: {r.getMessage()[:60]}" for r in counted.library() if r.levelno < logging.WARNING]
     assert below_warning == []
     (started,) = [r for r in counted.app_info() if getattr(r, "event", None) == "onboarding.started"]
-    assert started.tenant_id == flow.ready_tenant  # type: ignore[attr-defined]
+    assert started.org_host == flow.ready_org.removeprefix("https://")  # type: ignore[attr-defined]
 
 
 def test_library_log_level_info_brings_the_sdk_request_logs_back(

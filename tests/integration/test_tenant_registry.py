@@ -62,9 +62,14 @@ def test_lifecycle_is_recorded_with_history(registry):
     assert tenant.org_urls == ("https://a.crm.dynamics.com", "https://b.crm4.dynamics.com")
     assert tenant.onboarded_by == "admin@fabrikam.example"
     assert tenant.last_verification.error_code == "0x80072560"
-    history = registry.history(t)
+    history = [h for h in registry.history(t) if h.org is None]
     assert [h.to_status for h in history] == ["active", "awaiting_application_user", "consented", "pending_consent"]
     assert history[-1].from_status is None
+    added = [(h.org, h.from_status, h.to_status) for h in registry.history(t) if h.org]
+    assert added == [
+        ("https://b.crm4.dynamics.com", None, "pending_verification"),
+        ("https://a.crm.dynamics.com", None, "pending_verification"),
+    ]
 
 
 def test_disallowed_transition_writes_nothing(registry):
@@ -133,17 +138,17 @@ def test_listing_is_paged_and_filterable(registry):
     assert len(list(registry.iter_tenants(status=TenantStatus.CONSENTED, page_size=20))) == 65
 
 
-def test_recheck_ticket_is_single_secret_and_expires(registry):
-    t = tid()
-    registry.record(t, TenantStatus.PENDING_CONSENT, reason="r", actor="a")
-    ticket = registry.issue_recheck_ticket(t)
-    assert registry.check_recheck_ticket(t, ticket)
-    assert not registry.check_recheck_ticket(t, ticket + "x")
-    assert not registry.check_recheck_ticket(tid(), ticket)
-    newer = registry.issue_recheck_ticket(t)
-    assert not registry.check_recheck_ticket(t, ticket) and registry.check_recheck_ticket(t, newer)
+def test_recheck_ticket_is_single_secret_per_org_and_expires(registry):
+    t, org = tid(), "https://a.crm.dynamics.com"
+    registry.record(t, TenantStatus.PENDING_CONSENT, reason="r", actor="a", org_url=org)
+    ticket = registry.issue_recheck_ticket(t, org)
+    assert registry.check_recheck_ticket(t, ticket) == org
+    assert registry.check_recheck_ticket(t, ticket + "x") is None
+    assert registry.check_recheck_ticket(tid(), ticket) is None
+    newer = registry.issue_recheck_ticket(t, org)
+    assert registry.check_recheck_ticket(t, ticket) is None and registry.check_recheck_ticket(t, newer) == org
     expired = TenantRegistry(registry._tenants, registry._history, clock=lambda: 10**12)
-    assert not expired.check_recheck_ticket(t, newer)
+    assert expired.check_recheck_ticket(t, newer) is None
 
 
 @pytest.fixture

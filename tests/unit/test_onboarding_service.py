@@ -276,3 +276,34 @@ def test_an_error_answer_is_described_only_to_the_browser_that_started(world: Wo
     assert own.value.description.startswith("AADSTS65004")
     with pytest.raises(S2SError):  # spent: the answer cannot be replayed
         world.service.complete({"code": "c", "state": state}, started.browser_nonce)
+
+
+def test_offboarding_puts_every_org_back_to_pending_so_one_org_does_not_bring_the_others_back(world: World):
+    world.onboard(WORKING_ORG, world.admin)
+    world.dataverse.with_application_user.add(SECOND_ORG)
+    world.onboard(SECOND_ORG, world.admin)
+    assert world.registry.get_tenant(CUSTOMER).active_org_urls == (WORKING_ORG, SECOND_ORG)
+    world.service.offboard(CUSTOMER, actor="operator", reason="contract ended")
+    offboarded = world.registry.get_tenant(CUSTOMER)
+    assert offboarded.active_org_urls == ()
+    assert {org.status.value for org in offboarded.orgs} == {"pending_verification"}
+    world.onboard(WORKING_ORG, world.admin)
+    back = world.registry.get_tenant(CUSTOMER)
+    assert back.status is TenantStatus.ACTIVE and back.active_org_urls == (WORKING_ORG,)
+    assert back.org(SECOND_ORG).status.value == "pending_verification"
+
+
+def test_a_second_org_without_application_user_gets_its_own_ticket_and_never_demotes_the_first(world: World):
+    world.onboard(WORKING_ORG, world.admin)
+    result = world.onboard(SECOND_ORG, world.admin)
+    assert result.focus is not None and result.focus.url == SECOND_ORG
+    assert result.focus.status.value == "awaiting_application_user" and result.recheck_ticket
+    tenant = world.registry.get_tenant(CUSTOMER)
+    assert tenant.status is TenantStatus.ACTIVE and tenant.active_org_urls == (WORKING_ORG,)
+    assert world.registry.check_recheck_ticket(CUSTOMER, result.recheck_ticket) == SECOND_ORG
+    world.service.verify(CUSTOMER, actor="health job")  # background: the ticket stays, no new one
+    assert world.registry.check_recheck_ticket(CUSTOMER, result.recheck_ticket) == SECOND_ORG
+    assert world.service.recheck(CUSTOMER, "wrong", None) is None
+    world.dataverse.with_application_user.add(SECOND_ORG)
+    checked = world.service.recheck(CUSTOMER, result.recheck_ticket, None)
+    assert checked is not None and checked.focus is not None and checked.focus.status.value == "active"
