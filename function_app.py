@@ -7,6 +7,7 @@ SDK: an exception here would hide every function, and slow imports lengthen ever
 import azure.functions as func
 
 from functions.health import bp as health_bp
+from functions.housekeeping import bp as housekeeping_bp
 from functions.jobs import bp as jobs_bp
 from functions.onboarding import bp as onboarding_bp
 from functions.user_api import bp as user_api_bp
@@ -20,6 +21,7 @@ quiet_libraries(library_log_level())
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(health_bp)
+app.register_functions(housekeeping_bp)
 app.register_functions(jobs_bp)
 app.register_functions(onboarding_bp)
 app.register_functions(user_api_bp)

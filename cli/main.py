@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cli.terminal_text import terminal_safe
 from shared.errors import S2SError
 
 # Claims worth showing; the signature and anything personal are left out.
@@ -88,7 +89,7 @@ def _jobs(services: Any, args: argparse.Namespace) -> Any:
     def progress(tenant_id: str, outcome: str, detail: str) -> None:
         # Progress goes to stderr, so --json output on stdout stays machine-readable.
         done[0] += 1
-        sys.stderr.write(f"[{done[0]}] {tenant_id} {outcome}: {detail[:120]}\n")
+        sys.stderr.write(terminal_safe(f"[{done[0]}] {tenant_id} {outcome}: {detail[:120]}") + "\n")
         sys.stderr.flush()
 
     runner = services.jobs.run_sync if args.job == "sync" else services.jobs.run_health
@@ -180,18 +181,21 @@ def _certificate_report(services: Any) -> dict[str, Any]:
 
 
 def _print(data: Any, as_json: bool) -> None:
+    """JSON (``ensure_ascii``: every control and non-ASCII character is a ``\\uXXXX`` escape, so the document
+    stays valid and nothing reaches the terminal raw) or text lines, each passed through ``terminal_safe``:
+    stored values (a contact, a reason, who signed in) may hold anything a browser or an org sent."""
     if as_json:
-        print(json.dumps(data, indent=2, default=str))
+        print(json.dumps(data, indent=2, default=str, ensure_ascii=True))
         return
     rows = data if isinstance(data, list) else [data]
     for row in rows:
         for key, value in row.items():
             if isinstance(value, dict):
-                print(f"{key}:")
+                print(terminal_safe(f"{key}:"))
                 for k, v in value.items():
-                    print(f"  {k}: {v}")
+                    print(terminal_safe(f"  {k}: {v}"))
             else:
-                print(f"{key}: {value}")
+                print(terminal_safe(f"{key}: {value}"))
         print()
 
 

@@ -173,6 +173,24 @@ param healthSchedule string = '0 5 * * * *'
 @description('Optional. CERTIFICATE_EXPIRY_SCHEDULE: NCRONTAB schedule of the certificate expiry check.')
 param certificateExpirySchedule string = '0 0 6 * * *'
 
+@description('Optional. HOUSEKEEPING_SCHEDULE: NCRONTAB schedule of the housekeeping job (expired onboarding states, webhook event records, old tenant history).')
+param housekeepingSchedule string = '0 20 * * * *'
+
+@description('Optional. WEBHOOK_EVENT_RETENTION_DAYS: days a webhook event record is kept after receipt; at least the 7-day dedupe window.')
+@minValue(7)
+@maxValue(365)
+param webhookEventRetentionDays int = 14
+
+@description('Optional. TENANT_HISTORY_RETENTION_DAYS: tenant history rows older than this are deleted, except the newest TENANT_HISTORY_KEEP of each tenant.')
+@minValue(1)
+@maxValue(3650)
+param tenantHistoryRetentionDays int = 365
+
+@description('Optional. TENANT_HISTORY_KEEP: newest history rows of each tenant that are always kept, whatever their age.')
+@minValue(1)
+@maxValue(10000)
+param tenantHistoryKeep int = 50
+
 @description('Optional. SWEEP_CONCURRENCY: tenants a sweep works on at once.')
 @minValue(1)
 @maxValue(64)
@@ -459,6 +477,10 @@ module functionApp 'modules/function-app.bicep' = {
     syncSchedule: syncSchedule
     healthSchedule: healthSchedule
     certificateExpirySchedule: certificateExpirySchedule
+    housekeepingSchedule: housekeepingSchedule
+    webhookEventRetentionDays: webhookEventRetentionDays
+    tenantHistoryRetentionDays: tenantHistoryRetentionDays
+    tenantHistoryKeep: tenantHistoryKeep
     sweepConcurrency: sweepConcurrency
     sweepTimeBudgetSeconds: sweepTimeBudgetSeconds
     syncTables: syncTables

@@ -28,6 +28,7 @@ from shared.auth.client_assertions import (
 from shared.auth.token_provider import TenantTokenProvider
 from shared.dataverse.clients import DataverseClients
 from shared.dataverse.throttle_board import THROTTLE_TABLE, ThrottleBoard
+from shared.jobs.housekeeping import Housekeeping, TenantHistoryRetention
 from shared.jobs.sinks import BlobNdjsonSink, ChangeSink
 from shared.jobs.sweeps import JobRunner
 from shared.jobs.sync import SYNC_STATE_TABLE, CheckpointStore
@@ -229,6 +230,25 @@ class Services:
                 org_index=self.org_index,
             )
         return self._onboarding
+
+    @property
+    def housekeeping(self) -> Housekeeping:
+        """The housekeeping job's purges over the tables the other services own; each store is reached only when its
+        purge runs, so one that cannot be built fails that purge alone."""
+        settings = self.settings
+        history = TenantHistoryRetention(
+            self.storage.table(HISTORY_TABLE),
+            keep_newest=settings.tenant_history_keep,
+            max_age_days=settings.tenant_history_retention_days,
+        )
+        retention_seconds = settings.webhook_event_retention_days * 86400
+        return Housekeeping(
+            {
+                "onboarding_states": lambda limit: self.consent_states.purge_expired(limit=limit),
+                "webhook_events": lambda limit: self.webhook_store.purge_older_than(retention_seconds, limit=limit),
+                "tenant_history": history.purge,
+            }
+        )
 
     def enqueue_verification(self, message: dict[str, Any], delay_seconds: int) -> None:
         """Durably schedule a tenant re-verification (the queue-triggered function picks it up)."""

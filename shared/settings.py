@@ -21,6 +21,9 @@ T = TypeVar("T")
 
 # Levels LIBRARY_LOG_LEVEL accepts: Python's logging level names.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# How long the webhook store keeps an event's identity to acknowledge a duplicate delivery without new work
+# (shared.webhooks.store.DEDUPE_TTL_SECONDS, in days; a unit test keeps the two equal).
+WEBHOOK_DEDUPE_DAYS = 7
 
 
 class AppMode(enum.StrEnum):
@@ -125,6 +128,10 @@ class Settings:
     sync_schedule: str = "0 */15 * * * *"
     health_schedule: str = "0 5 * * * *"
     certificate_expiry_schedule: str = "0 0 6 * * *"
+    housekeeping_schedule: str = "0 20 * * * *"
+    webhook_event_retention_days: int = 14
+    tenant_history_retention_days: int = 365
+    tenant_history_keep: int = 50
     sweep_concurrency: int = 8
     sweep_time_budget_seconds: float = 480.0
     sync_tables: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -196,9 +203,20 @@ class Settings:
             ("SYNC_SCHEDULE", self.sync_schedule),
             ("HEALTH_SCHEDULE", self.health_schedule),
             ("CERTIFICATE_EXPIRY_SCHEDULE", self.certificate_expiry_schedule),
+            ("HOUSEKEEPING_SCHEDULE", self.housekeeping_schedule),
         ):
             if len(value.split()) not in (5, 6):
                 raise ConfigurationError(name, "must be an NCRONTAB expression such as '0 */15 * * * *'")
+        # A webhook event's record is what makes a duplicate delivery a no-op for the store's dedupe window
+        # (shared/webhooks/store.py DEDUPE_TTL_SECONDS, 7 days): it may not be deleted sooner.
+        if not WEBHOOK_DEDUPE_DAYS <= self.webhook_event_retention_days <= 365:
+            raise ConfigurationError(
+                "WEBHOOK_EVENT_RETENTION_DAYS", f"must be between {WEBHOOK_DEDUPE_DAYS} (the dedupe window) and 365"
+            )
+        if not 1 <= self.tenant_history_retention_days <= 3650:
+            raise ConfigurationError("TENANT_HISTORY_RETENTION_DAYS", "must be between 1 and 3650")
+        if not 1 <= self.tenant_history_keep <= 10000:
+            raise ConfigurationError("TENANT_HISTORY_KEEP", "must be between 1 and 10000")
         if not 1 <= self.sweep_concurrency <= 64:
             raise ConfigurationError("SWEEP_CONCURRENCY", "must be between 1 and 64")
         if not 10 <= self.sweep_time_budget_seconds <= 3600:
@@ -293,6 +311,10 @@ class Settings:
             sync_schedule=get("SYNC_SCHEDULE") or "0 */15 * * * *",
             health_schedule=get("HEALTH_SCHEDULE") or "0 5 * * * *",
             certificate_expiry_schedule=get("CERTIFICATE_EXPIRY_SCHEDULE") or "0 0 6 * * *",
+            housekeeping_schedule=get("HOUSEKEEPING_SCHEDULE") or "0 20 * * * *",
+            webhook_event_retention_days=parsed("WEBHOOK_EVENT_RETENTION_DAYS", int, 14),
+            tenant_history_retention_days=parsed("TENANT_HISTORY_RETENTION_DAYS", int, 365),
+            tenant_history_keep=parsed("TENANT_HISTORY_KEEP", int, 50),
             sweep_concurrency=parsed("SWEEP_CONCURRENCY", int, 8),
             sweep_time_budget_seconds=parsed("SWEEP_TIME_BUDGET_SECONDS", float, 480.0),
             sync_tables=parsed("SYNC_TABLES", _parse_sync_tables, cls.sync_tables),

@@ -15,7 +15,7 @@ from shared.dataverse import errors as dv
 @dataclass(frozen=True)
 class Explanation:
     code: str
-    source: str  # "Entra ID", "Key Vault" or "Dataverse"
+    source: str  # "Entra ID", "Key Vault", "Dataverse" or "Onboarding"
     title: str
     meaning: str
     fix: str
@@ -47,6 +47,11 @@ def _entra() -> list[Explanation]:
         90033: _TRANSIENT_VIEW,
         50000: _TRANSIENT_VIEW,
     }
+    condition_view = {
+        aadsts.ENTRA_UNREACHABLE: " During onboarding it is the administrator's sign-in that could not be finished "
+        "(the code exchange at Entra ID's token endpoint failed): the page shows `entra_unreachable`, nothing is "
+        "recorded, and the administrator starts again from `/api/onboard`.",
+    }
     conditions = {
         aadsts.ENTRA_UNREACHABLE: "Entra ID could not be reached or did not answer in time",
         aadsts.ENTRA_UNAVAILABLE: "Entra ID answered with a server error",
@@ -62,7 +67,9 @@ def _entra() -> list[Explanation]:
         )
         for code, info in aadsts.CATALOG.items()
     ] + [
-        Explanation(name, "Entra ID", conditions[name], info.meaning + _TRANSIENT_VIEW, info.fix)
+        Explanation(
+            name, "Entra ID", conditions[name], info.meaning + _TRANSIENT_VIEW + condition_view.get(name, ""), info.fix
+        )
         for name, info in aadsts.CONDITIONS.items()
     ]
 
@@ -214,8 +221,188 @@ _DATAVERSE = [
 ]
 
 
+_START_AGAIN = "The administrator starts again from `/api/onboard`, in one browser, within CONSENT_STATE_TTL_SECONDS."
+
+# The codes the onboarding pages show (functions/onboarding.py, shared/tenants/onboarding.py,
+# shared/signin/administrators.py). None of them records anything about any tenant.
+_ONBOARDING = [
+    Explanation(
+        "cross_site_request",
+        "Onboarding",
+        "Form post refused: not sent from this app's own page",
+        "`POST /api/onboard` carried an Origin (or, without one, a Referer) other than the app's own origin (the "
+        "scheme and host of ONBOARDING_REDIRECT_URI), or neither: 403, no state row, no outbound call. A page on "
+        "another site cannot start an onboarding in a visitor's browser.",
+        "Open the form at `https://<app>/api/onboard` and submit it from there. If a reverse proxy or Front Door "
+        "serves the app under another host name, ONBOARDING_REDIRECT_URI must use that public host (and be "
+        "registered on the app). A browser extension that strips Origin and Referer causes this too.",
+        ("cross-site", "csrf", "origin"),
+    ),
+    Explanation(
+        "invalid_form",
+        "Onboarding",
+        "The onboarding form could not be read",
+        "The form post was larger than 4 KB, had too many fields or could not be parsed: 400, nothing stored.",
+        "Submit the form from the page itself; scripts must send `application/x-www-form-urlencoded` with `org_url` "
+        "and `contact`.",
+    ),
+    Explanation(
+        "invalid_org_url",
+        "Onboarding",
+        "The environment URL is not a Dataverse URL of the configured cloud",
+        "The URL must be `https://<org>.<Dataverse suffix>` (DATAVERSE_DOMAIN_SUFFIXES, from AZURE_CLOUD) with "
+        "nothing else: no path, query, port or user information. Anything else is refused before any call or "
+        "state row; the CLI refuses such an `--org` the same way.",
+        "Copy the environment URL from the Power Platform admin center (Environments > the environment > "
+        "Environment URL), e.g. `https://contoso.crm4.dynamics.com`.",
+        ("org url",),
+    ),
+    Explanation(
+        "invalid_contact",
+        "Onboarding",
+        "The contact is not one printable line",
+        "The optional contact is kept in the registry and shown to operators, so it must be one line of at most 200 "
+        "printable characters: line breaks, control characters (terminal escapes) and invisible format characters "
+        "(bidirectional overrides, zero-width characters) are refused with 400 and the form shown again.",
+        "Enter an e-mail address or a name on one line, or leave the field empty.",
+        ("contact",),
+    ),
+    Explanation(
+        "invalid_consent_state",
+        "Onboarding",
+        "The sign-in answer does not belong to a sign-in this browser started",
+        "The callback found no usable sign-in state: `missing` (no `state` in the answer), `unknown` (not one we "
+        "issued, or already purged), `expired` (older than CONSENT_STATE_TTL_SECONDS), `replayed` (already used: "
+        "a state is single use) or `other_browser` (the HttpOnly cookie that binds the state to the browser that "
+        "posted the form is missing or different: another browser, a private window, blocked cookies). 400; "
+        "nothing is recorded, and a state is spent only by the browser that started it.",
+        _START_AGAIN + " Cookies for the app's host must be allowed; a forwarded sign-in link cannot be finished "
+        "in another browser.",
+        ("missing", "expired", "replayed", "other_browser", "state"),
+    ),
+    Explanation(
+        "consent_denied",
+        "Onboarding",
+        "Microsoft sign-in returned an error instead of a sign-in",
+        "Entra ID sent the browser back with `error=` (RFC 6749 §4.1.2.1): `access_denied` (the administrator "
+        "cancelled, or declined the permission: AADSTS65004), `consent_required` or `interaction_required` (the "
+        "tenant lets only administrators consent and nobody has), `login_required`, `invalid_request`, "
+        "`unauthorized_client` (Entra: the client is not registered or not added to the user's tenant), "
+        "`server_error`, `temporarily_unavailable`. The page shows that code with a fixed explanation, and "
+        "Entra's own description only to the browser that started the sign-in. The state is spent; nothing is "
+        "recorded.",
+        "Cancelled: start again. Consent needed: someone who may consent for the whole organisation (Privileged "
+        "Role Administrator, Cloud Application Administrator or Application Administrator; Global Administrator "
+        "too) signs in once and ticks *Consent on behalf of your organization*, or grants consent to the "
+        "enterprise application in the Microsoft Entra admin center; then the System Administrator starts again. "
+        "`unauthorized_client`: check the enterprise application exists in the tenant and is enabled for users to "
+        "sign in (Microsoft Entra admin center > Enterprise apps > the app > Properties).",
+        ("access_denied", "consent_required", "interaction_required", "aadsts65004", "aadsts90094"),
+    ),
+    Explanation(
+        "sign_in_answer_invalid",
+        "Onboarding",
+        "The sign-in answer is incomplete or belongs to another sign-in",
+        "MSAL refused the answer before redeeming anything: its `state` is not the one of the sign-in stored for "
+        "this browser, or it carries no authorization code. 400; nothing is recorded.",
+        _START_AGAIN + " Do not open the same sign-in in two tabs.",
+    ),
+    Explanation(
+        "sign_in_refused",
+        "Onboarding",
+        "Entra ID refused to redeem the sign-in's code",
+        "The authorization code could not be exchanged for the ID token and the delegated Dataverse token. The page "
+        "names Entra's AADSTS code: AADSTS54005 (the code was already redeemed: a replayed answer), AADSTS70008 "
+        "(the code expired: codes live about ten minutes), AADSTS501481 (the PKCE verifier does not match the "
+        "code's challenge: the answer belongs to another sign-in), AADSTS500112 (the redirect URI differs from the "
+        "one the code was issued for), or "
+        "one about our own credential (AADSTS700027 and its kind: see the certificate entries). 400; nothing is "
+        "recorded.",
+        _START_AGAIN + " If the code is about the redirect URI, register ONBOARDING_REDIRECT_URI exactly (Web "
+        "platform); if it is about the credential, fix that first (`python -m cli certificate`).",
+        ("aadsts54005", "aadsts70008", "aadsts501481", "code redemption"),
+    ),
+    Explanation(
+        "id_token_invalid",
+        "Onboarding",
+        "The ID token from the sign-in failed its checks",
+        "MSAL checks the ID token of the code exchange: the nonce must be the one this sign-in sent, the audience "
+        "our client id, the issuer Entra's for the token's tenant, and its time valid; the token must also name a "
+        "tenant (`tid`) and a user (`oid`). A token that fails is not believed: 400, nothing recorded. Who signed "
+        "in is taken only from this token, never from the redirect's parameters.",
+        _START_AGAIN + " If it recurs, check the worker's clock (NTP) and that ENTRA_AUTHORITY_HOST is the cloud's "
+        "real sign-in host.",
+        ("nonce",),
+    ),
+    Explanation(
+        "not_org_administrator",
+        "Onboarding",
+        "The signed-in person is not a System Administrator of the environment",
+        "With the person's own delegated token the app asked the environment who they are (WhoAmI) and their "
+        "security roles (`systemusers(<id>)/systemuserroles_association`). None of the roles is System "
+        "Administrator (role template `627090ff-40a3-4053-8790-584edc5be201`), or the environment answered 403: "
+        "they are not an enabled user of it. 403; the page names who signed in; nothing is recorded.",
+        "Sign in as a user who holds the System Administrator security role in that environment (Power Platform "
+        "admin center > Environments > the environment > Settings > Users + permissions > Users > Manage security "
+        "roles). A Global, Power Platform or Dynamics 365 administrator may first have to self-elevate to System "
+        "Administrator in the environment (Power Platform admin center > the environment > Membership > Add me).",
+        ("system administrator", "not administrator"),
+    ),
+    Explanation(
+        "org_not_in_tenant",
+        "Onboarding",
+        "The environment belongs to another tenant than the one signed in to",
+        "The environment refused the person's delegated token with 401: its tenant is not the tenant of the ID "
+        "token. Connecting an org to a tenant needs a System Administrator signed in to the org's own tenant. 403; "
+        "nothing is recorded.",
+        "Check the environment URL, and sign in with an account of the organisation that owns the environment "
+        "(pick the right account in Microsoft's account picker; a guest account of another tenant does not count).",
+    ),
+    Explanation(
+        "org_unavailable",
+        "Onboarding",
+        "The environment could not be reached to check the administrator's role",
+        "The role check with the delegated token failed for a reason other than 401 or 403: the environment was "
+        "unreachable, throttled (429) or answered 5xx. 503; nothing is recorded; the sign-in was spent.",
+        "Start again in a few minutes; check the environment is not in administration mode or being restored "
+        "(Power Platform admin center).",
+    ),
+    Explanation(
+        "tenant_not_allowed",
+        "Onboarding",
+        "Single-tenant mode: another tenant tried to onboard",
+        "With APP_MODE=single_tenant only the home tenant (ENTRA_HOME_TENANT_ID) may connect environments; the ID "
+        "token named another tenant. 403; nothing is recorded.",
+        "Use an environment of the home tenant; serving other tenants needs APP_MODE=multi_tenant and a "
+        "multi-tenant app registration.",
+        ("single tenant", "app_mode"),
+    ),
+    Explanation(
+        "verification_failed",
+        "Onboarding",
+        "The administrator signed in, but the connection could not be verified",
+        "After a proven sign-in the tenant and org were recorded, then the app-only token or WhoAmI failed for a "
+        "reason that is not transient (for example AADSTS7000112, the app disabled in the tenant). The failure is "
+        "the tenant's recorded outcome, shown as a page with 200 and this code (not a 5xx); its registry entry "
+        "holds Entra's or Dataverse's own code.",
+        "`python -m cli tenants show <tenant>` shows the recorded code; `python -m cli explain <code>` says what "
+        "to fix. After the fix, `python -m cli tenants verify <tenant>` or the customer's re-check.",
+    ),
+    Explanation(
+        "storage_unavailable",
+        "Onboarding",
+        "Storage could not be reached",
+        "The onboarding pages, the admin verify endpoint and the webhook receiver answer 503 with Retry-After when "
+        "the storage account (registry, sign-in states, queues) does not answer: nothing was written. Dataverse "
+        "retries a webhook answered 503 once.",
+        "Check the storage account's availability and network rules, and that the app's identity holds Storage "
+        "Table Data Contributor and Storage Queue Data Contributor; the administrator starts again afterwards.",
+    ),
+]
+
+
 def catalog() -> list[Explanation]:
-    return _entra() + _KEY_VAULT + _DATAVERSE
+    return _entra() + _KEY_VAULT + _DATAVERSE + _ONBOARDING
 
 
 def _names(entry: Explanation) -> set[str]:
@@ -257,14 +444,15 @@ def render_markdown() -> str:
     lines = [
         "# Troubleshooting",
         "",
-        "Every Entra ID, Key Vault and Dataverse error the app can meet, what it means in this app, and the fix.",
+        "Every Entra ID, Key Vault, Dataverse and onboarding error the app can meet, what it means in this app, and "
+        "the fix.",
         "`python -m cli explain <code>` prints the same (e.g. `700016`, `0x80072560`, `disabled`).",
         "An AADSTS code not listed here: `explain` points to Entra's own lookup,",
         "`https://login.microsoftonline.com/error?code=<number>`.",
         "Generated from `shared/troubleshooting.py`; a test keeps this file in step.",
         "",
     ]
-    for source in ("Entra ID", "Key Vault", "Dataverse"):
+    for source in ("Entra ID", "Key Vault", "Dataverse", "Onboarding"):
         lines += [f"## {source}", ""]
         for entry in (e for e in catalog() if e.source == source):
             lines += [

@@ -153,6 +153,18 @@ param healthSchedule string
 @description('Required. CERTIFICATE_EXPIRY_SCHEDULE.')
 param certificateExpirySchedule string
 
+@description('Required. HOUSEKEEPING_SCHEDULE.')
+param housekeepingSchedule string
+
+@description('Required. WEBHOOK_EVENT_RETENTION_DAYS.')
+param webhookEventRetentionDays int
+
+@description('Required. TENANT_HISTORY_RETENTION_DAYS.')
+param tenantHistoryRetentionDays int
+
+@description('Required. TENANT_HISTORY_KEEP.')
+param tenantHistoryKeep int
+
 @description('Required. SWEEP_CONCURRENCY.')
 param sweepConcurrency int
 
@@ -310,6 +322,10 @@ var appSettings = {
   SYNC_SCHEDULE: syncSchedule
   HEALTH_SCHEDULE: healthSchedule
   CERTIFICATE_EXPIRY_SCHEDULE: certificateExpirySchedule
+  HOUSEKEEPING_SCHEDULE: housekeepingSchedule
+  WEBHOOK_EVENT_RETENTION_DAYS: string(webhookEventRetentionDays)
+  TENANT_HISTORY_RETENTION_DAYS: string(tenantHistoryRetentionDays)
+  TENANT_HISTORY_KEEP: string(tenantHistoryKeep)
   SWEEP_CONCURRENCY: string(sweepConcurrency)
   SWEEP_TIME_BUDGET_SECONDS: string(sweepTimeBudgetSeconds)
   SYNC_TABLES: syncTables

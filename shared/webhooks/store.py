@@ -36,6 +36,10 @@ PAYLOAD_CONTAINER = "webhook-payloads"
 QUEUE_MESSAGE_LIMIT = 64 * 1024
 INLINE_LIMIT = QUEUE_MESSAGE_LIMIT // 4 * 3
 PROCESSING_LEASE_SECONDS = 300
+# How long an event's identity makes a duplicate delivery a no-op (shared.settings.WEBHOOK_DEDUPE_DAYS says the
+# same in days: WEBHOOK_EVENT_RETENTION_DAYS may not be shorter). Queue messages live 7 days unless sent with
+# another time-to-live (Queue service REST API, Put Message: "the default time-to-live is 7 days").
+DEDUPE_TTL_SECONDS = 7 * 86400
 # Time the receiver gives one storage step (the dedupe read; the blob and queue writes together) before it answers
 # 503, the pauses between its attempts, and the per-attempt connect and read timeouts.
 RECEIVER_BUDGET_SECONDS = 3.0
@@ -72,7 +76,7 @@ class WebhookStore:
         poison_queue: Any,
         table: Any,
         container: Any,
-        dedupe_ttl_seconds: int = 7 * 86400,
+        dedupe_ttl_seconds: int = DEDUPE_TTL_SECONDS,
         clock: Callable[[], float] = time.time,
         receiver_budget_seconds: float = RECEIVER_BUDGET_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
@@ -279,6 +283,34 @@ class WebhookStore:
             "dequeue_count": dequeue_count,
         }
         self._poison.send_message(json.dumps(poisoned, separators=(",", ":")))
+
+    # -- housekeeping --------------------------------------------------------------------------------------
+
+    def purge_older_than(self, retention_seconds: float, *, limit: int = 5000) -> int:
+        """Delete event records received more than ``retention_seconds`` ago (never sooner than the dedupe window,
+        and never one a processor holds a live lease on); returns how many. Bounded per call, idempotent."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        now = self._clock()
+        # ExpiresAt = receipt + dedupe window, so "received before now - retention" is this one numeric filter.
+        cutoff = now - max(retention_seconds, self._ttl) + self._ttl
+        rows = self._table.query_entities(
+            "ExpiresAt lt @cutoff",
+            parameters={"cutoff": cutoff},
+            select=["PartitionKey", "RowKey", "ExpiresAt", "Status", "LeaseUntil"],
+        )
+        deleted = 0
+        for row in rows:
+            if deleted >= limit:
+                break
+            if float(row.get("ExpiresAt", 0)) >= cutoff:
+                continue
+            if row.get("Status") == "processing" and float(row.get("LeaseUntil") or 0) > now:
+                continue  # a processor is at work on it right now: leave it to a later run
+            with contextlib.suppress(ResourceNotFoundError):
+                self._table.delete_entity(row["PartitionKey"], row["RowKey"])
+            deleted += 1
+        return deleted
 
     # -- operators -----------------------------------------------------------------------------------------
 

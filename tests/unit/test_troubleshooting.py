@@ -74,3 +74,29 @@ def test_an_aadsts_code_outside_the_catalogue_points_to_entras_own_lookup():
     assert entry is not None and entry.code == "AADSTS90006" and entry.source == "Entra ID"
     assert "https://login.microsoftonline.com/error?code=90006" in entry.fix
     assert explain("not-a-code") is None and explain("AADSTS") is None
+
+
+# Codes that need no entry of their own: a base class's default no code path raises, and the re-check ticket pages,
+# being reworked with per-org tickets (issue 15, item 4), which add their entries then.
+_NOT_SHOWN = {"sign_in_failed", "invalid_recheck_link", "invalid_recheck_ticket"}
+_ONBOARDING_SOURCES = (
+    "functions/onboarding.py",
+    "functions/onboarding_pages.py",
+    "shared/tenants/onboarding.py",
+    "shared/tenants/consent_states.py",
+    "shared/signin/administrators.py",
+    "shared/dataverse/org_url.py",
+)
+
+
+def test_every_code_an_onboarding_page_can_show_is_explained():
+    import re
+
+    codes: set[str] = set()
+    for path in _ONBOARDING_SOURCES:
+        text = (ROOT / path).read_text()
+        codes |= set(re.findall(r'\b(?:error_)?code\s*=\s*"([a-z][a-z_]+)"', text))
+        codes |= set(re.findall(r'form_again\(\s*"[^"]*",\s*"([a-z][a-z_]+)"', text))
+    assert {"cross_site_request", "not_org_administrator", "sign_in_refused", "org_unavailable"} <= codes
+    missing = {code for code in codes - _NOT_SHOWN if explain(code) is None or explain(code).code != code}
+    assert not missing, f"onboarding codes without a troubleshooting entry: {sorted(missing)}"
