@@ -48,7 +48,7 @@ def _build_parser() -> argparse.ArgumentParser:
     whoami.add_argument("--tenant", required=True, help="customer tenant id (GUID)")
     whoami.add_argument("--org", required=True, help="Dataverse org URL")
     whoami.add_argument("--as-user", metavar="OBJECT_ID", help="impersonate this Entra object id (CallerObjectId)")
-    tenants = commands.add_parser("tenants", help="the tenant registry: list, show, verify, offboard")
+    tenants = commands.add_parser("tenants", help="the tenant registry: list, show, verify, offboard, remove-org")
     tenant_commands = tenants.add_subparsers(dest="tenants_command", required=True)
     listing = tenant_commands.add_parser("list", help="list tenants, page by page")
     listing.add_argument("--status", help="only tenants in this status (e.g. active)")
@@ -63,6 +63,10 @@ def _build_parser() -> argparse.ArgumentParser:
         sub.add_argument("tenant_id")
         if name == "offboard":
             sub.add_argument("--reason", default="offboarded by an operator")
+    remove = tenant_commands.add_parser("remove-org", help="disconnect one organisation of a tenant")
+    remove.add_argument("tenant_id")
+    remove.add_argument("org_url")
+    remove.add_argument("--reason", default="removed by an operator")
     secret = tenant_commands.add_parser("webhook-secret", help="issue a new webhook secret (HttpHeader auth type)")
     secret.add_argument("tenant_id")
     explain = commands.add_parser("explain", help="what an AADSTS or Dataverse error code means here, and the fix")
@@ -141,8 +145,18 @@ def _tenants(services: Any, args: argparse.Namespace) -> Any:
             "tenant_id": result.tenant_id,
             "status": result.status.value,
             "org_urls": list(result.org_urls),
+            "orgs": [org.to_dict() for org in result.orgs],
             "error_code": result.error_code,
             "message": result.message,
+        }
+    if args.tenants_command == "remove-org":
+        tenant = registry.remove_org(args.tenant_id, args.org_url, actor="operator CLI", reason=args.reason)
+        return {
+            "tenant_id": tenant.tenant_id,
+            "status": tenant.status.value,
+            "orgs": [org.to_dict() for org in tenant.orgs],
+            "next_steps": "Webhooks from that organisation are now refused and it is no longer synced. Delete its "
+            "application user there if the customer no longer wants the integration.",
         }
     result = services.onboarding.offboard(args.tenant_id, actor="operator CLI", reason=args.reason)
     return {

@@ -113,3 +113,38 @@ def test_whoami_shows_the_application_user_or_why_not(env_file, sandbox, capsys)
     assert failed["error_code"] == "0x80072560"
     assert main(["--env-file", str(path), "--json", "whoami", "--tenant", tenant, "--org", "https://evil.example"]) == 2
     assert json.loads(capsys.readouterr().out)["error"] == "invalid_org_url"
+
+
+def test_tenants_show_lists_orgs_with_status_and_remove_org_disconnects_one(env_file, azurite, capsys):
+    from azure.data.tables import TableServiceClient
+
+    from shared.tenants.orgs import OrgStatus
+    from shared.tenants.registry import TenantRegistry, TenantStatus
+
+    path, tenant, _client_id, _bundle, _version = env_file
+    path.write_text(path.read_text() + f"\nSTORAGE_CONNECTION_STRING={azurite.connection_string}\n")
+    service = TableServiceClient.from_connection_string(azurite.connection_string)
+    registry = TenantRegistry(service.get_table_client("tenants"), service.get_table_client("tenanthistory"))
+    registry.create_tables()
+    second = "https://contoso-test.crm4.dynamics.com"
+    for status in (TenantStatus.PENDING_CONSENT, TenantStatus.CONSENTED):
+        registry.record(tenant, status, reason="seed", actor="test", org_url=ORG)
+    registry.record(tenant, TenantStatus.CONSENTED, reason="seed", actor="test", org_url=second)
+    registry.set_org_status(tenant, ORG, OrgStatus.ACTIVE, reason="seed", actor="test")
+    registry.set_org_status(tenant, second, OrgStatus.AWAITING_APPLICATION_USER, reason="seed", actor="test")
+
+    assert main(["--env-file", str(path), "--json", "tenants", "show", tenant]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["status"] == "active"
+    assert {o["url"]: o["status"] for o in shown["orgs"]} == {ORG: "active", second: "awaiting_application_user"}
+
+    assert main(["--env-file", str(path), "--json", "tenants", "remove-org", tenant, ORG, "--reason", "asked"]) == 0
+    removed = json.loads(capsys.readouterr().out)
+    assert removed["status"] == "awaiting_application_user" and [o["url"] for o in removed["orgs"]] == [second]
+    history = registry.history(tenant)
+    assert any(h.org == ORG and h.to_status == "removed" and h.actor == "operator CLI" for h in history)
+
+    assert main(["--env-file", str(path), "--json", "tenants", "remove-org", tenant, ORG]) == 1
+    refused = json.loads(capsys.readouterr().out)
+    assert "org_not_found" in json.dumps(refused)
+    assert registry.get_tenant(tenant).org_urls == (second,)
