@@ -39,7 +39,6 @@ _MULTI_TENANT_ALIASES = frozenset({"common", "organizations"})
 OIDC_SCOPES = frozenset({"openid", "profile", "email", "offline_access"})
 _CODE_LIFETIME = 600.0  # entra/v2-oauth2-auth-code-flow.md: codes are short lived, about 10 minutes
 _PAGE_LIFETIME = 600.0
-_MAX_PENDING = 10_000
 
 NONCE_FIELD = "signin_nonce"
 USER_FIELD = "user"
@@ -121,13 +120,6 @@ def _verifier_matches(verifier: str, challenge: str, method: str) -> bool:
     return bool(verifier) and hmac.compare_digest(computed, challenge)
 
 
-@dataclass(frozen=True)
-class _Pending:
-    request: AuthorizeRequest
-    tenant_ids: tuple[str, ...]
-    expires_at: float
-
-
 class _PageError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -140,8 +132,7 @@ class AuthorizeEndpoint:
     def __init__(self, state: SandboxState, codes: AuthorizationCodes) -> None:
         self._state = state
         self._codes = codes
-        self._pending: dict[str, _Pending] = {}
-        self._lock = threading.Lock()
+        self._forms = consent_page.FormNonces(_PAGE_LIFETIME)
 
     def __call__(self, request: HttpRequest, segment: str) -> HttpResponse:
         trace_id = str(uuid.uuid4())
@@ -215,22 +206,11 @@ class AuthorizeEndpoint:
     def _show(self, request: HttpRequest, parsed: AuthorizeRequest) -> HttpResponse:
         app = self._state.get_application(parsed.client_id)
         users = self._offered_users(parsed)
-        nonce = self._remember(parsed, tuple(sorted({u.tenant_id for u in users})))
+        nonce = self._forms.remember(parsed, tuple(sorted({u.tenant_id for u in users})))
         self._state.counters.bump("authorize_page", client_id=parsed.client_id)
         action = f"{request.path}?{urlencode(request.query)}"
         html = render_sign_in_page(action=action, nonce=nonce, app=app, users=users, scopes=parsed.scopes)
         return HttpResponse(200, html, dict(consent_page.PAGE_HEADERS))
-
-    def _remember(self, parsed: AuthorizeRequest, tenant_ids: tuple[str, ...]) -> str:
-        nonce = secrets.token_urlsafe(32)
-        now = time.monotonic()
-        with self._lock:
-            for stale in [key for key, pending in self._pending.items() if pending.expires_at < now]:
-                del self._pending[stale]
-            if len(self._pending) >= _MAX_PENDING:
-                del self._pending[next(iter(self._pending))]
-            self._pending[nonce] = _Pending(parsed, tenant_ids, now + _PAGE_LIFETIME)
-        return nonce
 
     # -- POST: the answer -----------------------------------------------------------------------------------
 
@@ -258,14 +238,9 @@ class AuthorizeEndpoint:
         params.append(("session_state", str(uuid.uuid4())))
         return _redirect(parsed.redirect_uri, params)
 
-    def _redeem_page(self, nonce: str, parsed: AuthorizeRequest) -> _Pending:
-        with self._lock:
-            pending = self._pending.get(nonce) if nonce else None
-            if pending is not None and pending.request == parsed:
-                del self._pending[nonce]
-            else:
-                pending = None
-        if pending is None or pending.expires_at < time.monotonic():
+    def _redeem_page(self, nonce: str, parsed: AuthorizeRequest) -> consent_page.PendingForm:
+        pending = self._forms.redeem(nonce, parsed)
+        if pending is None:
             raise _PageError(
                 "This sign-in request has expired, was already answered, or its form was not issued for this "
                 "request. Start again from the application."

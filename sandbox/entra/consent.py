@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import secrets
-import threading
-import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -32,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 _MULTI_TENANT_ALIASES = frozenset({"common", "organizations"})
 _NONCE_LIFETIME = 600.0  # seconds a consent page stays answerable, like an Entra sign-in flow token
-_MAX_PENDING = 10_000
 
 # protocol §1, redirect shapes (entra/v2-oauth2-client-creds-grant-flow.md, entra/v2-admin-consent.md).
 _V1_DECLINED = ("permission_denied", "The admin canceled the request")
@@ -59,20 +55,12 @@ class _ConsentRequest:
     scope: str | None
 
 
-@dataclass(frozen=True)
-class _Pending:
-    request: _ConsentRequest
-    tenant_ids: tuple[str, ...]  # the tenants the page offered
-    expires_at: float
-
-
 class AdminConsentEndpoint:
     """Serves GET and POST on both admin-consent paths of one authority host."""
 
     def __init__(self, state: SandboxState) -> None:
         self._state = state
-        self._pending: dict[str, _Pending] = {}
-        self._lock = threading.Lock()
+        self._forms = consent_page.FormNonces(_NONCE_LIFETIME)
 
     def __call__(self, request: HttpRequest, segment: str, *, v2: bool) -> HttpResponse:
         trace_id = str(uuid.uuid4())
@@ -138,7 +126,7 @@ class AdminConsentEndpoint:
     def _show(self, request: HttpRequest, consent: _ConsentRequest) -> HttpResponse:
         app = self._state.get_application(consent.client_id)
         tenants = self._offered_tenants(consent)
-        nonce = self._remember(consent, tuple(t.tenant_id for t in tenants))
+        nonce = self._forms.remember(consent, tuple(t.tenant_id for t in tenants))
         self._state.counters.bump(
             "admin_consent_page", client_id=consent.client_id, version="2.0" if consent.v2 else "1.0"
         )
@@ -162,17 +150,6 @@ class AdminConsentEndpoint:
             return self._state.get_tenant(app.home_tenant)
         except SandboxLookupError:
             return None
-
-    def _remember(self, consent: _ConsentRequest, tenant_ids: tuple[str, ...]) -> str:
-        nonce = secrets.token_urlsafe(32)
-        now = time.monotonic()
-        with self._lock:
-            for stale in [key for key, pending in self._pending.items() if pending.expires_at < now]:
-                del self._pending[stale]
-            if len(self._pending) >= _MAX_PENDING:
-                del self._pending[next(iter(self._pending))]  # oldest first: dicts keep insertion order
-            self._pending[nonce] = _Pending(consent, tenant_ids, now + _NONCE_LIFETIME)
-        return nonce
 
     # -- POST: the decision -----------------------------------------------------------------------------
 
@@ -209,15 +186,10 @@ class AdminConsentEndpoint:
             },
         )
 
-    def _redeem(self, nonce: str, consent: _ConsentRequest) -> _Pending:
+    def _redeem(self, nonce: str, consent: _ConsentRequest) -> consent_page.PendingForm:
         """Take the nonce out of the store (single use); it must belong to these very parameters."""
-        with self._lock:
-            pending = self._pending.get(nonce) if nonce else None
-            if pending is not None and pending.request == consent:
-                del self._pending[nonce]
-            else:
-                pending = None
-        if pending is None or pending.expires_at < time.monotonic():
+        pending = self._forms.redeem(nonce, consent)
+        if pending is None:
             raise _PageError(
                 "This consent request has expired, was already answered, or its form was not issued for this "
                 "request. Start the admin consent again from the application."

@@ -10,7 +10,10 @@ Every value the request supplied is HTML-escaped before it is written into a pag
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import secrets
+import threading
+import time
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from html import escape
 from html.parser import HTMLParser
@@ -63,6 +66,47 @@ def document(title: str, body: str) -> bytes:
         f"<title>{escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n"
         f"<body>\n<main>\n{body}</main>\n</body>\n</html>\n"
     ).encode()
+
+
+@dataclass(frozen=True)
+class PendingForm:
+    request: Hashable  # the parameters the page was shown for; its POST must repeat them exactly
+    tenant_ids: tuple[str, ...]  # the tenants the page offered
+    expires_at: float
+
+
+class FormNonces:
+    """The hidden nonce of each page shown (consent, sign-in): single use, expiring like an Entra sign-in flow
+    (10 minutes), bound to the request's parameters, at most ``limit`` open at once (oldest dropped first)."""
+
+    def __init__(self, lifetime: float = 600.0, limit: int = 10_000) -> None:
+        self._lifetime = lifetime
+        self._limit = limit
+        self._pending: dict[str, PendingForm] = {}
+        self._lock = threading.Lock()
+
+    def remember(self, request: Hashable, tenant_ids: tuple[str, ...]) -> str:
+        nonce = secrets.token_urlsafe(32)
+        now = time.monotonic()
+        with self._lock:
+            for stale in [key for key, pending in self._pending.items() if pending.expires_at < now]:
+                del self._pending[stale]
+            if len(self._pending) >= self._limit:
+                del self._pending[next(iter(self._pending))]  # oldest first: dicts keep insertion order
+            self._pending[nonce] = PendingForm(request, tenant_ids, now + self._lifetime)
+        return nonce
+
+    def redeem(self, nonce: str, request: Hashable) -> PendingForm | None:
+        """Take the nonce out (single use) when it was issued for these very parameters and has not expired."""
+        with self._lock:
+            pending = self._pending.get(nonce) if nonce else None
+            if pending is not None and pending.request == request:
+                del self._pending[nonce]
+            else:
+                pending = None
+        if pending is None or pending.expires_at < time.monotonic():
+            return None
+        return pending
 
 
 def _admin_name(tenant: Tenant) -> str:

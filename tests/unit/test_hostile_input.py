@@ -38,9 +38,8 @@ from hypothesis import strategies as st
 
 from functions import health, onboarding, onboarding_pages, user_api, webhooks
 from shared.bootstrap import use_services
-from shared.dataverse.client import Page, WhoAmI
+from shared.dataverse.client import Page
 from shared.dataverse.clients import OrgDiscoveryError
-from shared.dataverse.errors import ApplicationUserMissingError
 from shared.dataverse.org_url import validate_org_url
 from shared.errors import S2SError
 from shared.settings import AppMode, Settings
@@ -54,7 +53,7 @@ from shared.webhooks.intake import WebhookIntake
 from shared.webhooks.store import WebhookStore
 from tests.unit import hostile_strategies as hs
 from tests.unit import webhook_samples as samples
-from tests.unit.fake_signin import FakeOrgs, FakeSignIn, Person
+from tests.unit.fake_onboarding import FakeAppOnlyClient, FakeOrgs, FakeSignIn, FakeTokens, Person
 from tests.unit.fake_table import FakeTable
 
 # -- sizes ----------------------------------------------------------------------------------------------------
@@ -240,26 +239,7 @@ class FakeContainer:
         self.blobs[name] = bytes(data)
 
 
-class FakeTokens:
-    def get_token(self, tenant_id: str, org_url: str) -> str:
-        return "fake-token"
-
-    def forget_tenant(self, tenant_id: str) -> None:
-        return None
-
-
-class FakeDataverseClient:
-    def __init__(self, org_url: str, has_application_user: bool) -> None:
-        self.org_url = org_url
-        self.has_application_user = has_application_user
-
-    def whoami(self, caller_object_id: str | None = None) -> WhoAmI:
-        if not self.has_application_user:
-            raise ApplicationUserMissingError(
-                "No application user for this app.", org_url=self.org_url, status_code=403, error_code="0x80072560"
-            )
-        return WhoAmI(str(uuid.uuid4()), str(uuid.uuid4()), samples.ORG_ID)
-
+class FakeDataverseClient(FakeAppOnlyClient):
     def query(self, entity_set: str, *, select: list[str], page_size: int, caller_object_id: str) -> Iterator[Page]:
         rows = [{"accountid": str(uuid.uuid4()), "name": f"Account {n}"} for n in range(min(page_size, 3))]
         yield Page(rows, None)
@@ -295,7 +275,7 @@ class FakeDataverse(FakeOrgs):
 
     def for_org(self, tenant_id: str, org_url: str, *, bulk: bool = False) -> FakeDataverseClient:
         canonical = validate_org_url(org_url, self.settings.dataverse_domain_suffixes)
-        return FakeDataverseClient(canonical, has_application_user=tenant_id.lower() != WAITING)
+        return FakeDataverseClient(canonical, tenant_id.lower() != WAITING, samples.ORG_ID)
 
 
 def _b64(data: bytes) -> str:

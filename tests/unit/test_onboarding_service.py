@@ -10,8 +10,6 @@ from typing import Any
 
 import pytest
 
-from shared.dataverse.client import WhoAmI
-from shared.dataverse.errors import ApplicationUserMissingError
 from shared.errors import S2SError
 from shared.settings import AppMode, Settings
 from shared.signin.administrators import SignInError
@@ -25,7 +23,7 @@ from shared.tenants.onboarding import (
     TenantNotAllowedError,
 )
 from shared.tenants.registry import TenantRegistry, TenantStatus
-from tests.unit.fake_signin import FakeOrgs, FakeSignIn, Person
+from tests.unit.fake_onboarding import FakeAppOnlyClient, FakeOrgs, FakeSignIn, FakeTokens, Person
 from tests.unit.fake_table import FakeTable
 
 HOME = str(uuid.uuid4())
@@ -34,31 +32,6 @@ OTHER = str(uuid.uuid4())
 WORKING_ORG = "https://contoso.crm.dynamics.com"
 SECOND_ORG = "https://contoso-test.crm4.dynamics.com"  # the customer's, no application user yet
 FOREIGN_ORG = "https://fabrikam.crm.dynamics.com"  # belongs to OTHER
-
-
-class FakeTokens:
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str]] = []
-
-    def get_token(self, tenant_id: str, resource: str) -> str:
-        self.requests.append((tenant_id, resource))
-        return "app-token"
-
-    def forget_tenant(self, tenant_id: str) -> None:
-        return None
-
-
-class FakeAppOnlyClient:
-    def __init__(self, org_url: str, has_application_user: bool) -> None:
-        self.org_url = org_url
-        self.has_application_user = has_application_user
-
-    def whoami(self, caller_object_id: str | None = None) -> WhoAmI:
-        if not self.has_application_user:
-            raise ApplicationUserMissingError(
-                "No application user.", org_url=self.org_url, status_code=403, error_code="0x80072560"
-            )
-        return WhoAmI(str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4()))
 
 
 class FakeDataverse(FakeOrgs):

@@ -1,5 +1,5 @@
-"""Fakes for the administrator's sign-in and for what the org says about the signed-in person: the slice of
-AdministratorSignIn and of a delegated DataverseClient that the onboarding service uses."""
+"""Fakes for what onboarding talks to: the administrator's sign-in (the slice of AdministratorSignIn), what an org
+says about the signed-in person (a delegated DataverseClient), and the app-only side (token provider, WhoAmI)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 from shared.auth.token_provider import AccessToken
 from shared.dataverse.client import WhoAmI
-from shared.dataverse.errors import DataverseError
+from shared.dataverse.errors import ApplicationUserMissingError, DataverseError
 from shared.signin.administrators import SignedInAdministrator, SignInError
 from shared.tenants.onboarding import SYSTEM_ADMINISTRATOR_ROLE_TEMPLATE
 
@@ -109,3 +109,33 @@ class FakeDelegatedClient:
 
     def list_related(self, table: str, row_id: str, navigation: str, **_: Any) -> list[dict[str, Any]]:
         return [{"roleid": str(uuid.uuid4()), "_roletemplateid_value": role} for role in self._user()]
+
+
+class FakeTokens:
+    """App-only tokens: always granted; the requests are kept."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+
+    def get_token(self, tenant_id: str, resource: str) -> str:
+        self.requests.append((tenant_id, resource))
+        return "app-token"
+
+    def forget_tenant(self, tenant_id: str) -> None:
+        return None
+
+
+class FakeAppOnlyClient:
+    """WhoAmI as the application user: answers, or 0x80072560 when the org has no application user for the app."""
+
+    def __init__(self, org_url: str, has_application_user: bool, organization_id: str | None = None) -> None:
+        self.org_url = org_url
+        self.has_application_user = has_application_user
+        self.organization_id = organization_id or str(uuid.uuid4())
+
+    def whoami(self, caller_object_id: str | None = None) -> WhoAmI:
+        if not self.has_application_user:
+            raise ApplicationUserMissingError(
+                "No application user for this app.", org_url=self.org_url, status_code=403, error_code="0x80072560"
+            )
+        return WhoAmI(str(uuid.uuid4()), str(uuid.uuid4()), self.organization_id)
