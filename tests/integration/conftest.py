@@ -48,6 +48,43 @@ def cert_file_settings(sandbox: Sandbox, client_id: str, cert_path: Path, **over
     )
 
 
+class KeyVaultApp(NamedTuple):
+    client_id: str
+    home: str
+    bundle: CertificateBundle
+    cert_name: str
+    version: str
+    managed_identity_client_id: str
+
+
+def key_vault_app(state: Any, display_name: str, prefix: str) -> KeyVaultApp:
+    """An app of a publisher tenant whose certificate (registered on the app) lives in the sandbox's Key Vault,
+    read by a user-assigned managed identity that may read secrets there."""
+    home = state.add_tenant(display_name="Publisher")
+    client_id = state.register_application(home_tenant=home, display_name=display_name)
+    bundle = make_certificate(f"{prefix}-cert")
+    state.add_application_certificate(client_id, bundle.cert_pem)
+    cert_name = f"{prefix}-{client_id[:8]}"
+    version = state.create_certificate(cert_name, bundle)
+    identity = state.add_managed_identity(tenant_id=home)
+    state.grant_vault_secret_access(identity.principal_id)
+    return KeyVaultApp(client_id, home, bundle, cert_name, version, identity.client_id)
+
+
+def key_vault_settings(sandbox: Sandbox, app: KeyVaultApp, **overrides: Any) -> Settings:
+    """Settings for ``app`` reading its certificate from the sandbox's Key Vault with its managed identity."""
+    return Settings(
+        entra_client_id=app.client_id,
+        entra_home_tenant_id=app.home,
+        entra_authority_host=sandbox.authority_host,
+        key_vault_url=sandbox.vault_url,
+        key_vault_certificate_name=app.cert_name,
+        key_vault_verify_challenge_resource=False,
+        managed_identity_client_id=app.managed_identity_client_id,
+        **overrides,
+    )
+
+
 class CustomerOrg(NamedTuple):
     tenant: str
     org_url: str

@@ -14,6 +14,7 @@ from sandbox.net.pki import make_certificate, pem_to_pfx
 from shared.bootstrap import build_services
 from shared.errors import CertificateError, TokenAcquisitionError
 from shared.settings import CredentialSource, Settings
+from tests.integration.conftest import key_vault_app, key_vault_settings
 
 pytestmark = pytest.mark.integration
 
@@ -36,30 +37,16 @@ class World:
 def world(sandbox, sandbox_env):
     """A fresh app with its own certificate in Key Vault, a managed identity and two consenting tenants."""
     st = sandbox.state
-    home = st.add_tenant(display_name="Publisher")
-    client_id = st.register_application(home_tenant=home, display_name="S2S test app")
-    bundle = make_certificate("s2s-test")
-    st.add_application_certificate(client_id, bundle.cert_pem)
-    cert_name = f"cert-{client_id[:8]}"
-    st.create_certificate(cert_name, bundle)
-    mi = st.add_managed_identity(tenant_id=home)
-    st.grant_vault_secret_access(mi.principal_id)
+    kv = key_vault_app(st, "S2S test app", "cert")
     tenants = []
     for name in ("Fabrikam", "Northwind"):
         tenant = st.add_tenant(display_name=name)
-        st.grant_consent(tenant, client_id)
+        st.grant_consent(tenant, kv.client_id)
         tenants.append(tenant)
-    settings = Settings(
-        entra_client_id=client_id,
-        entra_home_tenant_id=home,
-        entra_authority_host=sandbox.authority_host,
-        key_vault_url=sandbox.vault_url,
-        key_vault_certificate_name=cert_name,
-        key_vault_verify_challenge_resource=False,
-        managed_identity_client_id=mi.client_id,
-        certificate_refresh_seconds=3600,
+    settings = key_vault_settings(sandbox, kv, certificate_refresh_seconds=3600)
+    return World(
+        sandbox, kv.client_id, kv.home, tenants, kv.managed_identity_client_id, kv.cert_name, settings, kv.bundle
     )
-    return World(sandbox, client_id, home, tenants, mi.client_id, cert_name, settings, bundle)
 
 
 def verified_claims(sandbox, token: str, audience: str) -> dict:

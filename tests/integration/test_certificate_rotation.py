@@ -18,6 +18,7 @@ from sandbox.net.pki import make_certificate
 from shared.bootstrap import build_services
 from shared.errors import CertificateError
 from shared.settings import Settings
+from tests.integration.conftest import key_vault_app, key_vault_settings
 
 pytestmark = pytest.mark.integration
 
@@ -39,26 +40,11 @@ class App:
 def app(sandbox, sandbox_env):
     """An app whose certificate (version v1, registered) lives in Key Vault, and one consenting tenant."""
     st = sandbox.state
-    home = st.add_tenant(display_name="Publisher")
-    client_id = st.register_application(home_tenant=home, display_name="Rotation test app")
-    bundle = make_certificate("rotation-v1")
-    st.add_application_certificate(client_id, bundle.cert_pem)
-    cert_name = f"rot-{client_id[:8]}"
-    v1 = st.create_certificate(cert_name, bundle)
-    mi = st.add_managed_identity(tenant_id=home)
-    st.grant_vault_secret_access(mi.principal_id)
+    kv = key_vault_app(st, "Rotation test app", "rot")
     tenant = st.add_tenant(display_name="Customer")
-    st.grant_consent(tenant, client_id)
-    settings = Settings(
-        entra_client_id=client_id,
-        entra_home_tenant_id=home,
-        entra_authority_host=sandbox.authority_host,
-        key_vault_url=sandbox.vault_url,
-        key_vault_certificate_name=cert_name,
-        key_vault_verify_challenge_resource=False,
-        managed_identity_client_id=mi.client_id,
-        certificate_refresh_seconds=1,
-    )
+    st.grant_consent(tenant, kv.client_id)
+    settings = key_vault_settings(sandbox, kv, certificate_refresh_seconds=1)
+    client_id, home, cert_name, v1, bundle = kv.client_id, kv.home, kv.cert_name, kv.version, kv.bundle
     return App(client_id, home, tenant, cert_name, v1, bundle, settings)
 
 
