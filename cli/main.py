@@ -67,8 +67,13 @@ def _build_parser() -> argparse.ArgumentParser:
     remove.add_argument("tenant_id")
     remove.add_argument("org_url")
     remove.add_argument("--reason", default="removed by an operator")
-    secret = tenant_commands.add_parser("webhook-secret", help="issue a new webhook secret (HttpHeader auth type)")
+    secret = tenant_commands.add_parser(
+        "webhook-secret", help="issue a new webhook secret for one org (HttpHeader auth type); shown once"
+    )
     secret.add_argument("tenant_id")
+    secret.add_argument(
+        "--org", required=True, help="the org whose webhooks carry it, e.g. https://contoso.crm.dynamics.com"
+    )
     explain = commands.add_parser("explain", help="what an AADSTS or Dataverse error code means here, and the fix")
     explain.add_argument("code", help="e.g. 700016, AADSTS65001, 0x80072560, disabled, 'expired delta token'")
     jobs = commands.add_parser("jobs", help="run a scheduled job now")
@@ -132,12 +137,14 @@ def _tenants(services: Any, args: argparse.Namespace) -> Any:
         tenant = registry.get_tenant(args.tenant_id)
         return {**tenant.to_dict(), "history": [vars(h) for h in registry.history(args.tenant_id)]}
     if args.tenants_command == "webhook-secret":
-        secret = registry.set_webhook_secret(args.tenant_id)
+        secret = registry.set_webhook_secret(args.tenant_id, args.org)
         return {
             "tenant_id": args.tenant_id,
+            "org_url": args.org,
             "header": services.settings.webhook_secret_header,
             "secret": secret,
-            "next_steps": "Register the webhook with auth type HttpHeader and this header/value; it is shown once.",
+            "next_steps": "Put this header and value on the org's service endpoint (auth type HttpHeader, with the "
+            "function key in x-functions-key); it is shown once, and deliveries without it are refused (401).",
         }
     if args.tenants_command == "verify":
         result = services.onboarding.verify(args.tenant_id, actor="operator CLI")

@@ -159,6 +159,9 @@ param webhookSecretHeader string = 'x-s2s-webhook-secret'
 @description('Optional. WEBHOOK_IMPERSONATE_INITIATING_USER: handlers call Dataverse as the user who made the change.')
 param webhookImpersonateInitiatingUser bool = false
 
+@description('Optional. WEBHOOK_SECRET_REQUIRED: refuse deliveries without their org\'s own secret; false only while orgs registered by hand get theirs.')
+param webhookSecretRequired bool = true
+
 @description('Optional. WEBHOOK_MAX_DEQUEUE_COUNT: attempts before an event goes to the poison queue; also sets the host queue maxDequeueCount.')
 @minValue(1)
 @maxValue(100)
@@ -473,6 +476,7 @@ module functionApp 'modules/function-app.bicep' = {
     webhookMaxBodyBytes: webhookMaxBodyBytes
     webhookSecretHeader: webhookSecretHeader
     webhookImpersonateInitiatingUser: webhookImpersonateInitiatingUser
+    webhookSecretRequired: webhookSecretRequired
     webhookMaxDequeueCount: webhookMaxDequeueCount
     syncSchedule: syncSchedule
     healthSchedule: healthSchedule

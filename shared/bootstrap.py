@@ -135,6 +135,7 @@ class Services:
                 max_body_bytes=self.settings.webhook_max_body_bytes,
                 header_secret_name=self.settings.webhook_secret_header,
                 header_secrets=self.registry.webhook_secret_hash,
+                secret_required=self.settings.webhook_secret_required,
             )
         return self._webhook_intake
 

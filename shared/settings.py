@@ -124,6 +124,7 @@ class Settings:
     webhook_max_body_bytes: int = 512 * 1024
     webhook_secret_header: str = "x-s2s-webhook-secret"  # noqa: S105 - a header name, not a secret
     webhook_impersonate_initiating_user: bool = False
+    webhook_secret_required: bool = True
     webhook_max_dequeue_count: int = 5
     sync_schedule: str = "0 */15 * * * *"
     health_schedule: str = "0 5 * * * *"
@@ -307,6 +308,7 @@ class Settings:
             webhook_max_body_bytes=parsed("WEBHOOK_MAX_BODY_BYTES", int, 512 * 1024),
             webhook_secret_header=get("WEBHOOK_SECRET_HEADER") or "x-s2s-webhook-secret",
             webhook_impersonate_initiating_user=parsed("WEBHOOK_IMPERSONATE_INITIATING_USER", _parse_bool, False),
+            webhook_secret_required=parsed("WEBHOOK_SECRET_REQUIRED", _parse_bool, True),
             webhook_max_dequeue_count=parsed("WEBHOOK_MAX_DEQUEUE_COUNT", int, 5),
             sync_schedule=get("SYNC_SCHEDULE") or "0 */15 * * * *",
             health_schedule=get("HEALTH_SCHEDULE") or "0 5 * * * *",

@@ -138,6 +138,9 @@ param webhookMaxBodyBytes int
 @description('Required. WEBHOOK_SECRET_HEADER.')
 param webhookSecretHeader string
 
+@description('Required. WEBHOOK_SECRET_REQUIRED: refuse webhook deliveries without their org\'s own secret.')
+param webhookSecretRequired bool
+
 @description('Required. WEBHOOK_IMPERSONATE_INITIATING_USER.')
 param webhookImpersonateInitiatingUser bool
 
@@ -318,6 +321,7 @@ var appSettings = {
   WEBHOOK_MAX_BODY_BYTES: string(webhookMaxBodyBytes)
   WEBHOOK_SECRET_HEADER: webhookSecretHeader
   WEBHOOK_IMPERSONATE_INITIATING_USER: webhookImpersonateInitiatingUser ? 'true' : 'false'
+  WEBHOOK_SECRET_REQUIRED: webhookSecretRequired ? 'true' : 'false'
   WEBHOOK_MAX_DEQUEUE_COUNT: string(webhookMaxDequeueCount)
   SYNC_SCHEDULE: syncSchedule
   HEALTH_SCHEDULE: healthSchedule

@@ -15,7 +15,8 @@ The rule (``summarize``), in order:
 
 Rows written before per-org status (schema 1: ``OrgUrls`` and one tenant-level status, verification and ticket)
 are read through ``migrate_v1``, which loses nothing: every org takes the tenant's status and verification, the
-tenant's ticket goes to each org that awaits its application user; the next write stores schema 2.
+tenant's ticket goes to each org that awaits its application user, the tenant's webhook secret to every org; the
+next write stores schema 2.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class OrgRecord:
     last_verification: OrgVerification | None = None
     ticket_hash: str = field(default="", repr=False)
     ticket_expires: int = 0
+    webhook_secret_hash: str = field(default="", repr=False)  # SHA-256 of the org's own webhook secret
 
     def to_dict(self) -> dict[str, Any]:
         """For display and JSON answers: never the ticket's hash."""
@@ -61,6 +63,7 @@ class OrgRecord:
             "added_at": self.added_at,
             "last_verification": None if self.last_verification is None else vars(self.last_verification),
             "recheck_ticket_expires": self.ticket_expires or None,
+            "webhook_secret": bool(self.webhook_secret_hash),
         }
 
 
@@ -74,6 +77,7 @@ def dump_orgs(orgs: Iterable[OrgRecord]) -> str:
                 "last_verification": None if org.last_verification is None else vars(org.last_verification),
                 "ticket_hash": org.ticket_hash,
                 "ticket_expires": org.ticket_expires,
+                "webhook_secret_hash": org.webhook_secret_hash,
             }
             for org in orgs
         ]
@@ -95,6 +99,7 @@ def load_orgs(entity: Mapping[str, Any]) -> tuple[OrgRecord, ...]:
                 last_verification=OrgVerification(**verification) if verification else None,
                 ticket_hash=item.get("ticket_hash") or "",
                 ticket_expires=int(item.get("ticket_expires") or 0),
+                webhook_secret_hash=item.get("webhook_secret_hash") or "",
             )
         )
     return tuple(records)
@@ -124,6 +129,7 @@ def migrate_v1(entity: Mapping[str, Any]) -> tuple[OrgRecord, ...]:
             last_verification=verification,
             ticket_hash=(entity.get("RecheckTicketHash") or "") if awaiting else "",
             ticket_expires=int(entity.get("RecheckTicketExpires") or 0) if awaiting else 0,
+            webhook_secret_hash=str(entity.get("WebhookSecretHash") or ""),
         )
         for url in json.loads(entity.get("OrgUrls") or "[]")
     )

@@ -384,7 +384,7 @@ class TenantRegistry:
                 "LastVerification": json.dumps(vars(decision.verification))
                 if decision.verification is not None
                 else old.get("LastVerification", ""),
-                "WebhookSecretHash": old.get("WebhookSecretHash", ""),
+                "WebhookSecretHash": old.get("WebhookSecretHash", ""),  # schema 1's tenant-wide secret, kept
             }
             # Stamped before the write: a writer that loses a race re-reads after the winner wrote, so stamps
             # (and the history's order) follow the order in which updates actually landed.
@@ -491,26 +491,26 @@ class TenantRegistry:
         self._write(tenant_id, decide, reason="re-check ticket issued", actor="onboarding")
         return ticket
 
-    def set_webhook_secret(self, tenant_id: str) -> str:
-        """A new secret for the tenant's webhook registration (HttpHeader auth type); only its hash is kept."""
-        from azure.data.tables import UpdateMode
-
-        self.get_tenant(tenant_id)
+    def set_webhook_secret(self, tenant_id: str, org_url: str) -> str:
+        """A new secret for one org's webhooks (its service endpoint sends it with the HttpHeader auth type); only
+        its hash is kept. Raises TenantNotFoundError, OrgNotFoundError."""
         secret = secrets.token_urlsafe(32)
-        self._tenants.update_entity(
-            {"PartitionKey": _PARTITION, "RowKey": tenant_id.lower(), "WebhookSecretHash": _hash(secret)},
-            mode=UpdateMode.MERGE,
-        )
+
+        def decide(current: TenantStatus | None, orgs: tuple[OrgRecord, ...], now: str) -> _Decision:
+            if current is None:
+                raise TenantNotFoundError(f"Tenant {tenant_id[:64]} is not in the registry.")
+            if not any(org.url == org_url for org in orgs):
+                raise OrgNotFoundError(f"Tenant {tenant_id[:64]} has no organisation {org_url[:300]}.")
+            return _Decision(current, updated(orgs, org_url, webhook_secret_hash=_hash(secret)))
+
+        self._write(tenant_id, decide, reason=f"webhook secret of {org_url} rotated", actor="operator")
         return secret
 
-    def webhook_secret_hash(self, tenant_id: str) -> str | None:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            entity = self._tenants.get_entity(_PARTITION, tenant_id.lower())
-        except ResourceNotFoundError:
-            return None
-        return entity.get("WebhookSecretHash") or None
+    def webhook_secret_hash(self, tenant_id: str, org_url: str) -> str | None:
+        """The hash of the org's webhook secret; for a row written before per-org secrets, the tenant's."""
+        tenant = self.find_tenant(tenant_id)
+        org = tenant.org(org_url) if tenant is not None else None
+        return (org.webhook_secret_hash or None) if org is not None else None
 
     def check_recheck_ticket(self, tenant_id: str, ticket: str, org_url: str | None = None) -> str | None:
         """The org a valid, unexpired ticket belongs to (``org_url`` when given must be it); None otherwise."""

@@ -1,8 +1,16 @@
-"""Accepting a Dataverse webhook delivery: check it, store it durably, and only then acknowledge.
+"""Accepting a Dataverse webhook delivery: authenticate the org, store the event durably, and only then
+acknowledge.
 
 Dataverse waits 60 s for a 2xx and retries once, only on 502/503/504 (protocol.md §5). So the answer is fast
 (checks are point reads, cached briefly), a 2xx is given only after the event is in the queue, and storage
-trouble answers 503 so Dataverse tries again.
+trouble answers 503 so Dataverse tries again. Acknowledging costs **one** storage write, the queue message:
+a duplicate delivery is queued again and skipped by the processor's claim (shared.webhooks.store), which records
+each event's identity.
+
+Which org sent it is proven only by that org's own secret (threat model, boundary 2): the function key every
+customer's endpoint carries authenticates "some customer org". An unknown or inactive host, a missing or wrong
+secret all answer the same 401 with the same body, before anything about the org is revealed; only a delivery
+with the org's secret can learn that its OrganizationId is wrong (403) or be accepted.
 """
 
 from __future__ import annotations
@@ -40,9 +48,15 @@ class IntakeResult:
     key: str | None = None
 
 
+UNAUTHENTICATED = "unauthenticated"
+_UNAUTHENTICATED_MESSAGE = "The delivery could not be authenticated."
+_NO_SECRET = hashlib.sha256(b"").hexdigest()  # compared against when there is nothing to compare with
+
+
 def event_key(org_id: str, context: ExecutionContext) -> str:
     """The identity of one delivery: org + operation/request/correlation + message + stage + row. A retry of the
-    same delivery has the same key; a different step or change does not."""
+    same delivery has the same key; a different step or change does not. The parts are encoded as a JSON array,
+    so no part can run into the next (joined with a separator, ("a|b", "c") and ("a", "b|c") would collide)."""
     parts = [
         org_id,
         context.operation_id or "",
@@ -53,8 +67,8 @@ def event_key(org_id: str, context: ExecutionContext) -> str:
         context.primary_entity_name,
         context.primary_entity_id,
     ]
-    # surrogatepass: JSON's \ud800 escapes decode to lone surrogates, which strict UTF-8 cannot encode.
-    return hashlib.sha256("|".join(parts).lower().encode("utf-8", errors="surrogatepass")).hexdigest()
+    encoded = json.dumps([part.lower() for part in parts], ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(encoded.encode("ascii")).hexdigest()
 
 
 class WebhookIntake:
@@ -66,7 +80,8 @@ class WebhookIntake:
         registry: TenantRegistry,
         max_body_bytes: int,
         header_secret_name: str | None = None,
-        header_secrets: Callable[[str], str | None] | None = None,
+        header_secrets: Callable[[str, str], str | None] | None = None,
+        secret_required: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
@@ -75,6 +90,7 @@ class WebhookIntake:
         self._max_body = max_body_bytes
         self._secret_header = header_secret_name.lower() if header_secret_name else None
         self._secrets = header_secrets
+        self._secret_required = secret_required
         self._clock = clock
         self._cache: dict[str, tuple[float, OrgEntry | None, bool, str | None]] = {}
         self._lock = threading.Lock()
@@ -96,24 +112,23 @@ class WebhookIntake:
         except InvalidContextError as exc:
             return IntakeResult(400, exc.code, exc.message)
         host = (headers.get(ORG_HEADER) or "").strip().lower()
-        if not host:
-            return IntakeResult(403, "unknown_organization", f"The {ORG_HEADER} header is missing.")
-        if not is_host_name(host):  # what Dataverse sends: the org's host name
-            # Not a host name at all: no lookup, and nothing of it reaches a log line.
-            return IntakeResult(403, "unknown_organization", f"The {ORG_HEADER} header is not a host name.")
-        try:
-            entry, active, secret_hash = self._lookup(host)
-        except Exception:
-            logger.exception("Webhook: organisation lookup failed for %s", host)
-            return IntakeResult(503, "storage_unavailable", "Storage is unavailable; retry later.")
-        if entry is None or not active:
-            return IntakeResult(403, "unknown_organization", "The organisation is not an active onboarded tenant's.")
+        entry: OrgEntry | None = None
+        active, secret_hash = False, None
+        if host and is_host_name(host):  # what Dataverse sends: the org's host name; anything else is not looked up
+            try:
+                entry, active, secret_hash = self._lookup(host)
+            except Exception:
+                logger.exception("Webhook: organisation lookup failed for %s", host)
+                return IntakeResult(503, "storage_unavailable", "Storage is unavailable; retry later.")
+        authenticated = self._secret_ok(secret_hash, headers)
+        if entry is None or not active or not authenticated:
+            # One answer for an unknown host, an inactive org and a missing or wrong secret: a key holder learns
+            # nothing about which hosts are customers.
+            return IntakeResult(401, UNAUTHENTICATED, _UNAUTHENTICATED_MESSAGE)
         if entry.organization_id != context.organization_id:
             return IntakeResult(
                 403, "organization_mismatch", f"The body's OrganizationId does not match the {ORG_HEADER} header."
             )
-        if not self._secret_ok(secret_hash, headers):
-            return IntakeResult(401, "invalid_webhook_secret", "The webhook secret header is missing or wrong.")
         key = event_key(entry.organization_id, context)
         log_fields = (entry.tenant_id, entry.org_url, context.correlation_id, context.operation_id)
 
@@ -132,13 +147,6 @@ class WebhookIntake:
             )
 
         try:
-            if self._store.seen(key):
-                logger.info(
-                    "Webhook duplicate acknowledged: tenant %s org %s correlation %s operation %s",
-                    *log_fields,
-                    extra=outcome("webhook.acknowledged", 200, "duplicate"),
-                )
-                return IntakeResult(200, "duplicate", "Already received.", duplicate=True, key=key)
             envelope = {
                 "v": 1,
                 "key": key,
@@ -152,6 +160,9 @@ class WebhookIntake:
                 "operation_id": context.operation_id,
                 "truncated": (headers.get(TRUNCATED_HEADER) or "").lower() in {"true", "1", "yes"},
                 "received_us": int(time.time() * 1_000_000),  # fixed here, so a rerun writes the same records
+                # Identities inside the body (the initiating user) are believed only for an org proven by its own
+                # secret; a delivery let in without one (WEBHOOK_SECRET_REQUIRED=false) is not impersonated.
+                "authenticated": secret_hash is not None,
             }
             self._store.enqueue(key, envelope, body)
         except StorageUnavailableError:
@@ -184,7 +195,7 @@ class WebhookIntake:
             tenant = self._registry.find_tenant(entry.tenant_id)
             active = tenant is not None and entry.org_url in tenant.active_org_urls
             if active and self._secrets is not None:
-                secret_hash = self._secrets(entry.tenant_id)
+                secret_hash = self._secrets(entry.tenant_id, entry.org_url)
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()
@@ -192,12 +203,14 @@ class WebhookIntake:
         return entry, active, secret_hash
 
     def _secret_ok(self, expected: str | None, headers: Mapping[str, str]) -> bool:
-        if self._secret_header is None:
-            return True
+        """The org's own secret, compared in constant time (also when there is none to compare with, so the time
+        taken says nothing). Without a secret on record the delivery passes only when secrets are not required
+        (orgs registered by hand before per-org secrets: README, migration)."""
+        given = (headers.get(self._secret_header) or "") if self._secret_header else ""
+        matches = hmac.compare_digest(hashlib.sha256(given.encode()).hexdigest(), expected or _NO_SECRET)
         if expected is None:
-            return True  # no per-tenant secret configured: the function key alone guards the endpoint
-        given = headers.get(self._secret_header) or ""
-        return hmac.compare_digest(hashlib.sha256(given.encode()).hexdigest(), expected)
+            return not self._secret_required
+        return matches
 
 
 def envelope_from_message(text: str) -> dict[str, Any]:

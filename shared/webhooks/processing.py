@@ -193,7 +193,10 @@ class WebhookProcessor:
         try:
             event = self._event(envelope)
             client = self._dataverse.for_org(event.tenant_id, event.org_url)
-            caller = event.context.initiating_user_object_id if self._impersonate else None
+            # The initiating user comes from the body: believed only when the delivery was authenticated with the
+            # org's own secret (shared.webhooks.intake), never on the function key alone.
+            trusted = envelope.get("authenticated") is True
+            caller = event.context.initiating_user_object_id if self._impersonate and trusted else None
             tools = HandlerTools(client, caller, self._changes)
             for handler in self._registry.for_event(event.context.primary_entity_name, event.context.message_name):
                 handler(event, tools)

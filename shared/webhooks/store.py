@@ -1,9 +1,9 @@
 """Durable storage of webhook events: the work queue, payload blobs for large events, the event table that makes
 delivery idempotent, and the poison queue with each failure's reason.
 
-One row per event identity in ``webhookevents``: written ``queued`` by the receiver after the queue accepted the
-message, moved to ``processing`` and ``done`` by the processor under the row's ETag, so a duplicate delivery is
-acknowledged without new work and a duplicate message is skipped.
+One row per event identity in ``webhookevents``: created ``processing`` by the processor's claim (conditional
+insert), moved to ``done`` under the row's ETag, so a duplicate message — a redelivery Dataverse made, or one an
+attempt whose answer was lost queued twice — is skipped. The receiver only writes the queue message.
 
 The receiver's calls are bounded in time. Dataverse waits 60 s for the answer and does not retry a timeout
 (protocol.md §5), while the storage SDKs' own retries wait 15 s, 18 s and 24 s between attempts on queues and blobs
@@ -120,10 +120,11 @@ class WebhookStore:
         return float(entity.get("ExpiresAt", 0)) > self._clock()
 
     def enqueue(self, key: str, envelope: dict[str, Any], payload: bytes) -> None:
-        """Store the event durably (queue message, plus a blob if large), then record its identity.
+        """Store the event durably: one queue message (plus a blob first when the event is too large for one).
+        Its identity is recorded by the processor's claim, so acknowledging costs one write and a redelivery is
+        queued again and skipped there.
 
-        Raises StorageUnavailableError when the queue or blob write fails; the identity is recorded only after
-        the queue accepted the message, so a failure never marks an event seen.
+        Raises StorageUnavailableError when the queue or blob write fails.
         """
         from azure.core.exceptions import AzureError
 
@@ -142,21 +143,6 @@ class WebhookStore:
             self._bounded(lambda **options: self._queue.send_message(text, **options), deadline)
         except AzureError as exc:
             raise StorageUnavailableError("The event could not be queued.") from exc
-        # Once queued, the event is safe; if this record cannot be written, a duplicate delivery is queued again
-        # and the processor's claim still keeps it from being processed twice. One bounded attempt, no retry.
-        with contextlib.suppress(AzureError):
-            self._table.upsert_entity(
-                {
-                    "PartitionKey": key[:3],
-                    "RowKey": key,
-                    "Status": "queued",
-                    "ReceivedAt": _now_iso(),
-                    "ExpiresAt": self._clock() + self._ttl,
-                    "Attempts": 0,
-                    "LastError": "",
-                },
-                **self._call_options(RECEIVER_READ_TIMEOUT),
-            )
 
     def _bounded(self, call: Callable[..., T], deadline: float) -> T:
         """`call(**options)` with the SDK's retries off, retried here on a transient failure until `deadline`

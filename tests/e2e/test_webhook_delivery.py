@@ -30,9 +30,16 @@ def wired(sandbox, sandbox_env, azurite, tmp_path):
     host = DevHost(webhook_app()).start()
     key = host.keys.function_keys["dataverse_webhook"]
     hook.receiver_url = f"{host.url}/api/webhooks/dataverse"
+    # The HttpHeader auth type (protocol §5): the function key in x-functions-key, so no key travels in a URL, and
+    # the org's own secret beside it.
     sandbox.state.register_webhook(
-        hook.org_url, hook.receiver_url, auth_type="WebhookKey", auth_value=key, entity="account"
+        hook.org_url,
+        hook.receiver_url,
+        auth_type="HttpHeader",
+        auth_value={"x-functions-key": key, "x-s2s-webhook-secret": hook.secret},
+        entity="account",
     )
+    hook.function_key = key
     yield hook
     host.stop()
     use_services(None)
@@ -53,9 +60,17 @@ def test_a_change_in_dataverse_reaches_the_handler_once(wired):
     assert wired.drain() == []  # nothing left, nothing processed twice
 
 
-def test_a_wrong_key_is_refused_and_nothing_is_queued(wired, sandbox):
+@pytest.mark.parametrize(
+    "auth",
+    [
+        {"x-functions-key": "wrong"},  # no function key: the host refuses it
+        {"x-s2s-webhook-secret": "wrong"},  # the function key, a wrong org secret: the receiver refuses it
+    ],
+)
+def test_a_wrong_key_or_secret_is_refused_and_nothing_is_queued(wired, sandbox, auth):
+    headers = {"x-functions-key": wired.function_key, "x-s2s-webhook-secret": wired.secret, **auth}
     sandbox.state.register_webhook(
-        wired.org_url, wired.receiver_url, auth_type="WebhookKey", auth_value="wrong", entity="contact"
+        wired.org_url, wired.receiver_url, auth_type="HttpHeader", auth_value=headers, entity="contact"
     )
     client = wired.services.dataverse.for_org(wired.tenant, wired.org_url)
     client.create("contacts", {"firstname": "Ada"})

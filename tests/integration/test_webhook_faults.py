@@ -85,6 +85,7 @@ class Rig:
     key: str
     host_name: str
     org_id: str
+    secret: str
 
 
 def webhook_app() -> func.FunctionApp:
@@ -130,6 +131,7 @@ def rig(tmp_path: Path, quiet_sdk: None) -> Iterator[Rig]:
             tenant, f"https://{host_name}", OrgStatus.ACTIVE, reason="WhoAmI ok", actor="test"
         )
         services.org_index.record(f"https://{host_name}", tenant, org_id)
+        secret = services.registry.set_webhook_secret(tenant, f"https://{host_name}")
         services.webhook_intake  # noqa: B018 - build it (queues, tables, container) while storage is up
         use_services(services)
         host = DevHost(webhook_app()).start()
@@ -141,6 +143,7 @@ def rig(tmp_path: Path, quiet_sdk: None) -> Iterator[Rig]:
                 host.keys.function_keys["dataverse_webhook"],
                 host_name,
                 org_id,
+                secret,
             )
         finally:
             host.stop()
@@ -169,7 +172,11 @@ class Sender:
     def send(self, delivery: Delivery) -> Delivery:
         with self._lock:
             self.started += 1
-        headers = {"x-ms-dynamics-organization": self._rig.host_name, "Content-Type": "application/json"}
+        headers = {
+            "x-ms-dynamics-organization": self._rig.host_name,
+            "x-s2s-webhook-secret": self._rig.secret,
+            "Content-Type": "application/json",
+        }
         delivery.status, delivery.error = None, None
         delivery.started = time.monotonic()
         try:

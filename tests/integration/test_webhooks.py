@@ -32,14 +32,16 @@ class Hook:
     org_id: str
     client_id: str
     host_name: str
+    secret: str = ""  # the org's own webhook secret (tenants webhook-secret --org)
     receiver_url: str = ""
+    function_key: str = ""
 
     def deliver(self, body: dict, **headers: str) -> func.HttpResponse:
         req = func.HttpRequest(
             "POST",
             "/api/webhooks/dataverse",
             body=json.dumps(body).encode(),
-            headers={"x-ms-dynamics-organization": self.host_name, **headers},
+            headers={"x-ms-dynamics-organization": self.host_name, "x-s2s-webhook-secret": self.secret, **headers},
         )
         return fn.dataverse_webhook(req)
 
@@ -97,8 +99,9 @@ def make_hook(sandbox, connection_string, tmp_path) -> Hook:
         registry.record(tenant, status, reason="test", actor="test", org_url=org_url)
     registry.set_org_status(tenant, org_url, OrgStatus.ACTIVE, reason="seed", actor="test")
     services.org_index.record(org_url, tenant, org.org_id)
+    secret = registry.set_webhook_secret(tenant, org_url)
     use_services(services)
-    return Hook(sandbox, services, tenant, org_url, org.org_id, client_id, host_name)
+    return Hook(sandbox, services, tenant, org_url, org.org_id, client_id, host_name, secret)
 
 
 @pytest.fixture
@@ -112,8 +115,8 @@ def test_delivery_is_queued_processed_once_and_recorded(hook):
     body = hook.context()
     first = hook.deliver(body)
     assert first.status_code == 202
-    assert hook.deliver(body).status_code == 200  # Dataverse's retry of the same delivery
-    assert hook.drain() == ["done"]
+    assert hook.deliver(body).status_code == 202  # Dataverse's retry of the same delivery: queued again
+    assert sorted(hook.drain()) == ["done", "duplicate"]  # ... and skipped by the processor's claim
     (change,) = hook.changes()
     assert change["Entity"] == "contact" and change["Message"] == "Update" and change["RowId"] == samples.ROW_ID
     assert "firstname" in json.loads(change["ChangedAttributes"])
@@ -156,7 +159,10 @@ def test_a_payload_small_in_bytes_but_large_once_queued_goes_through_a_blob(hook
     assert len(raw) < 40 * 1024
     before = {b.name for b in hook.services.storage.container("webhook-payloads").list_blobs()}
     req = func.HttpRequest(
-        "POST", "/api/webhooks/dataverse", body=raw, headers={"x-ms-dynamics-organization": hook.host_name}
+        "POST",
+        "/api/webhooks/dataverse",
+        body=raw,
+        headers={"x-ms-dynamics-organization": hook.host_name, "x-s2s-webhook-secret": hook.secret},
     )
     assert fn.dataverse_webhook(req).status_code == 202
     after = {b.name for b in hook.services.storage.container("webhook-payloads").list_blobs()}
@@ -246,3 +252,29 @@ def test_storage_down_answers_503_and_keeps_what_was_acknowledged(sandbox, sandb
         use_services(None)
         private.stop()
     assert os.environ.get("STORAGE_CONNECTION_STRING") is None
+
+
+def test_another_customers_secret_with_this_orgs_host_and_id_is_refused_before_anything_is_revealed(
+    sandbox, sandbox_env, azurite, tmp_path
+):
+    """Cross-tenant spoof: org A's secret (and the shared function key) with org B's host and organisation id is a
+    401 like any unknown host, and nothing is queued; B's own secret is accepted."""
+    org_a = make_hook(sandbox, azurite.connection_string, tmp_path)
+    org_b = make_hook(sandbox, azurite.connection_string, tmp_path)
+    queue = org_b.services.storage.queue("webhook-events")
+    before = queue.get_queue_properties().approximate_message_count
+    spoof = org_b.deliver(org_b.context(), **{"x-s2s-webhook-secret": org_a.secret})
+    unknown = org_b.deliver(org_b.context(), **{"x-ms-dynamics-organization": "nobody.crm.dynamics.com"})
+    assert spoof.status_code == unknown.status_code == 401
+    assert json.loads(spoof.get_body())["error"]["code"] == json.loads(unknown.get_body())["error"]["code"]
+    assert queue.get_queue_properties().approximate_message_count == before
+    assert org_b.deliver(org_b.context()).status_code == 202
+    use_services(None)
+
+
+def test_rotating_an_orgs_secret_refuses_the_old_one(hook):
+    old = hook.secret
+    hook.secret = hook.services.registry.set_webhook_secret(hook.tenant, hook.org_url)
+    hook.services.webhook_intake._cache.clear()  # the receiver caches an org's lookup for 30 s
+    assert hook.deliver(hook.context(), **{"x-s2s-webhook-secret": old}).status_code == 401
+    assert hook.deliver(hook.context()).status_code == 202

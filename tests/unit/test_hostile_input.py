@@ -355,8 +355,10 @@ class World:
             max_body_bytes=self.settings.webhook_max_body_bytes,
             header_secret_name=self.settings.webhook_secret_header,
             header_secrets=self.registry.webhook_secret_hash,
+            # Without a secret on record the world runs in the documented migration mode (secrets not required).
+            secret_required=webhook_secret,
         )
-        self.webhook_secret = self.registry.set_webhook_secret(HOME) if webhook_secret else None
+        self.webhook_secret = self.registry.set_webhook_secret(HOME, ORG) if webhook_secret else None
 
 
 @functools.cache
@@ -871,15 +873,21 @@ def test_webhook_receiver_answers_with_a_code_and_stores_before_acknowledging(
     if resp.status_code < 300:
         assert len(world.queue.messages) == 1, "acknowledged without queuing the event"
         assert secret is None or headers.get("x-s2s-webhook-secret") == secret
+        (queued,) = world.queue.messages
+        assert json.loads(queued)["authenticated"] is (secret is not None), "an unproven org's body was trusted"
     else:
         assert world.queue.messages == [], "queued an event it refused"
-    if again:  # Dataverse's retry of the same delivery
+    if resp.status_code == 401:
+        assert json.loads(resp.get_body())["error"]["code"] == "unauthenticated"
+    if again:  # Dataverse's retry of the same delivery: queued again, one write, the processor's claim skips it
         retried = HANDLERS["dataverse_webhook"](
             request("POST", "webhooks/dataverse", params=params, headers=headers, body=body)
         )
         check(retried, sent)
         if resp.status_code == 202:
-            assert retried.status_code == 200 and len(world.queue.messages) == 1, "a retry was queued again"
+            assert retried.status_code == 202 and len(world.queue.messages) == 2, "a retry was not acknowledged"
+            first, second = (json.loads(m)["key"] for m in world.queue.messages)
+            assert first == second, "a retry of the same delivery got another identity"
 
 
 # -- the user API ---------------------------------------------------------------------------------------------

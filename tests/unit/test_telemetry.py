@@ -159,10 +159,10 @@ def test_a_failed_dataverse_call_logs_its_error_code_and_request_ids(records: Re
 
 def test_a_webhook_acknowledgement_logs_tenant_org_correlation_and_latency(records: Records) -> None:
     receiver = wh.intake(wh.FakeStore())
-    assert receiver.accept(wh.BODY, wh.HEADERS).status == 202
-    assert receiver.accept(wh.BODY, wh.HEADERS).status == 200
+    assert receiver.accept(wh.BODY, wh.SIGNED).status == 202
+    assert receiver.accept(wh.BODY, wh.SIGNED).status == 202  # a redelivery: queued again, the claim skips it
     first, second = records.events("webhook.acknowledged")
-    assert (first.outcome, second.outcome) == ("accepted", "duplicate")  # type: ignore[attr-defined]
+    assert (first.outcome, second.outcome) == ("accepted", "accepted")  # type: ignore[attr-defined]
     for record in (first, second):
         assert record.tenant_id == wh.TENANT and record.org_host == "contoso.crm.dynamics.com"  # type: ignore[attr-defined]
         assert record.correlation_id == "c2a1b3d4-0000-4000-8000-000000000003"  # type: ignore[attr-defined]
@@ -170,7 +170,7 @@ def test_a_webhook_acknowledgement_logs_tenant_org_correlation_and_latency(recor
 
 
 def test_a_webhook_the_store_refuses_is_logged_with_its_503(records: Records) -> None:
-    assert wh.intake(wh.FakeStore(fail=True)).accept(wh.BODY, wh.HEADERS).status == 503
+    assert wh.intake(wh.FakeStore(fail=True)).accept(wh.BODY, wh.SIGNED).status == 503
     (record,) = records.events("webhook.not_stored")
     assert (record.status, record.tenant_id) == (503, wh.TENANT)  # type: ignore[attr-defined]
 
@@ -211,7 +211,7 @@ def test_a_tenant_status_change_logs_from_to_and_org(records: Records) -> None:
 
 def test_dimension_values_are_primitives_the_exporter_can_send(records: Records) -> None:
     """OpenTelemetry attributes are str, bool, int or float; anything else would be dropped or stringified."""
-    wh.intake(wh.FakeStore()).accept(wh.BODY, wh.HEADERS)
+    wh.intake(wh.FakeStore()).accept(wh.BODY, wh.SIGNED)
     Sweep(concurrency=1, time_budget_seconds=60).run("health", _tenants(1), lambda t, d: TenantOutcome(True))
     standard = set(vars(logging.LogRecord("n", 20, "p", 1, "m", None, None))) | {"message", "taskName"}
     for record in records.records:
@@ -227,7 +227,7 @@ def test_time_is_measured_not_assumed(records: Records) -> None:
             time.sleep(0.05)
             super().enqueue(key, envelope, payload)
 
-    wh.intake(SlowStore()).accept(wh.BODY, wh.HEADERS)
+    wh.intake(SlowStore()).accept(wh.BODY, wh.SIGNED)
     (record,) = records.events("webhook.acknowledged")
     assert record.ack_ms >= 50  # type: ignore[attr-defined]
 

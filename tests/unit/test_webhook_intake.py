@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -19,19 +20,23 @@ HEADERS = {"x-ms-dynamics-organization": "contoso.crm.dynamics.com"}
 
 
 class FakeStore:
+    """The receiver's one storage call: the queue write (a list, so a redelivery shows as a second message)."""
+
     def __init__(self, fail=False):
         self.fail = fail
-        self.queued = {}
+        self.messages = []
 
-    def seen(self, key):
-        if self.fail:
-            raise StorageUnavailableError("down")
-        return key in self.queued
+    @property
+    def queued(self):
+        return {key: (envelope, payload) for key, envelope, payload in self.messages}
+
+    def seen(self, key):  # the receiver must not read before it writes
+        raise AssertionError("the receiver acknowledges with one write, without a dedupe read")
 
     def enqueue(self, key, envelope, payload):
         if self.fail:
             raise StorageUnavailableError("down")
-        self.queued[key] = (envelope, payload)
+        self.messages.append((key, envelope, payload))
 
 
 class FakeIndex:
@@ -44,19 +49,26 @@ class FakeIndex:
         return self.entries.get(host)
 
 
+SECRET = "s3cret-of-contoso"
+SECRET_HASH = hashlib.sha256(SECRET.encode()).hexdigest()
+SIGNED = {**HEADERS, "x-s2s-webhook-secret": SECRET}
+
+
 class FakeRegistry:
-    def __init__(self, status=TenantStatus.ACTIVE, secret_hash=None):
+    def __init__(self, status=TenantStatus.ACTIVE, secret_hash=SECRET_HASH):
         self.status = status
         self.secret_hash = secret_hash
+        self.asked = []
 
     def find_tenant(self, tenant_id):
         return Tenant(tenant_id, self.status, (ORG_URL,), "t", "t")
 
-    def webhook_secret_hash(self, tenant_id):
+    def webhook_secret_hash(self, tenant_id, org_url):
+        self.asked.append((tenant_id, org_url))
         return self.secret_hash
 
 
-def intake(store=None, registry=None, index=None, max_body=300_000):
+def intake(store=None, registry=None, index=None, max_body=300_000, required=True):
     index = index or FakeIndex(
         {"contoso.crm.dynamics.com": OrgEntry("contoso.crm.dynamics.com", ORG_URL, TENANT, samples.ORG_ID)}
     )
@@ -68,50 +80,60 @@ def intake(store=None, registry=None, index=None, max_body=300_000):
         max_body_bytes=max_body,
         header_secret_name="x-s2s-webhook-secret",
         header_secrets=registry.webhook_secret_hash,
+        secret_required=required,
     )
 
 
 BODY = json.dumps(samples.update_contact()).encode()
 
 
-def test_a_good_delivery_is_stored_then_acknowledged():
+def test_a_good_delivery_is_stored_with_one_write_then_acknowledged():
     store = FakeStore()
-    result = intake(store).accept(BODY, HEADERS)
+    registry = FakeRegistry()
+    result = intake(store, registry).accept(BODY, SIGNED)
     assert (result.status, result.code) == (202, "accepted")
     envelope, payload = store.queued[result.key]
-    assert payload == BODY
-    assert envelope["tenant_id"] == TENANT and envelope["org_url"] == ORG_URL
+    assert payload == BODY and len(store.messages) == 1
+    assert envelope["tenant_id"] == TENANT and envelope["org_url"] == ORG_URL and envelope["authenticated"] is True
     assert envelope["message"] == "Update" and envelope["row_id"] == samples.ROW_ID and envelope["truncated"] is False
+    assert registry.asked == [(TENANT, ORG_URL)]  # the org's own secret, not a tenant-wide one
 
 
-def test_a_duplicate_delivery_is_acknowledged_without_new_work():
+def test_a_redelivery_is_queued_again_under_the_same_identity_for_the_processor_to_skip():
     store = FakeStore()
     receiver = intake(store)
-    first = receiver.accept(BODY, HEADERS)
-    second = receiver.accept(BODY, HEADERS)
-    assert second.status == 200 and second.duplicate and second.key == first.key
-    assert len(store.queued) == 1
+    first = receiver.accept(BODY, SIGNED)
+    second = receiver.accept(BODY, SIGNED)
+    assert (first.status, second.status) == (202, 202) and second.key == first.key
+    assert [key for key, _, _ in store.messages] == [first.key, first.key]
 
 
 def test_truncated_payloads_are_accepted_and_flagged():
     store = FakeStore()
     body = json.dumps(samples.truncated(samples.update_contact())).encode()
-    result = intake(store).accept(body, {**HEADERS, "x-ms-dynamics-msg-size-exceeded": "true"})
+    result = intake(store).accept(body, {**SIGNED, "x-ms-dynamics-msg-size-exceeded": "true"})
     assert result.status == 202 and store.queued[result.key][0]["truncated"] is True
 
 
 @pytest.mark.parametrize(
     ("body", "headers", "status", "code"),
     [
-        (b"not json", HEADERS, 400, "invalid_json"),
-        (b"\xff\xfe", HEADERS, 400, "invalid_json"),
-        (b'{"hello": "world"}', HEADERS, 400, "not_remote_execution_context"),
-        (b"[]", HEADERS, 400, "not_remote_execution_context"),
-        (BODY, {}, 403, "unknown_organization"),
-        (BODY, {"x-ms-dynamics-organization": "evil.crm.dynamics.com"}, 403, "unknown_organization"),
+        (b"not json", SIGNED, 400, "invalid_json"),
+        (b"\xff\xfe", SIGNED, 400, "invalid_json"),
+        (b'{"hello": "world"}', SIGNED, 400, "not_remote_execution_context"),
+        (b"[]", SIGNED, 400, "not_remote_execution_context"),
+        (BODY, {"x-s2s-webhook-secret": SECRET}, 401, "unauthenticated"),
+        (
+            BODY,
+            {"x-ms-dynamics-organization": "evil.crm.dynamics.com", "x-s2s-webhook-secret": SECRET},
+            401,
+            "unauthenticated",
+        ),
+        (BODY, HEADERS, 401, "unauthenticated"),
+        (BODY, {**HEADERS, "x-s2s-webhook-secret": "wrong"}, 401, "unauthenticated"),
         (
             json.dumps(samples.update_contact(OrganizationId=samples.USER_OID)).encode(),
-            HEADERS,
+            SIGNED,
             403,
             "organization_mismatch",
         ),
@@ -121,13 +143,51 @@ def test_rejections_have_their_own_status_and_code_and_store_nothing(body, heade
     store = FakeStore()
     result = intake(store).accept(body, headers)
     assert (result.status, result.code) == (status, code)
-    assert store.queued == {}
+    assert store.messages == []
+
+
+def test_an_unknown_host_a_wrong_secret_and_a_wrong_org_id_without_the_secret_all_look_the_same():
+    """Nothing about an org is revealed before its own secret proves the sender: the same status, code and
+    message whatever is wrong (issue: another customer's host and id with a stolen function key)."""
+    store = FakeStore()
+    receiver = intake(store)
+    spoofed_id = json.dumps(samples.update_contact(OrganizationId=samples.USER_OID)).encode()
+    answers = {
+        (r.status, r.code, r.message)
+        for r in (
+            receiver.accept(BODY, {"x-ms-dynamics-organization": "nobody.crm.dynamics.com"}),
+            receiver.accept(BODY, {**HEADERS, "x-s2s-webhook-secret": "org-a-secret"}),
+            receiver.accept(spoofed_id, {**HEADERS, "x-s2s-webhook-secret": "org-a-secret"}),
+            receiver.accept(spoofed_id, HEADERS),
+            intake(store, registry=FakeRegistry(TenantStatus.OFFBOARDED)).accept(BODY, SIGNED),
+        )
+    }
+    assert len(answers) == 1 and next(iter(answers))[:2] == (401, "unauthenticated")
+    assert store.messages == []
+
+
+def test_without_a_secret_on_record_only_the_migration_setting_lets_a_delivery_in_and_it_is_not_trusted():
+    store = FakeStore()
+    assert intake(store, FakeRegistry(secret_hash=None)).accept(BODY, HEADERS).status == 401
+    result = intake(store, FakeRegistry(secret_hash=None), required=False).accept(BODY, HEADERS)
+    assert result.status == 202 and store.queued[result.key][0]["authenticated"] is False
+
+
+def test_the_event_key_cannot_be_forged_by_moving_a_separator_between_parts():
+    from shared.webhooks.intake import event_key
+    from shared.webhooks.remote_context import parse_context
+
+    base = parse_context(samples.update_contact())
+    one = replace(base, operation_id="a|b", request_id="c")  # neighbouring parts: "a|b" + "c" ...
+    other = replace(base, operation_id="a", request_id="b|c")  # ... and "a" + "b|c" joined with "|" were one key
+    assert event_key(samples.ORG_ID, one) != event_key(samples.ORG_ID, other)
+    assert event_key(samples.ORG_ID, one) == event_key(samples.ORG_ID.upper(), one)  # case is not identity
 
 
 def test_oversized_body_is_413():
     store = FakeStore()
-    assert intake(store, max_body=1000).accept(BODY + b" " * 2000, HEADERS).status == 413
-    assert store.queued == {}
+    assert intake(store, max_body=1000).accept(BODY + b" " * 2000, SIGNED).status == 413
+    assert store.messages == []
 
 
 @pytest.mark.parametrize(
@@ -135,22 +195,12 @@ def test_oversized_body_is_413():
 )
 def test_only_active_tenants_are_served(status):
     store = FakeStore()
-    result = intake(store, registry=FakeRegistry(status)).accept(BODY, HEADERS)
-    assert (result.status, result.code) == (403, "unknown_organization") and store.queued == {}
+    result = intake(store, registry=FakeRegistry(status)).accept(BODY, SIGNED)
+    assert (result.status, result.code) == (401, "unauthenticated") and store.messages == []
 
 
 def test_storage_down_is_503_so_dataverse_retries():
-    assert intake(FakeStore(fail=True)).accept(BODY, HEADERS).status == 503
-
-
-def test_per_tenant_header_secret_is_checked_when_configured():
-    secret_hash = hashlib.sha256(b"s3cret").hexdigest()
-    store = FakeStore()
-    receiver = intake(store, registry=FakeRegistry(secret_hash=secret_hash))
-    assert receiver.accept(BODY, HEADERS).status == 401
-    assert receiver.accept(BODY, {**HEADERS, "x-s2s-webhook-secret": "wrong"}).status == 401
-    assert store.queued == {}
-    assert receiver.accept(BODY, {**HEADERS, "x-s2s-webhook-secret": "s3cret"}).status == 202
+    assert intake(FakeStore(fail=True)).accept(BODY, SIGNED).status == 503
 
 
 def test_org_lookups_are_cached():
@@ -159,7 +209,7 @@ def test_org_lookups_are_cached():
     )
     receiver = intake(index=index)
     for _ in range(5):
-        receiver.accept(BODY, HEADERS)
+        receiver.accept(BODY, SIGNED)
     assert index.reads == 1
 
 
@@ -170,6 +220,8 @@ def test_org_lookups_are_cached():
 def test_an_organization_header_that_is_no_host_name_is_refused_without_a_lookup(header):
     index = FakeIndex({})
     store = FakeStore()
-    result = intake(store, index=index).accept(BODY, {"x-ms-dynamics-organization": header})
-    assert (result.status, result.code) == (403, "unknown_organization")
-    assert index.reads == 0 and store.queued == {}
+    result = intake(store, index=index).accept(
+        BODY, {"x-ms-dynamics-organization": header, "x-s2s-webhook-secret": SECRET}
+    )
+    assert (result.status, result.code) == (401, "unauthenticated")
+    assert index.reads == 0 and store.messages == []
