@@ -22,7 +22,7 @@ import azure.functions as func
 
 from devhost.host import DEFAULT_MAX_BODY_BYTES, DevHost, read_route_prefix
 from devhost.indexing import index_functions
-from devhost.keys import HostKeys
+from devhost.keys import load_keys, save_keys
 from devhost.preflight import RuntimeNeed, app_check_problems, report, runtime_problems, trigger_problems
 from devhost.worker_rules import SCRIPT_FILE, Violation, WorkerIndexingError, find_function_app
 from shared.settings import Settings
@@ -73,27 +73,6 @@ def read_env_file(path: Path) -> dict[str, str]:
             raise ValueError(f"{path}:{number} is not NAME=VALUE")
         values[name.strip()] = value.strip()
     return values
-
-
-def load_keys(path: Path) -> HostKeys:
-    """The keys kept in `path` (JSON: master_key, host_key, function_keys), so URLs with keys survive a restart;
-    a new set is written there (mode 0600) when the file does not exist."""
-    if path.is_file():
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        return HostKeys(
-            master_key=saved["master_key"], host_key=saved["host_key"], function_keys=dict(saved["function_keys"])
-        )
-    keys = HostKeys()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    payload = {"master_key": keys.master_key, "host_key": keys.host_key, "function_keys": keys.function_keys}
-    path.write_text(json.dumps(payload), encoding="utf-8")
-    return keys
-
-
-def _save_function_keys(path: Path, keys: HostKeys) -> None:
-    payload = {"master_key": keys.master_key, "host_key": keys.host_key, "function_keys": keys.function_keys}
-    path.write_text(json.dumps(payload), encoding="utf-8")
 
 
 def _describe(host: DevHost) -> str:
@@ -215,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"devhost: refusing to start: {exc}\n")
         return 2
     if args.keys_file:
-        _save_function_keys(args.keys_file, host.keys)
+        save_keys(args.keys_file, host.keys)
 
     stop = threading.Event()
 
