@@ -206,7 +206,7 @@ class DevHost:
         except ValueError:
             text = None
         if not isinstance(text, str):
-            body = b'{"error":"the body must be {"input": "<string>"}"}'
+            body = json.dumps({"error": 'the body must be {"input": "<string>"}'}).encode()
             return WireResponse(400, [("Content-Type", "application/json")], body)
         self.triggers.fire(name, text)
         logger.info("function %s started through /admin/functions", name)
