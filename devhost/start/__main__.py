@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-local-settings", action="store_true", help="do not write that file")
     parser.add_argument("--fresh", action="store_true", help="forget the saved sandbox and storage first")
+    parser.add_argument(
+        "--no-app",
+        action="store_true",
+        help="start Azurite and the sandbox only, for `func start` with the local.settings.json written here",
+    )
     return parser
 
 
@@ -52,10 +57,15 @@ def summary(stack: DevStack) -> str:
     dev: dict[str, Any] = stack.info["world"]
     keys = stack.state_dir / "dev.json"
     ports = ",".join(str(p) for p in stack.options.azurite_ports.values())
+    app_line = (
+        f"   app            {stack.app_url}   (onboarding: {stack.app_url}/api/onboard)"
+        if stack.options.run_app
+        else f"   app            not started: run `func start` (it reads {stack.options.local_settings_target})"
+    )
     lines = [
         "",
         f"== make start: the development loop is running (Ctrl-C stops it; state is kept in {stack.state_dir})",
-        f"   app            {stack.app_url}   (onboarding: {stack.app_url}/api/onboard)",
+        app_line,
         f"   keys           master, host and function keys in {keys}",
         f"   storage        Azurite, blob/queue/table on 127.0.0.1 ports {ports}",
         "   sandbox        python -m sandbox status | token | create-row | update-row | fault | counters … --json",
@@ -95,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         azurite_ports=args.azurite_ports,
         local_settings_target=None if args.no_local_settings else args.local_settings,
         fresh=args.fresh,
+        run_app=not args.no_app,
     )
     stack = DevStack(options)
     try:

@@ -46,6 +46,7 @@ class StartOptions:
     azurite_ports: dict[str, int] = field(default_factory=lambda: dict(AZURITE_DEFAULT_PORTS))
     local_settings_target: Path | None = REPO_ROOT / "local.settings.json"
     fresh: bool = False
+    run_app: bool = True  # False: leave the port to `func start` (Core Tools) with the same settings
 
 
 def free_port() -> int:
@@ -91,7 +92,8 @@ class DevStack:
                     shutil.rmtree(target)
                 else:
                     target.unlink(missing_ok=True)
-        taken = [p for p in (self.port, *self.options.azurite_ports.values()) if _port_taken(p)]
+        ports = [self.port] if self.options.run_app else []
+        taken = [p for p in (*ports, *self.options.azurite_ports.values()) if _port_taken(p)]
         if taken:
             raise StartError(f"port(s) {taken} are in use: stop what uses them or choose others (see --help)")
         try:
@@ -108,7 +110,8 @@ class DevStack:
                 document, self.options.local_settings_target, self.state_dir
             ):
                 published = self.options.local_settings_target
-            self._start_devhost(settings_file, keys_file)
+            if self.options.run_app:
+                self._start_devhost(settings_file, keys_file)
             keys = load_keys(keys_file)  # the devhost added a key per function
             self._write_dev_json(keys, settings_file, published)
         except BaseException:
@@ -191,7 +194,7 @@ class DevStack:
         raise StartError(f"the development host did not start (exit {code}); its messages are above")
 
     def _write_dev_json(self, keys: Any, settings_file: Path, published: Path | None) -> None:
-        assert self.azurite is not None and self.sandbox is not None and self.devhost is not None
+        assert self.azurite is not None and self.sandbox is not None
         dev = {
             "app_url": self.app_url,
             "keys": {"master_key": keys.master_key, "host_key": keys.host_key, "function_keys": keys.function_keys},
@@ -200,7 +203,7 @@ class DevStack:
             "sandbox_admin_url": self.info["admin_url"],
             "storage_connection_string": self.azurite.connection_string,
             "world": self.info["world"],
-            "pids": {"sandbox": self.sandbox.pid, "devhost": self.devhost.pid},
+            "pids": {"sandbox": self.sandbox.pid, "devhost": self.devhost.pid if self.devhost else None},
         }
         path = self.state_dir / "dev.json"
         path.unlink(missing_ok=True)
