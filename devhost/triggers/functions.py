@@ -98,7 +98,7 @@ def index_triggers(
         if trigger is None or function.user_function is None or kind not in (QUEUE_TRIGGER, TIMER_TRIGGER):
             others.append(function)
             continue
-        common = {
+        common: dict[str, Any] = {
             "name": function.name,
             "trigger": trigger,
             "output_arguments": tuple(
