@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: install lint lock-check infra-check test test-nightly unit integration e2e demo bench sandbox devhost cli clean chromium
+.PHONY: install lint lock-check infra-check test test-nightly unit integration e2e demo bench sandbox devhost cli clean chromium \
+	start start-clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +68,17 @@ sandbox: $(STAMP)
 
 devhost: $(STAMP)
 	$(BIN)/python -m devhost
+
+# The development loop (README, "Local development"): Azurite, the sandbox with its seeded tenants and orgs, and
+# the function app with its HTTP, queue and timer functions, until Ctrl-C; state kept under .sandbox/.
+# START_ARGS passes options, e.g. START_ARGS="--port 7072" (python -m devhost.start --help lists them).
+START_ARGS ?=
+start: $(STAMP) $(NODE_STAMP)
+	$(BIN)/python -m devhost.start $(START_ARGS)
+
+# The same, forgetting the saved sandbox, storage and keys first.
+start-clean: $(STAMP) $(NODE_STAMP)
+	$(BIN)/python -m devhost.start --fresh $(START_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-infra node_modules .sandbox .pytest_cache .mypy_cache .ruff_cache

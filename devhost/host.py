@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import parse_qsl, urlsplit
@@ -17,8 +19,9 @@ import azure.functions as func
 
 from devhost.indexing import HttpFunction, SkippedFunction, index_functions
 from devhost.invocation import EventLoopThread, InvocationContext, build_request, call_function, encode_response
-from devhost.keys import KEY_HEADER, KEY_QUERY_PARAMETER, HostKeys
+from devhost.keys import KEY_HEADER, KEY_QUERY_PARAMETER, AuthLevel, HostKeys
 from devhost.server import LoopbackHttpServer, WireRequest, WireResponse
+from devhost.triggers.runtime import TriggerRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +29,9 @@ DEFAULT_ROUTE_PREFIX = "api"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 
 _GENERIC_500 = WireResponse(500, [("Content-Type", "text/plain; charset=utf-8")], b"Internal Server Error")
+# The host's admin API runs a non-HTTP function on demand (master key only; learn.microsoft.com/azure/
+# azure-functions/functions-manually-run-non-http): POST /admin/functions/<name> {"input": "..."} -> 202.
+_ADMIN_FUNCTIONS = re.compile(r"^/admin/functions/([A-Za-z0-9_-]+)$")
 
 
 def read_route_prefix(host_json: Path) -> str:
@@ -45,6 +51,10 @@ class DevHost:
     WorkerIndexingError (a ValueError) when the Python worker would refuse to index the app, so that the devhost
     never serves what the real host would not; ValueError for a non-loopback `host`, a route template or auth
     level it cannot honour, or an ambiguous route.
+
+    With `triggers=True` it also runs the queue and timer functions (devhost.triggers) against the app settings
+    in `environ` and the queue options of `host_json`, and serves `POST /admin/functions/<name>`; construction
+    then also raises what devhost.triggers.runtime.TriggerRuntime raises.
     """
 
     def __init__(
@@ -56,8 +66,13 @@ class DevHost:
         keys: HostKeys | None = None,
         route_prefix: str = DEFAULT_ROUTE_PREFIX,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        triggers: bool = False,
+        environ: Mapping[str, str] | None = None,
+        host_json: Path | None = None,
+        indexed: tuple[list[HttpFunction], list[SkippedFunction]] | None = None,
     ) -> None:
-        served, skipped = index_functions(app)
+        # `indexed`: what index_functions(app) already returned (the app's functions can be listed only once).
+        served, skipped = indexed if indexed is not None else index_functions(app)
         # ASP.NET routing precedence: literal segments before constrained parameters before plain ones.
         self._functions = sorted(served, key=lambda f: (f.route.precedence, f.route.text.lower()))
         _refuse_ambiguous_routes(self._functions)
@@ -69,6 +84,14 @@ class DevHost:
         self._max_body_bytes = max_body_bytes
         self._server: LoopbackHttpServer | None = None
         self._loop = EventLoopThread()
+        self.triggers: TriggerRuntime | None = None
+        if triggers:
+            self.triggers = TriggerRuntime(
+                skipped,
+                os.environ if environ is None else environ,
+                host_json or Path(__file__).resolve().parents[1] / "host.json",
+                self._loop,
+            )
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
@@ -79,10 +102,14 @@ class DevHost:
         self._loop.start()
         server.start()
         self._server = server
+        if self.triggers is not None:
+            self.triggers.start()
         logger.info("devhost serving %d HTTP function(s) at %s", len(self._functions), self.url)
         return self
 
     def stop(self) -> None:
+        if self.triggers is not None and self._server is not None:
+            self.triggers.stop()
         server, self._server = self._server, None
         if server is not None:
             server.stop()
@@ -127,6 +154,9 @@ class DevHost:
         else:  # absolute-form request target
             parts = urlsplit(wire.target)
             path, query = parts.path or "/", parts.query
+        admin = _ADMIN_FUNCTIONS.match(path)
+        if admin is not None and self.triggers is not None:
+            return self._run_now(wire, admin.group(1), query)
         found = self._route(wire.method, path)
         if found is None:
             logger.debug("%s %s -> 404", wire.method, path)
@@ -161,6 +191,26 @@ class DevHost:
             (time.perf_counter() - started) * 1000,
         )
         return response
+
+    def _run_now(self, wire: WireRequest, name: str, query: str) -> WireResponse:
+        """POST /admin/functions/<name>: 202 once started, 401 without the master key, 404 for a function that
+        is not a queue or timer function here, 400 for a body that is not `{"input": <string>}`."""
+        assert self.triggers is not None
+        if wire.method != "POST" or not self.triggers.knows(name):
+            return WireResponse(404)
+        if not self.keys.authorizes(AuthLevel.ADMIN, name, _presented_key(wire, query)):
+            return WireResponse(401)
+        try:
+            payload = json.loads(wire.body or b"{}")
+            text = payload.get("input", "") if isinstance(payload, dict) else None
+        except ValueError:
+            text = None
+        if not isinstance(text, str):
+            body = json.dumps({"error": 'the body must be {"input": "<string>"}'}).encode()
+            return WireResponse(400, [("Content-Type", "application/json")], body)
+        self.triggers.fire(name, text)
+        logger.info("function %s started through /admin/functions", name)
+        return WireResponse(202)
 
     def _route(self, method: str, path: str) -> tuple[HttpFunction, dict[str, str]] | None:
         """The function for this method and path. A route that exists but not for this method is a 404,

@@ -51,10 +51,14 @@ class HttpFunction:
 
 @dataclass(frozen=True)
 class SkippedFunction:
-    """A function the devhost does not serve: its trigger is not HTTP (timer, queue ...)."""
+    """A function the devhost does not serve over HTTP: its trigger is not HTTP (timer, queue ...). Its bindings
+    and user function let devhost.triggers run the triggers it knows.
+    """
 
     name: str
     trigger: str
+    bindings: tuple[dict[str, Any], ...] = ()
+    user_function: Callable[..., Any] | None = None
 
 
 def index_functions(app: func.FunctionApp) -> tuple[list[HttpFunction], list[SkippedFunction]]:
@@ -72,7 +76,14 @@ def index_functions(app: func.FunctionApp) -> tuple[list[HttpFunction], list[Ski
         bindings: list[dict[str, Any]] = json.loads(function.get_function_json()).get("bindings", [])
         trigger = next((b for b in bindings if str(b.get("type", "")).lower().endswith("trigger")), None)
         if trigger is None or str(trigger["type"]).lower() != _HTTP_TRIGGER:
-            skipped.append(SkippedFunction(name, str(trigger["type"]) if trigger else "none"))
+            skipped.append(
+                SkippedFunction(
+                    name,
+                    str(trigger["type"]) if trigger else "none",
+                    tuple(bindings),
+                    function.get_user_function(),
+                )
+            )
             continue
         served.append(_http_function(name, trigger, bindings, function.get_user_function()))
     return served, skipped

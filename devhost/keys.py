@@ -7,10 +7,12 @@ A key arrives in the `x-functions-key` header or, when that header is absent, in
 from __future__ import annotations
 
 import hmac
+import json
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 
 KEY_HEADER = "x-functions-key"
 KEY_QUERY_PARAMETER = "code"
@@ -69,3 +71,24 @@ class HostKeys:
         # Compare against every candidate, without short-circuit, in constant time per candidate.
         matches = [hmac.compare_digest(presented.encode(), key.encode()) for key in accepted if key]
         return any(matches)
+
+
+def load_keys(path: Path) -> HostKeys:
+    """The keys kept in `path` (JSON: master_key, host_key, function_keys), so URLs with keys survive a restart;
+    a new set is written there (mode 0600) when the file does not exist."""
+    if path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return HostKeys(
+            master_key=saved["master_key"], host_key=saved["host_key"], function_keys=dict(saved["function_keys"])
+        )
+    keys = HostKeys()
+    save_keys(path, keys)
+    return keys
+
+
+def save_keys(path: Path, keys: HostKeys) -> None:
+    """Write `keys` to `path`, readable by the owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    payload = {"master_key": keys.master_key, "host_key": keys.host_key, "function_keys": keys.function_keys}
+    path.write_text(json.dumps(payload), encoding="utf-8")

@@ -4,7 +4,8 @@ cloud-in-a-box, for tests and the demo.
 By default the data lives in memory and `stop()` ends it for good. With `persistent=True` the data is written to
 the instance's temporary directory (`--location`), so a test can take storage away with `stop()` and bring it back
 with `start()` (or `restart()`): same ports, same connection string, same queues, tables and blobs. `close()`
-removes the directory.
+removes the directory. With `location`, the data lives there instead and outlives the instance (`make start`
+keeps it under .sandbox/azurite); `ports` then usually names Azurite's default ports, 10000-10002.
 """
 
 from __future__ import annotations
@@ -39,12 +40,15 @@ def _free_port() -> int:
 class Azurite:
     """One emulator process on loopback. Starts on construction; `stop()` is safe to call more than once."""
 
-    def __init__(self, *, persistent: bool = False) -> None:
+    def __init__(
+        self, *, persistent: bool = False, location: Path | None = None, ports: dict[str, int] | None = None
+    ) -> None:
         self._binary = ROOT / "node_modules" / ".bin" / "azurite"
         if not self._binary.exists():
             raise RuntimeError("Azurite is not installed: run `npm ci` (make test does it)")
-        self.persistent = persistent
-        self.ports = {"blob": _free_port(), "queue": _free_port(), "table": _free_port()}
+        self.persistent = persistent or location is not None
+        self._location = location
+        self.ports = dict(ports) if ports else {"blob": _free_port(), "queue": _free_port(), "table": _free_port()}
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -71,6 +75,8 @@ class Azurite:
     @property
     def location(self) -> Path | None:
         """Where a persistent instance keeps its data (None in memory)."""
+        if self._location is not None:
+            return self._location / "data"
         if not self.persistent or self._workdir is None:
             return None
         return Path(self._workdir.name) / "data"
@@ -83,9 +89,13 @@ class Azurite:
         """
         if self.running:
             return
-        if self._workdir is None:
-            self._workdir = tempfile.TemporaryDirectory(prefix="azurite-")
-        workdir = Path(self._workdir.name)
+        if self._location is not None:
+            workdir = self._location
+            workdir.mkdir(parents=True, exist_ok=True)
+        else:
+            if self._workdir is None:
+                self._workdir = tempfile.TemporaryDirectory(prefix="azurite-")
+            workdir = Path(self._workdir.name)
         storage = ["--location", str(workdir / "data")] if self.persistent else ["--inMemoryPersistence"]
         log_path = workdir / "azurite.log"
         log = log_path.open("ab")

@@ -493,6 +493,14 @@ class Directory:
             sp = self._require_service_principal(tenant_id, client_id)
             del self._service_principals[(sp.tenant_id, sp.client_id)]
 
+    def restore_service_principal(self, principal: ServicePrincipal) -> None:
+        """Put back a service principal saved earlier, object id included (sandbox.admin.snapshot: the app's
+        application users name that object id). Raises SandboxLookupError for an unknown tenant or app."""
+        with self._lock:
+            self._require_tenant(normalize_guid(principal.tenant_id))
+            self._require_app(principal.client_id)
+            self._service_principals[(principal.tenant_id, principal.client_id)] = principal
+
     def find_service_principal(self, tenant_id: str, client_id: str) -> ServicePrincipal | None:
         with self._lock:
             return self._service_principals.get((normalize_guid(tenant_id), client_id.lower()))
