@@ -49,6 +49,15 @@ def _users_table() -> Table | None:
     return next((table for table in TABLES.values() if table.mirrors_users), None)
 
 
+def is_org_host_name(host: str) -> bool:
+    """True for a host name an org could have (`<org>.crm<N>.dynamics.com`), whether or not it exists."""
+    try:
+        canonical_org_url(f"https://{host}")
+    except ValueError:
+        return False
+    return True
+
+
 def utc_timestamp() -> str:
     """Dataverse's DateTimeOffset rendering: UTC, whole seconds, `Z`."""
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -73,7 +73,9 @@ class DataverseService:
         host = request.headers.get("host", "").split(":")[0].lower()
         store = self._state.find_org_store(host)
         if store is None:
-            payload = {"error": {"code": "0x80040217", "message": f"No Dataverse org is registered at {host!r}."}}
+            # Reached only by a client that bypasses the proxy (which answers 404 for such a host); not the
+            # row-not-found code, so no client takes it for a missing row.
+            payload = {"error": {"code": "", "message": f"No such organisation: no Dataverse org at {host!r}."}}
             return self._reply(json_body(404, payload), headers)
         limits = store.protection.limits
         headers["x-ms-dop-hint"] = str(limits.dop_hint or DEFAULT_DOP_HINT)
