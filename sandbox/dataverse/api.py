@@ -33,6 +33,7 @@ from sandbox.dataverse.odata.batch import (
     parse_batch,
     write_batch_response,
 )
+from sandbox.dataverse.odata.expand import context_selection, parse_expand
 from sandbox.dataverse.odata.metadata import entity_definitions
 from sandbox.dataverse.odata.query import Preferences, parse_prefer, parse_select
 from sandbox.dataverse.odata.reads import COUNT_LIMIT, CollectionReader
@@ -262,9 +263,11 @@ class WebApi:
 
     def _retrieve(self, table: Table, key: str, request: ApiRequest) -> ApiResponse:
         for option in request.query:
-            if option != "$select":
+            if option not in ("$select", "$expand"):
                 raise errors.bad_query(f"The query option '{option}' is not supported by the sandbox here.")
         select = parse_select(request.query.get("$select"), table)
+        expansions = parse_expand(request.query.get("$expand"), table)
+        prefs = parse_prefer(request.headers.get("prefer", ""))
         self._access.require_privilege(table)
         row, _, _ = self._find(table, key)
         if row is None:
@@ -272,11 +275,13 @@ class WebApi:
         self._access.require_row(table, row, self._store.org.url)
         if request.headers.get("if-none-match") == etag(row):
             return ApiResponse(304, {"ETag": etag(row)})
-        body = {
-            "@odata.context": f"{self._root}/$metadata#{table.entity_set}{selection(select)}/$entity",
-            **render(table, row, select),
-        }
-        return json_body(200, body, {"ETag": etag(row)})
+        (rendered,) = self._reader.decorate(table, [row], select, expansions, prefs)
+        shape = context_selection(select, expansions)
+        body = {"@odata.context": f"{self._root}/$metadata#{table.entity_set}{shape}/$entity", **rendered}
+        headers = {"ETag": etag(row)}
+        if prefs.include_annotations is not None:
+            headers["Preference-Applied"] = f'odata.include-annotations="{prefs.include_annotations}"'
+        return json_body(200, body, headers)
 
     def _check_if_match(self, row: Row | None, if_match: str | None, table: Table, key: str) -> None:
         if if_match is None:
