@@ -275,16 +275,19 @@ class Orgs:
         max_concurrent: int = 52,
         max_requests: int = 6000,
         window_seconds: float = 300,
+        max_execution_seconds: float = 1200,
         retry_after_seconds: int | None = None,
         latency_seconds: float = 0.0,
         dop_hint: int | None = None,
     ) -> None:
-        """Service protection and latency for the org, applied per user (protocol §4; one web server)."""
+        """Service protection and latency for the org, applied per user (protocol §4; one web server): concurrent
+        requests, requests per window and combined execution time (seconds, latency included) per window."""
         self._org_store(org_url).protection.configure(
             DataverseLimits(
                 max_concurrent=max_concurrent,
                 max_requests=max_requests,
                 window_seconds=window_seconds,
+                max_execution_seconds=max_execution_seconds,
                 retry_after_seconds=retry_after_seconds,
                 latency_seconds=latency_seconds,
                 dop_hint=dop_hint,

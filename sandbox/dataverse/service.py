@@ -116,6 +116,7 @@ class DataverseService:
             refusal = admission.refusal
             self._state.counters.bump("dataverse_throttled", org=store.org.url, code=refusal.code)
             raise DataverseError(429, refusal.code, refusal.message, {"Retry-After": str(refusal.retry_after)})
+        started = time.monotonic()
         try:
             latency = store.protection.limits.latency_seconds
             if latency > 0:
@@ -136,7 +137,7 @@ class DataverseService:
                 # Only committed changes are left in the journal, also when the request failed afterwards.
                 after_sent.append(journal.hand_over())
         finally:
-            store.protection.release(user)
+            store.protection.release(user, time.monotonic() - started)
 
     @staticmethod
     def _weight(request: HttpRequest, resource: str) -> int:
