@@ -22,6 +22,7 @@ from types import TracebackType
 
 import certifi
 
+from sandbox.dataverse.org import is_org_host_name
 from sandbox.dataverse.schema import DATAVERSE_SUFFIXES
 from sandbox.dataverse.service import DataverseService
 from sandbox.entra.service import EntraService
@@ -77,7 +78,7 @@ class Sandbox:
         dataverse.application = DataverseService(self.state, self.authority_host)
         for server in self._servers.values():
             server.start()
-        self._proxy = ConnectProxy(dataverse.port, self._is_org_host, self._count_connect)
+        self._proxy = ConnectProxy(dataverse.port, self._is_org_host, self._count_connect, is_org_host_name)
         self._proxy.start()
         logger.info(
             "sandbox running: entra %s, vault %s, identity %s, dataverse proxy %s",

@@ -218,6 +218,28 @@ _DATAVERSE = [
         "Nothing for deletes; for reads, the row is gone.",
         (),
     ),
+    Explanation(
+        dv.RESOURCE_NOT_FOUND,
+        "Dataverse",
+        "Resource not found for the segment (unknown table)",
+        "The org has no entity set (or function, action, column segment) of the name in the URL. Names are "
+        "case-sensitive and plural: `accounts`, not `Account` or `account`. The client raises UnknownTableError, "
+        "also from delete(): a delete in a misspelled table is reported, never taken for a row already gone.",
+        "Fix the table name (SYNC_TABLES, the handler's code): the entity set names are listed by "
+        "`GET <org>/api/data/v9.2/`. A custom table is `<prefix>_<name>s` and exists only where its solution is "
+        "installed.",
+        ("unknown table", "resource not found for the segment", "unknown_table"),
+    ),
+    Explanation(
+        dv.ORGANIZATION_NOT_FOUND,
+        "Dataverse",
+        "No such organisation (the org URL's host does not exist)",
+        "The org URL's host name does not exist (DNS has no such name, or the HTTPS proxy could not find the host; "
+        "the cloud-in-a-box answers so for an org it does not have). The client fails at once instead of retrying.",
+        "Check the org URL recorded for the tenant against the environment's URL in the Power Platform admin "
+        "center (Environments > the environment > Environment URL); in the cloud-in-a-box, add the org first.",
+        ("no such organisation", "no such organization", "organisation not found"),
+    ),
 ]
 
 

@@ -33,11 +33,13 @@ from sandbox.dataverse.odata.batch import (
     parse_batch,
     write_batch_response,
 )
+from sandbox.dataverse.odata.expand import context_selection, parse_expand
 from sandbox.dataverse.odata.metadata import entity_definitions
 from sandbox.dataverse.odata.query import Preferences, parse_prefer, parse_select
 from sandbox.dataverse.odata.reads import COUNT_LIMIT, CollectionReader
 from sandbox.dataverse.org import OrgStore, Row
-from sandbox.dataverse.schema import STATE_VALUES, TABLES, Column, Table
+from sandbox.dataverse.payload import PayloadReader, coerce, json_payload, reference
+from sandbox.dataverse.schema import TABLES, Table
 from sandbox.dataverse.security import read_access, user_roles
 from sandbox.dataverse.wire import (
     JSON_TYPE,
@@ -58,16 +60,6 @@ _Result = TypeVar("_Result", ApiResponse, OperationResponse)
 _RESOURCE = re.compile(r"^(?P<name>[A-Za-z_$][\w.]*)(?:\((?P<key>(?:[^()']|'(?:[^']|'')*')*)\))?(?:/(?P<rest>.*))?$")
 
 
-def _json_payload(body: bytes) -> dict[str, Any]:
-    try:
-        payload = json.loads(body or b"{}")
-    except ValueError as exc:
-        raise errors.bad_payload(f"The request body is not valid JSON: {exc}.") from None
-    if not isinstance(payload, dict):
-        raise errors.bad_payload("The request body must be a JSON object.")
-    return payload
-
-
 class WebApi:
     """Executes Web API requests against one org's store on behalf of one caller."""
 
@@ -86,6 +78,7 @@ class WebApi:
         self._journal: ChangeJournal = journal or NoJournal()
         self._access = read_access(caller)
         self._reader = CollectionReader(store, service_root, self._access)
+        self._payload = PayloadReader(store, service_root)
 
     # -- routing --------------------------------------------------------------------------------
 
@@ -139,10 +132,12 @@ class WebApi:
             raise errors.bad_query("The CSDL document ($metadata) is not served by the sandbox; use EntityDefinitions.")
         match = _RESOURCE.match(request.path)
         if match is None:
-            raise errors.bad_query(f"Resource not found for the segment '{request.path}'.")
+            raise errors.unknown_segment(request.path.split("/")[0])
         name, key, rest = match.group("name"), match.group("key"), match.group("rest") or None
         method = request.method
-        if name in ("WhoAmI", "WhoAmI()") and method == "GET" and not rest:
+        if name in ("WhoAmI", "WhoAmI()") and not rest:
+            if method != "GET":  # WhoAmI is a function: only GET (web-api-client-errors, "No HTTP resource")
+                raise errors.no_http_resource(f"{self._root}/{request.path}")
             return self._who_am_i()
         if name == "$batch" and method == "POST" and key is None:
             if references is not None:
@@ -153,9 +148,9 @@ class WebApi:
         if name == "systemusers" and key is not None and rest == "systemuserroles_association" and method == "GET":
             target = self._store.find_user(key) if is_guid(key) else None
             return json_body(200, user_roles(self._root, self._store.org.org_id, self._caller, target, key))
-        table = TABLES.get(name)
+        table = TABLES.get(name)  # case-sensitive, as the service's entity set names are
         if table is None:
-            raise errors.bad_query(f"Resource not found for the segment '{name}'.")
+            raise errors.unknown_segment(name)
         if key is None:
             return self._collection(table, rest, request, references)
         return self._entity(table, key, rest, request, references)
@@ -239,97 +234,6 @@ class WebApi:
         text = key.strip()
         return errors.not_found(table.logical_name, text.lower() if is_guid(text) else text)
 
-    def _values(self, table: Table, payload: dict[str, Any], references: dict[str, str] | None) -> dict[str, Any]:
-        """The writable column values a create/update payload sets (lookups through `nav@odata.bind`)."""
-        values: dict[str, Any] = {}
-        for name, value in payload.items():
-            if name.endswith("@odata.bind"):
-                navigation = name[: -len("@odata.bind")]
-                found = table.navigation(navigation)
-                if found is None:
-                    raise errors.bad_payload(
-                        f"An undeclared property '{navigation}' which only has property annotations in the "
-                        "payload but no property value was found in the payload. In OData, only declared "
-                        "navigation properties and declared named streams can be represented as properties "
-                        "without values."
-                    )
-                lookup, target = found
-                values[lookup.name] = self._bound_id(value, target, references)
-                continue
-            if "@" in name:
-                continue  # @odata.type and instance annotations
-            column = table.column(name)
-            if column is None:
-                raise errors.bad_query(
-                    f"The property '{name}' does not exist on type 'Microsoft.Dynamics.CRM.{table.logical_name}'. "
-                    "Make sure to only use property names that are defined by the type."
-                )
-            if column.name == table.primary_id:
-                if not isinstance(value, str) or not is_guid(value):
-                    raise errors.bad_payload(f"Cannot convert the literal '{value}' to the expected type 'Edm.Guid'.")
-                values[column.name] = str(uuid.UUID(value))
-            elif column.kind == "lookup":
-                raise errors.bad_query(
-                    "CRM do not support direct update of Entity Reference properties, Use Navigation properties "
-                    f"instead ({name})."
-                )
-            elif column.writable:
-                values[column.name] = self._coerce(table, column, value)
-            # Other read-only columns (createdon, versionnumber, fullname, …) are ignored, as the service does.
-        return values
-
-    @staticmethod
-    def _coerce(table: Table, column: Column, value: Any) -> Any:
-        if value is None:
-            return None
-        if column.kind == "string":
-            if not isinstance(value, str):
-                raise errors.bad_payload(f"Cannot convert the literal '{value}' to the expected type 'Edm.String'.")
-            if column.max_length is not None and len(value) > column.max_length:
-                raise DataverseError(
-                    400,
-                    errors.VALIDATION,
-                    f"A validation error occurred.  The length of the '{column.name}' attribute of the "
-                    f"'{table.logical_name}' entity exceeded the maximum allowed length of '{column.max_length}'.",
-                )
-            return value
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise errors.bad_payload(f"Cannot convert the literal '{value}' to the expected type '{column.edm_type}'.")
-        if column.kind == "state":
-            if value not in STATE_VALUES:
-                message = f"{value} is not a valid state code on {table.logical_name}."
-                raise DataverseError(400, errors.VALIDATION, message)
-            return int(value)
-        if column.kind == "money":
-            return float(value)
-        return int(value)
-
-    def _bound_id(self, value: Any, target: str, references: dict[str, str] | None) -> str:
-        """The id an `@odata.bind` value names: `/accounts(id)`, `accounts(id)`, a full URL or `$n`."""
-        if not isinstance(value, str):
-            raise errors.bad_payload("An @odata.bind value must be a string such as '/accounts(<guid>)'.")
-        text = value
-        if text.startswith("$"):
-            text = self._reference(text, references)
-        text = text.removeprefix(self._root).removeprefix("/")
-        text = re.sub(r"^api/data/v9\.\d/", "", text)
-        match = re.fullmatch(r"(\w+)\(([0-9A-Fa-f-]{36})\)", text)
-        if match is None or match.group(1) != target or not is_guid(match.group(2)):
-            raise errors.bad_payload(f"The @odata.bind value '{value}' does not name a row of {target}.")
-        record_id = match.group(2).lower()
-        if self._store.get(target, record_id) is None:
-            raise errors.not_found(TABLES[target].logical_name, record_id)
-        return record_id
-
-    @staticmethod
-    def _reference(text: str, references: dict[str, str] | None) -> str:
-        match = re.match(r"\$(\w+)", text)
-        target = (references or {}).get(match.group(1)) if match else None
-        if match is None or target is None:
-            shown = match.group(0) if match else text
-            raise errors.bad_query(f"Content-ID Reference: '{shown}' does not exist in the batch context.")
-        return target + text[match.end() :]
-
     def _entity_id_url(self, table: Table, row: Row) -> str:
         return f"{self._root}/{table.entity_set}({row[table.primary_id]})"
 
@@ -351,7 +255,7 @@ class WebApi:
 
     def _create(self, table: Table, request: ApiRequest, references: dict[str, str] | None) -> ApiResponse:
         prefs = parse_prefer(request.headers.get("prefer", ""))
-        values = self._values(table, _json_payload(request.body), references)
+        values = self._payload.values(table, json_payload(request.body), references)
         row = self._store.insert(table, values, self._caller.actor)
         logger.debug("created %s %s in %s", table.logical_name, row[table.primary_id], self._store.org.url)
         self._record("Create", table, row[table.primary_id], before=None, after=row, values=values)
@@ -359,9 +263,11 @@ class WebApi:
 
     def _retrieve(self, table: Table, key: str, request: ApiRequest) -> ApiResponse:
         for option in request.query:
-            if option != "$select":
+            if option not in ("$select", "$expand"):
                 raise errors.bad_query(f"The query option '{option}' is not supported by the sandbox here.")
         select = parse_select(request.query.get("$select"), table)
+        expansions = parse_expand(request.query.get("$expand"), table)
+        prefs = parse_prefer(request.headers.get("prefer", ""))
         self._access.require_privilege(table)
         row, _, _ = self._find(table, key)
         if row is None:
@@ -369,11 +275,13 @@ class WebApi:
         self._access.require_row(table, row, self._store.org.url)
         if request.headers.get("if-none-match") == etag(row):
             return ApiResponse(304, {"ETag": etag(row)})
-        body = {
-            "@odata.context": f"{self._root}/$metadata#{table.entity_set}{selection(select)}/$entity",
-            **render(table, row, select),
-        }
-        return json_body(200, body, {"ETag": etag(row)})
+        (rendered,) = self._reader.decorate(table, [row], select, expansions, prefs)
+        shape = context_selection(select, expansions)
+        body = {"@odata.context": f"{self._root}/$metadata#{table.entity_set}{shape}/$entity", **rendered}
+        headers = {"ETag": etag(row)}
+        if prefs.include_annotations is not None:
+            headers["Preference-Applied"] = f'odata.include-annotations="{prefs.include_annotations}"'
+        return json_body(200, body, headers)
 
     def _check_if_match(self, row: Row | None, if_match: str | None, table: Table, key: str) -> None:
         if if_match is None:
@@ -386,13 +294,13 @@ class WebApi:
     def _upsert(self, table: Table, key: str, request: ApiRequest, references: dict[str, str] | None) -> ApiResponse:
         """PATCH: update, or create when missing; If-Match makes it update-only, If-None-Match: * create-only."""
         prefs = parse_prefer(request.headers.get("prefer", ""))
-        payload = _json_payload(request.body)
+        payload = json_payload(request.body)
         with self._store.exclusive():
             row, record_id, alternate = self._find(table, key)
             if request.headers.get("if-none-match") == "*" and row is not None:
                 raise errors.duplicate_key()
             self._check_if_match(row, request.headers.get("if-match"), table, key)
-            values = self._values(table, payload, references)
+            values = self._payload.values(table, payload, references)
             if row is not None:
                 if values.get(table.primary_id, row[table.primary_id]) != row[table.primary_id]:
                     raise errors.bad_payload("The primary key in the body does not match the key in the URL.")
@@ -427,7 +335,7 @@ class WebApi:
         """GET / PUT / DELETE of one column: `accounts(<id>)/name`."""
         column = table.column(name)
         if column is None:
-            raise errors.bad_query(f"Resource not found for the segment '{name}'.")
+            raise errors.unknown_segment(name)
         with self._store.exclusive():
             row, _, _ = self._find(table, key)
             if row is None:
@@ -439,8 +347,8 @@ class WebApi:
                 context = f"{self._root}/$metadata#{table.entity_set}({row[table.primary_id]})/{name}"
                 return json_body(200, {"@odata.context": context, "value": row[name]})
             if request.method in ("PUT", "DELETE") and column.writable:
-                value = _json_payload(request.body).get("value") if request.method == "PUT" else None
-                changes = {name: self._coerce(table, column, value)}
+                value = json_payload(request.body).get("value") if request.method == "PUT" else None
+                changes = {name: coerce(table, column, value)}
                 updated = self._store.update(table, row[table.primary_id], changes, self._caller.actor)
                 self._record("Update", table, row[table.primary_id], before=row, after=updated, values=changes)
                 return ApiResponse(204)
@@ -449,7 +357,7 @@ class WebApi:
     # -- CreateMultiple / UpdateMultiple ----------------------------------------------------------
 
     def _targets(self, request: ApiRequest) -> list[dict[str, Any]]:
-        targets = _json_payload(request.body).get("Targets")
+        targets = json_payload(request.body).get("Targets")
         if not isinstance(targets, list) or not targets or not all(isinstance(t, dict) for t in targets):
             raise errors.bad_payload("The Targets parameter must be a non-empty array of entities.")
         return targets
@@ -463,7 +371,7 @@ class WebApi:
             try:
                 # Create and CreateMultiple share one pipeline: steps on Create run for every row.
                 for target in targets:
-                    values = self._values(table, target, None)
+                    values = self._payload.values(table, target, None)
                     row = self._store.insert(table, values, self._caller.actor)
                     ids.append(row[table.primary_id])
                     self._record("Create", table, row[table.primary_id], before=None, after=row, values=values)
@@ -481,7 +389,7 @@ class WebApi:
             savepoint = self._journal.savepoint()
             try:
                 for target in targets:
-                    values = self._values(table, target, None)
+                    values = self._payload.values(table, target, None)
                     record_id = values.pop(table.primary_id, None)
                     if record_id is None:
                         raise errors.bad_payload(f"Every target must carry {table.primary_id}.")
@@ -532,7 +440,7 @@ class WebApi:
     def _operation_request(self, operation: BatchOperation, references: dict[str, str] | None) -> ApiRequest:
         url = operation.url
         if url.startswith("$"):
-            url = self._reference(url, references)
+            url = reference(url, references)
         parts = urlsplit(url)
         if parts.scheme and f"{parts.scheme}://{parts.netloc}".lower() != self._store.org.url:
             raise errors.bad_query(f"The batch request URL '{operation.url}' names another host.")

@@ -14,11 +14,13 @@ DUPLICATE = "0x80040237"
 MISSING_PRIVILEGE = "0x80040220"
 NO_RECORD_ACCESS = "0x80048306"  # a privilege check passed, the access check on the record failed
 BAD_QUERY = "0x80060888"
+RESOURCE_NOT_FOUND = "0x8006088a"
 BAD_PAYLOAD = "0x80048d19"
 VALIDATION = "0x80044331"
 VERSION_MISMATCH = "0x80060882"
 DELTA_TOKEN_EXPIRED = "0x80044352"
 RATE_LIMIT = "0x80072322"
+EXECUTION_TIME_LIMIT = "0x80072321"
 CONCURRENCY_LIMIT = "0x80072326"
 
 
@@ -39,6 +41,19 @@ class DataverseError(Exception):
 def bad_query(message: str) -> DataverseError:
     """Query syntax the service (or this sandbox) does not accept."""
     return DataverseError(400, BAD_QUERY, message)
+
+
+def unknown_segment(segment: str) -> DataverseError:
+    """An entity set, function or action the org does not have: 404 0x8006088a "Resource not found for the segment
+    '<name>'." Names are case-sensitive, so `Account` is unknown where `accounts` exists (Microsoft's "Troubleshoot
+    Dataverse Web API client errors", troubleshoot/power-platform/power-apps/dataverse/web-api-client-errors)."""
+    return DataverseError(404, RESOURCE_NOT_FOUND, f"Resource not found for the segment '{segment}'.")
+
+
+def no_http_resource(url: str) -> DataverseError:
+    """A function called with the wrong method, e.g. POST WhoAmI: 404 with an empty code and "No HTTP resource was
+    found that matches the request URI '<url>'." (same troubleshooting article)."""
+    return DataverseError(404, "", f"No HTTP resource was found that matches the request URI '{url}'.")
 
 
 def bad_payload(message: str) -> DataverseError:

@@ -45,6 +45,19 @@ def canonical_org_url(url: str) -> str:
     return f"https://{host}"
 
 
+def _users_table() -> Table | None:
+    return next((table for table in TABLES.values() if table.mirrors_users), None)
+
+
+def is_org_host_name(host: str) -> bool:
+    """True for a host name an org could have (`<org>.crm<N>.dynamics.com`), whether or not it exists."""
+    try:
+        canonical_org_url(f"https://{host}")
+    except ValueError:
+        return False
+    return True
+
+
 def utc_timestamp() -> str:
     """Dataverse's DateTimeOffset rendering: UTC, whole seconds, `Z`."""
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -140,7 +153,14 @@ class OrgStore:
         # unchanged, for the same reason: see sandbox.dataverse.odata.reads.
         self.rendered_pages_cache: dict[Any, tuple[int, Any]] = {}
         self.system_user_id = str(uuid.uuid4())
+        self._system = Actor(self.system_user_id)
         self._users[self.system_user_id] = SystemUser(self.system_user_id, "SYSTEM")
+        # The root business unit and the users are rows too (businessunits, systemusers), so a client can read
+        # them as it reads them from Dataverse: `businessunits?$filter=_parentbusinessunitid_value eq null`.
+        if "businessunits" in TABLES:
+            root = {"businessunitid": org.root_business_unit_id, "name": org.name, "_parentbusinessunitid_value": None}
+            self.insert(TABLES["businessunits"], root, self._system)
+        self._mirror_user(self._users[self.system_user_id])
 
     # -- users ----------------------------------------------------------------------------------
 
@@ -153,14 +173,39 @@ class OrgStore:
                 if user.object_id and existing.object_id == user.object_id:
                     raise ValueError(f"object {user.object_id} already has a user in {self.org.url}")
             self._users[user.systemuserid] = user
+            self._mirror_user(user)
 
     def replace_user(self, user: SystemUser) -> None:
         with self.lock:
             self._users[user.systemuserid] = user
+            self._mirror_user(user)
 
     def remove_user(self, systemuserid: str) -> None:
         with self.lock:
             self._users.pop(systemuserid, None)
+            table = _users_table()
+            if table is not None and systemuserid in self._rows[table.entity_set]:
+                self.delete(table, systemuserid)
+
+    def _mirror_user(self, user: SystemUser) -> None:
+        """Write the user's systemusers row (pad/reference/entities/systemuser.md: applicationid,
+        azureactivedirectoryobjectid, isdisabled, accessmode 4 = Non-interactive for application users)."""
+        table = _users_table()
+        if table is None:
+            return
+        values = {
+            "systemuserid": user.systemuserid,
+            "fullname": user.full_name,
+            "applicationid": user.application_id,
+            "azureactivedirectoryobjectid": user.object_id,
+            "isdisabled": not user.enabled,
+            "accessmode": 4 if user.application_id else 0,
+            "_businessunitid_value": self.org.root_business_unit_id,
+        }
+        if user.systemuserid in self._rows[table.entity_set]:
+            self.update(table, user.systemuserid, values, self._system)
+        else:
+            self.insert(table, values, self._system)
 
     def find_user(self, systemuserid: str) -> SystemUser | None:
         with self.lock:
@@ -260,9 +305,9 @@ class OrgStore:
         return ids
 
     def _store(self, table: Table, old: Row | None, row: Row) -> None:
-        if table.entity_set == "contacts":
-            parts = [row.get("firstname"), row.get("lastname")]
-            row["fullname"] = " ".join(p for p in parts if p) or None
+        if table.full_name:  # contacts, leads: fullname is computed from firstname and lastname
+            parts = [row.get(name) for name in table.full_name]
+            row[table.primary_name] = " ".join(str(p) for p in parts if p) or None
         self._index_key(table, old, row)
         self._version += 1
         row["versionnumber"] = self._version

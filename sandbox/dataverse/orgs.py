@@ -28,6 +28,34 @@ def _check_read_depth(depth: str) -> None:
         raise ValueError(f"read depth must be one of {', '.join(READ_DEPTHS)}, not {depth!r}")
 
 
+def seed_values(table: Table, prefix: str, n: int) -> dict[str, object]:
+    """Row `n` of a seeded table: accounts and contacts as they always were; another table gets its primary name
+    (or first and last name), e-mail and phone, money and whole numbers from `n` and its choices in turn."""
+    if table.entity_set == "accounts":
+        return {"name": f"{prefix} {n}", "revenue": float(n * 100), "telephone1": f"555-{n % 10000:04d}"}
+    if table.entity_set == "contacts":
+        return {"firstname": prefix, "lastname": str(n), "emailaddress1": f"{prefix.lower()}.{n}@example.com"}
+    values: dict[str, object] = {}
+    for column in table.columns:
+        if not column.writable or column.name == table.primary_id:
+            continue
+        if column.name == "firstname":
+            values[column.name] = prefix
+        elif column.name == "lastname":
+            values[column.name] = str(n)
+        elif column.name in (table.primary_name, "subject"):
+            values[column.name] = f"{prefix} {n}"
+        elif column.name.startswith("emailaddress"):
+            values[column.name] = f"{prefix.lower()}.{n}@example.com"
+        elif column.name.startswith("telephone"):
+            values[column.name] = f"555-{n % 10000:04d}"
+        elif column.kind == "money":
+            values[column.name] = float(n * 100)
+        elif column.kind == "choice" and column.options:
+            values[column.name] = column.options[(n - 1) % len(column.options)][0]
+    return values
+
+
 def _table(entity_set: str) -> Table:
     schema = TABLES.get(entity_set)
     if schema is None:
@@ -217,33 +245,27 @@ class Orgs:
         prefix: str = "Row",
         owner_object_id: str | None = None,
     ) -> list[str]:
-        """Insert `count` rows into "accounts" or "contacts", owned (and created) by the org user
-        `owner_object_id`, or by the org's SYSTEM user when it is None; returns their ids.
+        """Insert `count` rows into a table of the catalogue (sandbox/dataverse/tables.json: "accounts",
+        "contacts", "leads", "opportunities", "tasks", "teams", a custom table, …), owned (and created) by the org
+        user `owner_object_id`, or by the org's SYSTEM user when it is None; returns their ids. Users are added
+        with add_org_user / add_application_user, not seeded.
 
         Raises SandboxLookupError for an unknown org or user and ValueError for an unknown table.
         """
         store = self._org_store(org_url)
         schema = _table(table)
+        if schema.mirrors_users:
+            raise ValueError(f"{table} rows are the org's users: add them with add_org_user or add_application_user")
         owner = self._require_org_user(store, owner_object_id).systemuserid if owner_object_id else None
-        if table == "accounts":
-            values = (
-                {"name": f"{prefix} {n}", "revenue": float(n * 100), "telephone1": f"555-{n % 10000:04d}"}
-                for n in range(1, count + 1)
-            )
-        else:
-            values = (
-                {"firstname": prefix, "lastname": str(n), "emailaddress1": f"{prefix.lower()}.{n}@example.com"}
-                for n in range(1, count + 1)
-            )
+        values = (seed_values(schema, prefix, n) for n in range(1, count + 1))
         ids = store.bulk_insert(schema, values, Actor(owner or store.system_user_id))
         warm_default_order(store, schema)
         return ids
 
     def rows(self, org_url: str, table: str) -> list[dict[str, object]]:
-        """A copy of every row of "accounts" or "contacts", for assertions."""
+        """A copy of every row of a table of the catalogue ("accounts", "contacts", "leads", …), for assertions."""
         store = self._org_store(org_url)
-        if table not in TABLES:
-            raise ValueError(f"table must be one of {', '.join(TABLES)}, not {table!r}")
+        _table(table)
         return [dict(row) for row in store.rows(table)]
 
     def set_dataverse_limits(
@@ -253,16 +275,19 @@ class Orgs:
         max_concurrent: int = 52,
         max_requests: int = 6000,
         window_seconds: float = 300,
+        max_execution_seconds: float = 1200,
         retry_after_seconds: int | None = None,
         latency_seconds: float = 0.0,
         dop_hint: int | None = None,
     ) -> None:
-        """Service protection and latency for the org, applied per user (protocol §4; one web server)."""
+        """Service protection and latency for the org, applied per user (protocol §4; one web server): concurrent
+        requests, requests per window and combined execution time (seconds, latency included) per window."""
         self._org_store(org_url).protection.configure(
             DataverseLimits(
                 max_concurrent=max_concurrent,
                 max_requests=max_requests,
                 window_seconds=window_seconds,
+                max_execution_seconds=max_execution_seconds,
                 retry_after_seconds=retry_after_seconds,
                 latency_seconds=latency_seconds,
                 dop_hint=dop_hint,

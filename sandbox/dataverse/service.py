@@ -73,7 +73,9 @@ class DataverseService:
         host = request.headers.get("host", "").split(":")[0].lower()
         store = self._state.find_org_store(host)
         if store is None:
-            payload = {"error": {"code": "0x80040217", "message": f"No Dataverse org is registered at {host!r}."}}
+            # Reached only by a client that bypasses the proxy (which answers 404 for such a host); not the
+            # row-not-found code, so no client takes it for a missing row.
+            payload = {"error": {"code": "", "message": f"No such organisation: no Dataverse org at {host!r}."}}
             return self._reply(json_body(404, payload), headers)
         limits = store.protection.limits
         headers["x-ms-dop-hint"] = str(limits.dop_hint or DEFAULT_DOP_HINT)
@@ -114,6 +116,7 @@ class DataverseService:
             refusal = admission.refusal
             self._state.counters.bump("dataverse_throttled", org=store.org.url, code=refusal.code)
             raise DataverseError(429, refusal.code, refusal.message, {"Retry-After": str(refusal.retry_after)})
+        started = time.monotonic()
         try:
             latency = store.protection.limits.latency_seconds
             if latency > 0:
@@ -134,7 +137,7 @@ class DataverseService:
                 # Only committed changes are left in the journal, also when the request failed afterwards.
                 after_sent.append(journal.hand_over())
         finally:
-            store.protection.release(user)
+            store.protection.release(user, time.monotonic() - started)
 
     @staticmethod
     def _weight(request: HttpRequest, resource: str) -> int:

@@ -1,5 +1,6 @@
-"""Dataverse service protection for one org (protocol §4, api-limits): concurrent requests and requests per
-sliding window, per user, answered with 429 + Retry-After; also what a benchmark needs to judge a client.
+"""Dataverse service protection for one org (protocol §4, api-limits): concurrent requests, requests per sliding
+window and combined execution time per sliding window, per user, answered with 429 + Retry-After; also what a
+benchmark needs to judge a client.
 
 The real limits are per user per web server; the sandbox models one web server.
 """
@@ -12,7 +13,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from sandbox.dataverse.errors import CONCURRENCY_LIMIT, RATE_LIMIT
+from sandbox.dataverse.errors import CONCURRENCY_LIMIT, EXECUTION_TIME_LIMIT, RATE_LIMIT
 
 DEFAULT_DOP_HINT = 8
 # A request that reaches the server just after a 429 went out was usually on the wire already, sent by another
@@ -26,12 +27,19 @@ class DataverseLimits:
     max_concurrent: int = 52
     max_requests: int = 6000
     window_seconds: float = 300
+    # api-limits: "20 minutes (1,200 seconds)" of combined execution time per user in the 5-minute window.
+    max_execution_seconds: float = 1200
     retry_after_seconds: int | None = None  # None: seconds until the window frees (1 for concurrency)
     latency_seconds: float = 0.0  # slept per request, outside every lock, so concurrency is real
     dop_hint: int | None = None  # x-ms-dop-hint; None: DEFAULT_DOP_HINT
 
     def __post_init__(self) -> None:
-        if self.max_concurrent < 1 or self.max_requests < 1 or self.window_seconds <= 0:
+        if (
+            self.max_concurrent < 1
+            or self.max_requests < 1
+            or self.window_seconds <= 0
+            or self.max_execution_seconds <= 0
+        ):
             raise ValueError("limits must be positive")
         if self.latency_seconds < 0 or (self.retry_after_seconds is not None and self.retry_after_seconds < 0):
             raise ValueError("latency and retry-after must not be negative")
@@ -58,6 +66,7 @@ class Admission:
 class _UserUsage:
     in_flight: int = 0
     window: deque[float] = field(default_factory=deque)  # arrival times of admitted requests
+    executions: deque[tuple[float, float]] = field(default_factory=deque)  # (finished at, seconds it took)
     retry_until: float = 0.0  # monotonic time until which the last Retry-After told the user to wait
     told_at: float = 0.0  # when the 429 that opened the current wait was decided
 
@@ -113,6 +122,25 @@ class ServiceProtection:
             horizon = now - limits.window_seconds
             while usage.window and usage.window[0] <= horizon:
                 usage.window.popleft()
+            while usage.executions and usage.executions[0][0] <= horizon:
+                usage.executions.popleft()
+            spent = sum(seconds for _, seconds in usage.executions)
+            if spent >= limits.max_execution_seconds:
+                if limits.retry_after_seconds is not None:
+                    retry_after = limits.retry_after_seconds
+                else:  # until the oldest execution leaves the window
+                    retry_after = max(1, math.ceil(usage.executions[0][0] + limits.window_seconds - now))
+                # api-limits, "Execution time": -2147015903 (0x80072321). The message is the doc's.
+                refusal = Refusal(
+                    EXECUTION_TIME_LIMIT,
+                    "Combined execution time of incoming requests exceeded limit of "
+                    f"{round(limits.max_execution_seconds * 1000):,} milliseconds over time window of "
+                    f"{limits.window_seconds:g} seconds. Decrease number of concurrent requests or reduce the "
+                    "duration of requests and try again later.",
+                    retry_after,
+                )
+                usage.announce(now, retry_after)
+                return Admission(late, refusal)
             if len(usage.window) >= limits.max_requests:
                 if limits.retry_after_seconds is not None:
                     retry_after = limits.retry_after_seconds
@@ -132,13 +160,16 @@ class ServiceProtection:
             self._peak = max(self._peak, self._org_in_flight)
             return Admission(late)
 
-    def release(self, user: str) -> None:
+    def release(self, user: str, elapsed_seconds: float = 0.0) -> None:
+        """End an admitted request that took `elapsed_seconds` (counted towards the execution-time limit)."""
         with self._lock:
             usage = self._users.get(user)
             if usage is None or usage.in_flight == 0:
                 raise RuntimeError(f"release without admission for user {user}")
             usage.in_flight -= 1
             self._org_in_flight -= 1
+            if elapsed_seconds > 0:
+                usage.executions.append((time.monotonic(), elapsed_seconds))
 
     def remaining_requests(self, user: str) -> int:
         """Requests left in the user's current window (the x-ms-ratelimit-burst-remaining-xrm-requests value)."""

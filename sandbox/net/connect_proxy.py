@@ -1,8 +1,10 @@
 """A loopback HTTPS forward proxy that only knows the sandbox's Dataverse orgs.
 
 Clients honour `HTTPS_PROXY` and open `CONNECT <org host>:443`; for a registered org the proxy answers
-`200 Connection established` and relays bytes to the Dataverse stand-in's TLS listener on 127.0.0.1. Anything
-else gets 403 and nothing is ever dialled but that one local port. Tunnels are bounded and time out when idle.
+`200 Connection established` and relays bytes to the Dataverse stand-in's TLS listener on 127.0.0.1. A host
+shaped like an org that the sandbox does not have gets `404 Not Found`, as a forward proxy answers for a host name
+that does not exist (clients then report "no such organisation" at once); anything else gets 403. Nothing is ever
+dialled but that one local port. Tunnels are bounded and time out when idle.
 """
 
 from __future__ import annotations
@@ -25,16 +27,19 @@ _CHUNK = 65536
 
 
 class ConnectProxy:
-    """`CONNECT host:443` to `target_port` on 127.0.0.1 when `allow(host)`; 403 otherwise."""
+    """`CONNECT host:443` to `target_port` on 127.0.0.1 when `allow(host)`; 404 when `unknown_org(host)` (an org
+    host name the sandbox does not serve); 403 otherwise."""
 
     def __init__(
         self,
         target_port: int,
         allow: Callable[[str], bool],
         on_connect: Callable[[str, int], None] = lambda host, status: None,
+        unknown_org: Callable[[str], bool] = lambda host: False,
     ) -> None:
         self._target_port = target_port
         self._allow = allow
+        self._unknown_org = unknown_org
         self._on_connect = on_connect
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
@@ -110,7 +115,7 @@ class ConnectProxy:
             host, status = self._decide(request)
             self._on_connect(host, status)
             if status != 200:
-                reason = {400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed"}[status]
+                reason = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed"}[status]
                 client.sendall(f"HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
                 return
             upstream = socket.create_connection(("127.0.0.1", self._target_port), timeout=_CONNECT_TIMEOUT)
@@ -158,6 +163,12 @@ class ConnectProxy:
         host = host.strip("[]").lower()
         if method.upper() != "CONNECT":
             return host or target, 405
+        if port == "443" and not self._allow(host) and self._unknown_org(host):
+            # Dataverse has no DNS name for an org that does not exist (what clients are seen to report; no
+            # Microsoft page documents the answer for an unknown org host): the proxy, the sandbox's resolver,
+            # says the host was not found rather than that it is forbidden.
+            logger.info("proxy: no org at %s", host)
+            return host, 404
         if port != "443" or not self._allow(host):
             logger.info("proxy refused CONNECT %s", target)
             return host, 403

@@ -33,6 +33,7 @@ from shared.dataverse.batch import (
 from shared.dataverse.errors import (
     DataverseError,
     DataverseUnreachableError,
+    OrganizationNotFoundError,
     RowNotFoundError,
     ThrottledError,
     error_from_response,
@@ -44,6 +45,7 @@ from shared.dataverse.odata import (
     ENTITY_SET,
     MAX_PAGE_SIZE,
     checked_page_size,
+    host_does_not_exist,
     is_deleted_entity,
     is_multipart,
     never_left_the_client,
@@ -254,7 +256,8 @@ class DataverseClient:
         self._send("PATCH", self._row_url(table, key), body=data, idempotent=True, caller_object_id=caller_object_id)
 
     def delete(self, table: str, row_id: str, *, caller_object_id: str | None = None) -> bool:
-        """Delete a row. Returns False when it was already gone (that is success too)."""
+        """Delete a row. Returns False when it was already gone (that is success too); raises UnknownTableError
+        when the org has no such table (0x8006088a)."""
         try:
             self._send("DELETE", self._row_url(table, row_id), idempotent=True, caller_object_id=caller_object_id)
         except RowNotFoundError:
@@ -474,6 +477,8 @@ class DataverseClient:
                 self.governor.answered(ticket)
                 response = self._answer(started)
             except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+                if host_does_not_exist(exc):
+                    raise OrganizationNotFoundError.at(self.org_url, client_request_id) from exc
                 never_sent = never_left_the_client(exc)
                 if (idempotent or never_sent) and self._can_retry(attempt, deadline):
                     delay = self._backoff(attempt)
@@ -490,13 +495,9 @@ class DataverseClient:
                     )
                     self._sleep(delay)
                     continue
+                applied = "" if idempotent or never_sent else "; the request may have been applied, so not sent again"
                 raise DataverseUnreachableError(
-                    f"Dataverse could not be reached ({type(exc).__name__})"
-                    + (
-                        ""
-                        if idempotent or never_sent
-                        else "; the request may have been applied, so it was not sent again"
-                    ),
+                    f"Dataverse could not be reached ({type(exc).__name__}){applied}",
                     org_url=self.org_url,
                     client_request_id=client_request_id,
                     is_transient=True,

@@ -16,6 +16,12 @@ APPLICATION_USER_MISSING = "0x80072560"  # "The user is not a member of the orga
 USER_DISABLED = "0x80040225"
 ACCESS_DENIED = "0x80040220"  # SecLib::AccessDenied, e.g. missing prvActOnBehalfOfAnotherUser
 ROW_NOT_FOUND = "0x80040217"
+# 404 "Resource not found for the segment '<name>'.": no entity set, function or action of that (case-sensitive)
+# name (Microsoft's "Troubleshoot Dataverse Web API client errors").
+RESOURCE_NOT_FOUND = "0x8006088a"
+# Not a Dataverse code: what the client reports when the org's host name does not exist (see
+# OrganizationNotFoundError); troubleshooting entries are keyed by it.
+ORGANIZATION_NOT_FOUND = "organization_not_found"
 DUPLICATE_RECORD = "0x80040237"
 EXPIRED_VERSION_STAMP = "0x80044352"  # "Version stamp associated with the client has expired."
 THROTTLE_REQUESTS = "0x80072322"
@@ -96,6 +102,29 @@ class RowNotFoundError(DataverseError):
     code = "row_not_found"
 
 
+class UnknownTableError(DataverseError):
+    """404 0x8006088a: the org has no entity set (or function, action, property) of that name. Names are
+    case-sensitive: `accounts`, never `Account`. Not a RowNotFoundError: deleting from a misspelled table is a
+    mistake to report, not a row that is already gone."""
+
+    code = "unknown_table"
+
+
+class OrganizationNotFoundError(DataverseUnreachableError):
+    """No organisation answers at the org URL: its host name does not exist. Raised at once, never retried."""
+
+    code = "organization_not_found"
+
+    @classmethod
+    def at(cls, org_url: str, client_request_id: str) -> OrganizationNotFoundError:
+        return cls(
+            f"No Dataverse organisation at {org_url}: its host name does not exist. Check the org URL (Power "
+            "Platform admin center > Environments > the environment's Environment URL).",
+            org_url=org_url,
+            client_request_id=client_request_id,
+        )
+
+
 class PreconditionFailedError(DataverseError):
     """412: the row changed since the ETag was read (If-Match), or exists already (If-None-Match)."""
 
@@ -169,6 +198,12 @@ def error_from_response(
         )
     if status_code == 403:
         return AccessDeniedError(f"Dataverse refused the operation: {text}", **kwargs)
+    if code == RESOURCE_NOT_FOUND:
+        return UnknownTableError(
+            f"The organisation has no table (entity set) or resource of this name; names are case-sensitive, "
+            f"e.g. 'accounts': {text}",
+            **kwargs,
+        )
     if status_code == 404 or code == ROW_NOT_FOUND:
         return RowNotFoundError(text, **kwargs)
     if status_code == 412:

@@ -1,6 +1,6 @@
 """The OData details of the Dataverse Web API that the client needs outside any one call: names it may put in a
-URL, query options, page sizes, deleted-row markers in change pages, multipart answers, Retry-After, and which
-transport failures cannot have reached the server (protocol.md §4).
+URL, query options, page sizes, deleted-row markers in change pages, multipart answers, Retry-After, which
+transport failures cannot have reached the server (protocol.md §4) and which say the org's host does not exist.
 """
 
 from __future__ import annotations
@@ -83,3 +83,33 @@ def never_left_the_client(exc: BaseException) -> bool:
         return True
     reason = getattr(exc.args[0], "reason", None) if exc.args else None
     return isinstance(reason, NewConnectionError | ConnectTimeoutError)
+
+
+# A forward proxy that could not find the host it was asked to CONNECT to: http.client reports the proxy's status
+# line as "Tunnel connection failed: 404 …". The sandbox's proxy answers so for an org host it does not serve.
+_TUNNEL_NOT_FOUND = re.compile(r"Tunnel connection failed: 404\b")
+
+
+def host_does_not_exist(exc: BaseException) -> bool:
+    """True when a transport failure says the org's host name does not exist: DNS answered "no such name"
+    (EAI_NONAME; a temporary resolver failure, EAI_AGAIN, is not this) or the proxy could not find the host.
+    A mistyped or deleted org fails this way; retrying cannot help.
+
+    ⚠ That Dataverse's DNS has no name for an org that does not exist is what clients are seen to report ("No such
+    host is known"); no Microsoft page documents it.
+    """
+    import socket
+
+    seen: set[int] = set()
+    pending: list[object] = [exc]
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, socket.gaierror) and current.errno == socket.EAI_NONAME:
+            return True
+        if isinstance(current, OSError) and _TUNNEL_NOT_FOUND.search(str(current)):
+            return True
+        pending.extend([current.__cause__, current.__context__, getattr(current, "reason", None), *current.args])
+    return False

@@ -1,6 +1,7 @@
 """Microsoft's own Dataverse SDK (PowerPlatform-Dataverse-Client 1.1.0) with an azure-identity
 CertificateCredential, unchanged, against the sandbox: the org URL is a real-looking
-https://<org>.crm.dynamics.com and only the environment (REQUESTS_CA_BUNDLE, HTTPS_PROXY) differs.
+https://<org>.crm.dynamics.com and only the environment (REQUESTS_CA_BUNDLE, HTTPS_PROXY) differs. Covers CRUD,
+$batch, choice labels, formatted values, $expand, and paging past 5,000 rows by nextLink and by FetchXML cookie.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.integration
 
 # The SDK pulls in pandas/numpy (about a second); import it once, here.
 client_module = pytest.importorskip("PowerPlatform.Dataverse.client")
+models_module = pytest.importorskip("PowerPlatform.Dataverse.models")
 
 
 @pytest.fixture
@@ -94,3 +96,56 @@ def test_sdk_reads_a_rolled_back_change_set(sdk: tuple[Any, DataverseOrg], sandb
     assert [item.status_code for item in result.responses] == [404]
     assert result.responses[0].error_code == "0x80040217"
     assert sandbox_env.state.rows(org.url, "accounts") == []
+
+
+def test_sdk_reads_formatted_values_and_expands_lookups(sdk: tuple[Any, DataverseOrg], sandbox_env: Sandbox) -> None:
+    client, org = sdk
+    records = client.records
+    state = sandbox_env.state
+    contact = records.create("contact", {"firstname": "Ada", "lastname": "Lovelace"})
+    # The SDK turns a choice label into its value through the PicklistAttributeMetadata it reads first.
+    account = records.create(
+        "account",
+        {
+            "name": "Contoso",
+            "revenue": 2500,
+            "industrycode": "Consulting",
+            "primarycontactid@odata.bind": f"/contacts({contact})",
+        },
+    )
+
+    result = (
+        client.query.builder("account")
+        .select("name", "revenue", "industrycode", "_primarycontactid_value")
+        .expand(models_module.ExpandOption("primarycontactid").select("fullname"))
+        .include_formatted_values()
+        .execute()
+    )
+
+    (stored,) = state.rows(org.url, "accounts")
+    assert stored["accountid"] == account
+    assert stored["industrycode"] == 7
+    (row,) = list(result)
+    assert row["name"] == "Contoso"
+    assert row["industrycode@OData.Community.Display.V1.FormattedValue"] == "Consulting"
+    assert row["revenue@OData.Community.Display.V1.FormattedValue"] == "$2,500.00"
+    assert row["_primarycontactid_value@OData.Community.Display.V1.FormattedValue"] == "Ada Lovelace"
+    assert row["primarycontactid"]["fullname"] == "Ada Lovelace"
+    assert row["primarycontactid"]["contactid"] == contact
+
+
+def test_sdk_pages_through_more_than_five_thousand_rows(sdk: tuple[Any, DataverseOrg], sandbox_env: Sandbox) -> None:
+    client, org = sdk
+    seeded = set(sandbox_env.state.seed_rows(org.url, "accounts", 5_200, prefix="Bulk"))
+
+    pages = list(client.records.list_pages("account", select=["name"]))
+    fetched = list(
+        client.query.fetchxml(
+            '<fetch><entity name="account"><attribute name="name" /></entity></fetch>'
+        ).execute_pages()
+    )
+
+    assert [len(page) for page in pages] == [5000, 200]
+    assert {row["accountid"] for page in pages for row in page} == seeded
+    assert [len(page) for page in fetched] == [5000, 200]
+    assert {row["accountid"] for page in fetched for row in page} == seeded

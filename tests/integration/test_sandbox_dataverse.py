@@ -62,7 +62,7 @@ def test_proxy_refuses_hosts_that_are_not_registered_orgs(sandbox_env: Sandbox) 
     before = sandbox_env.state.count("proxy_connect", status=403)
 
     assert _proxy_connect(sandbox_env, "login.microsoftonline.com:443") == b"HTTP/1.1 403 Forbidden"
-    assert _proxy_connect(sandbox_env, "unregistered.crm4.dynamics.com:443") == b"HTTP/1.1 403 Forbidden"
+    assert _proxy_connect(sandbox_env, "unregistered.example.com:443") == b"HTTP/1.1 403 Forbidden"
     with pytest.raises(requests.exceptions.ProxyError, match="403"):
         requests.get("https://example.com/", timeout=10)
 

@@ -1,5 +1,6 @@
-"""Service protection on the Dataverse stand-in (protocol §4, api-limits): concurrency and request-rate 429s
-with Retry-After, the count of requests sent inside an announced Retry-After window, and injected latency.
+"""Service protection on the Dataverse stand-in (protocol §4, api-limits): concurrency, request-rate and
+execution-time 429s with Retry-After, the count of requests sent inside an announced Retry-After window, and
+injected latency.
 """
 
 from __future__ import annotations
@@ -142,3 +143,30 @@ def test_limits_are_per_application_user(
     first_again = requests.get(f"{org.api}/WhoAmI", headers=org.headers(), timeout=10)
 
     assert (first.status_code, second_app.status_code, first_again.status_code) == (200, 200, 429)
+
+
+def test_combined_execution_time_429_names_the_limit_and_the_window(
+    new_org: Callable[..., DataverseOrg], sandbox_env: Sandbox
+) -> None:
+    org = new_org()
+    # 0.5 s of execution per 30 s window; each request takes 0.3 s (injected latency).
+    sandbox_env.state.set_dataverse_limits(
+        org.url, max_execution_seconds=0.5, window_seconds=30, latency_seconds=0.3, max_requests=100
+    )
+
+    first = requests.get(f"{org.api}/WhoAmI", headers=org.headers(), timeout=30)
+    second = requests.get(f"{org.api}/WhoAmI", headers=org.headers(), timeout=30)
+    third = requests.get(f"{org.api}/WhoAmI", headers=org.headers(), timeout=30)
+
+    assert (first.status_code, second.status_code, third.status_code) == (200, 200, 429)
+    assert third.json() == {
+        "error": {
+            "code": "0x80072321",
+            "message": "Combined execution time of incoming requests exceeded limit of 500 milliseconds over time "
+            "window of 30 seconds. Decrease number of concurrent requests or reduce the duration of requests and try "
+            "again later.",
+        }
+    }
+    assert 25 <= int(third.headers["Retry-After"]) <= 30
+    assert third.elapsed < dt.timedelta(seconds=0.25)  # refused before doing (or sleeping) anything
+    assert sandbox_env.state.count("dataverse_throttled", org=org.url, code="0x80072321") == 1

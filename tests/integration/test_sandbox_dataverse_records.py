@@ -224,7 +224,8 @@ def test_filter_select_orderby_and_count(new_org: Callable[..., DataverseOrg], s
     ("query", "fragment"),
     [
         ("$skip=10", "$skip is not supported"),
-        ("$expand=primarycontactid", "'$expand' is not supported"),
+        ("$expand=primarycontactid($expand=parentcustomerid_account)", "nested $expand is not supported"),
+        ("$expand=nosuchnav", "Could not find a property named 'nosuchnav'"),
         ("$select=nosuch", "Could not find a property named 'nosuch'"),
         ("$filter=name eq 5", "incompatible types"),
         ("$filter=primarycontactid/fullname eq 'x'", "Navigation paths"),

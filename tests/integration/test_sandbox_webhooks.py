@@ -629,7 +629,7 @@ def test_registration_refuses_what_dataverse_refuses(new_org: Callable[..., Data
     with pytest.raises(ValueError, match="filtering attributes"):
         state.register_webhook(org.url, url, auth_value="k", filtering_attributes=("nosuchcolumn",))
     with pytest.raises(ValueError, match="entity"):
-        state.register_webhook(org.url, url, auth_value="k", entity="lead")
+        state.register_webhook(org.url, url, auth_value="k", entity="invoice")
 
 
 def test_stopping_drains_queued_deliveries(receiver: Receiver) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from sandbox.dataverse import errors
 from sandbox.dataverse.errors import DataverseError
 from sandbox.dataverse.odata.query import parse_filter
-from sandbox.dataverse.schema import TABLES, Table, attribute_definitions, entity_definition
+from sandbox.dataverse.schema import TABLES, Table, attribute_definitions, entity_definition, picklist_definitions
 
 _PICKLIST_CAST = "Microsoft.Dynamics.CRM.PicklistAttributeMetadata"
 
@@ -77,8 +77,9 @@ def entity_definitions(service_root: str, key: str | None, rest: str | None, que
         (item,) = _project([entity_definition(table)], query, "EntityMetadata", "MetadataId")
         return {"@odata.context": f"{service_root}/$metadata#EntityDefinitions{_context_select(query)}/$entity", **item}
     if rest == f"Attributes/{_PICKLIST_CAST}":
-        # Neither table has a picklist column (statecode is a State attribute), so the cast selects nothing.
-        return {"@odata.context": f"{base_context}/Attributes/{_PICKLIST_CAST}", "value": []}
+        # The choice columns with their options (statecode is a State attribute, so the cast leaves it out); the
+        # answer always has the shape `$select=LogicalName&$expand=OptionSet($select=Options)` asks for.
+        return {"@odata.context": f"{base_context}/Attributes/{_PICKLIST_CAST}", "value": picklist_definitions(table)}
     if rest == "Attributes":
         items = _project(attribute_definitions(table), query, "AttributeMetadata", "MetadataId")
         return {"@odata.context": f"{base_context}/Attributes{_context_select(query)}", "value": items}

@@ -22,6 +22,9 @@ _FILTER_KINDS = {
     "guid": "guid",
     "lookup": "guid",
     "string": "string",
+    "memo": "string",
+    "choice": "number",
+    "bool": "bool",
     "money": "number",
     "int": "number",
     "state": "number",
@@ -54,10 +57,11 @@ class Preferences:
     track_changes: bool = False
     return_representation: bool = False
     continue_on_error: bool = False
+    include_annotations: str | None = None  # the odata.include-annotations value, quotes removed
 
 
 def parse_prefer(header: str) -> Preferences:
-    """The `Prefer` header's preferences the stand-in acts on; others (include-annotations, …) are ignored."""
+    """The `Prefer` header's preferences the stand-in acts on; others are ignored."""
     values: dict[str, str] = {}
     for item in re.findall(r'(?:[^,"]|"[^"]*")+', header or ""):
         name, _, value = item.strip().partition("=")
@@ -77,6 +81,9 @@ def parse_prefer(header: str) -> Preferences:
         track_changes="odata.track-changes" in values,
         return_representation=values.get("return") == "representation",
         continue_on_error="odata.continue-on-error" in values,
+        include_annotations=values["odata.include-annotations"].strip('"')
+        if "odata.include-annotations" in values
+        else None,
     )
 
 

@@ -1,6 +1,7 @@
-"""Reading an entity set on the Dataverse stand-in: $select/$filter/$orderby/$top/$count queries with
-server-driven paging (page-results.md), and change tracking: `Prefer: odata.track-changes` full syncs and the
-deltas their `@odata.deltaLink` returns (protocol §4).
+"""Reading an entity set on the Dataverse stand-in: $select/$filter/$orderby/$top/$count/$expand queries with
+server-driven paging (page-results.md) and annotations (sandbox.dataverse.odata.annotations), FetchXML queries
+(sandbox.dataverse.odata.fetchxml), and change tracking: `Prefer: odata.track-changes` full syncs and the deltas
+their `@odata.deltaLink` returns (protocol §4).
 
 Paging is keyset paging on the $orderby columns plus the primary key, so rows inserted or deleted between pages
 never make a page repeat or skip rows that were there all along. Queries see only the rows the caller may read
@@ -15,6 +16,9 @@ from typing import Any
 import orjson
 
 from sandbox.dataverse import errors
+from sandbox.dataverse.odata.annotations import MORE_RECORDS, PAGING_COOKIE, Annotator
+from sandbox.dataverse.odata.expand import Expander, Expansion, context_selection, parse_expand
+from sandbox.dataverse.odata.fetchxml import fetch_page, parse_fetch
 from sandbox.dataverse.odata.query import (
     MAX_PAGE_SIZE,
     PagingCookie,
@@ -35,7 +39,9 @@ from sandbox.dataverse.wire import ApiRequest, ApiResponse, json_body, render, r
 
 _PAGE_CACHE_ENTRIES = 64  # per org: at 5,000 rows a page, a 320,000-row read fits
 COUNT_LIMIT = 5000  # $count reports at most 5,000
-_QUERY_OPTIONS = frozenset({"$select", "$filter", "$orderby", "$top", "$count", "$skiptoken", "$deltatoken"})
+_QUERY_OPTIONS = frozenset(
+    {"$select", "$filter", "$orderby", "$top", "$count", "$skiptoken", "$deltatoken", "$expand", "fetchXml"}
+)
 _NOT_WITH_TRACKING = ("$filter", "$orderby", "$expand", "$top")  # protocol §4, change tracking
 
 
@@ -98,6 +104,7 @@ class CollectionReader:
             if option not in _QUERY_OPTIONS:
                 raise errors.bad_query(f"The query option '{option}' is not supported by the sandbox.")
         select = parse_select(query.get("$select"), table)
+        expansions = parse_expand(query.get("$expand"), table)
         if tracking:
             self._access.require_organization_depth(table, "change tracking")
         else:
@@ -107,12 +114,63 @@ class CollectionReader:
             applied.append(f"odata.maxpagesize={prefs.max_page_size}")
         if prefs.track_changes:
             applied.append("odata.track-changes")
+        if prefs.include_annotations is not None:
+            applied.append(f'odata.include-annotations="{prefs.include_annotations}"')
         headers = {"Preference-Applied": ",".join(applied)} if applied else {}
+        if "fetchXml" in query:
+            return json_body(200, self._fetch(table, query, prefs), headers)
         if "$deltatoken" in query:
             body = self._delta(table, select, query["$deltatoken"], cookie, prefs)
         else:
-            body = self._page(table, request=request, select=select, cookie=cookie, prefs=prefs, tracking=tracking)
+            body = self._page(
+                table, request=request, select=select, cookie=cookie, prefs=prefs, tracking=tracking, expand=expansions
+            )
         return json_body(200, body, headers)
+
+    def decorate(
+        self,
+        table: Table,
+        rows: list[Any],
+        select: tuple[str, ...] | None,
+        expansions: tuple[Expansion, ...],
+        prefs: Preferences,
+    ) -> list[dict[str, Any]]:
+        """Rows rendered with their expanded navigation properties and requested annotations."""
+        annotator = Annotator(self._store, prefs.include_annotations)
+        expander = Expander(self._store, self._access.can_read)
+        out = []
+        for row in rows:
+            rendered = annotator.annotate(table, row, render(table, row, select))
+            expander.expand(table, row, rendered, expansions)
+            for expansion in expansions:
+                value = rendered[expansion.navigation]
+                related = value if isinstance(value, list) else [value] if value else []
+                for item in related:
+                    original = self._store.get(expansion.target.entity_set, item[expansion.target.primary_id])
+                    if original is not None:
+                        item.update(annotator.annotate(expansion.target, original, dict(item)))
+            out.append(rendered)
+        return out
+
+    def _fetch(self, table: Table, query: dict[str, str], prefs: Preferences) -> dict[str, Any]:
+        """A FetchXML query's page (pad/fetchxml/page-results.md)."""
+        others = sorted(set(query) - {"fetchXml"})
+        if others:
+            raise errors.bad_query(f"The query option '{others[0]}' cannot be combined with fetchXml.")
+        fetch = parse_fetch(query["fetchXml"], table)
+        with self._store.exclusive():
+            rows = [row for row in self._store.rows(table.entity_set) if self._access.can_read(row)]
+        page = fetch_page(fetch, rows)
+        annotator = Annotator(self._store, prefs.include_annotations)
+        body: dict[str, Any] = {
+            "@odata.context": f"{self._root}/$metadata#{table.entity_set}{selection(fetch.columns)}"
+        }
+        if page.cookie is not None and annotator.wants(PAGING_COOKIE):
+            body[f"@{PAGING_COOKIE}"] = page.cookie
+        if annotator.wants(MORE_RECORDS):
+            body[f"@{MORE_RECORDS}"] = page.more
+        body["value"] = self.decorate(table, page.rows, fetch.columns, (), prefs)
+        return body
 
     @staticmethod
     def _links_base(query: dict[str, str], *drop: str) -> list[tuple[str, str]]:
@@ -127,6 +185,7 @@ class CollectionReader:
         cookie: PagingCookie | None,
         prefs: Preferences,
         tracking: bool,
+        expand: tuple[Expansion, ...],
     ) -> dict[str, Any]:
         query = request.query
         order = parse_orderby(query.get("$orderby"), table)
@@ -143,11 +202,15 @@ class CollectionReader:
             size = min(top, size)  # page-results.md: $top is ignored when odata.maxpagesize is sent
         page = rows[start : start + size]
         more = start + size < len(rows) and (top is None or prefs.max_page_size is not None)
-        body: dict[str, Any] = {"@odata.context": f"{self._root}/$metadata#{table.entity_set}{selection(select)}"}
+        shape = context_selection(select, expand)
+        body: dict[str, Any] = {"@odata.context": f"{self._root}/$metadata#{table.entity_set}{shape}"}
         if query.get("$count") == "true":
             body["@odata.count"] = min(len(rows), COUNT_LIMIT)
-        page_key = (table.entity_set, filter_text, orderby_text, scope, select, start, size)
-        body["value"] = self._encoded_page(table, select, page, page_key, version)
+        if expand or Annotator(self._store, prefs.include_annotations).active:
+            body["value"] = self.decorate(table, page, select, expand, prefs)
+        else:
+            page_key = (table.entity_set, filter_text, orderby_text, scope, select, start, size)
+            body["value"] = self._encoded_page(table, select, page, page_key, version)
         collection = f"{self._root}/{table.entity_set}"
         if more:
             last = {name: page[-1].get(name) for name, _ in order} | {table.primary_id: page[-1][table.primary_id]}

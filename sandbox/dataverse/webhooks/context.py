@@ -148,7 +148,7 @@ class ContextBuilder:
             return None
         if column.kind == "money":
             return {"__type": MONEY_TYPE, "Value": value}
-        if column.kind == "state":
+        if column.kind in ("state", "choice"):
             return {"__type": OPTION_TYPE, "Value": value}
         if column.kind == "datetime":
             return _row_date(str(value))
