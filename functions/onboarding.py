@@ -83,6 +83,7 @@ def _same_origin(req: func.HttpRequest, settings: Settings) -> bool:
 @storage_unavailable_is_503("html")
 def onboard_start(req: func.HttpRequest) -> func.HttpResponse:
     from shared.dataverse.org_url import InvalidOrgUrlError
+    from shared.signin.administrators import SignInError
     from shared.tenants.onboarding import InvalidContactError
 
     services = get_services()
@@ -115,6 +116,9 @@ def onboard_start(req: func.HttpRequest) -> func.HttpResponse:
         started = services.onboarding.start(org_url, contact)
     except (InvalidOrgUrlError, InvalidContactError) as exc:
         return form_again(exc.message, exc.code, org_url, contact[:200])
+    except SignInError as exc:  # Entra's metadata could not be read: nothing was stored
+        logger.warning("Onboarding could not start a sign-in: %s", exc.code)
+        return pages.unavailable_page(exc.message, error_code=exc.code)
     max_age = max(1, int(started.expires_at - time.time()))
     cookie = f"{COOKIE}={started.browser_nonce}; Max-Age={max_age}; Path=/api; Secure; HttpOnly; SameSite=Lax"
     # The only redirect target is the configured authority's authorize endpoint, built by MSAL.
@@ -138,6 +142,7 @@ def consent_callback(req: func.HttpRequest) -> func.HttpResponse:
     from shared.tenants.onboarding import (
         ConsentDeniedError,
         NotOrgAdministratorError,
+        OrgCheckFailedError,
         OrgNotInTenantError,
         TenantNotAllowedError,
     )
@@ -153,14 +158,15 @@ def consent_callback(req: func.HttpRequest) -> func.HttpResponse:
         # in the query is not logged.
         error = exc.error if _OAUTH_ERROR.fullmatch(exc.error) else "unrecognised"
         logger.info("Sign-in callback: Entra returned %s", error, extra=dims("onboarding.callback", outcome=error))
-        response = pages.consent_error_page(exc.error, exc.description)
+        # Only Entra's own error codes are shown; anything else from the query string is not echoed.
+        response = pages.consent_error_page(error, exc.description)
     except ConsentStateError as exc:
         logger.warning("Sign-in callback refused: %s", exc.reason, extra=dims("onboarding.callback", outcome=exc.code))
         return pages.invalid_state_page(exc.reason, error_code=exc.code, ttl_seconds=settings.consent_state_ttl_seconds)
     except SignInError as exc:
         logger.warning("Sign-in callback refused: %s", exc.code, extra=dims("onboarding.callback", outcome=exc.code))
         response = pages.refused_page(exc.message, error_code=exc.code, status=400)
-    except (TenantNotAllowedError, OrgNotInTenantError, NotOrgAdministratorError) as exc:
+    except (TenantNotAllowedError, OrgNotInTenantError, NotOrgAdministratorError, OrgCheckFailedError) as exc:
         logger.info("Sign-in callback refused: %s", exc.code, extra=dims("onboarding.callback", outcome=exc.code))
         response = pages.refused_page(exc.message, error_code=exc.code)
     except DataverseError as exc:

@@ -384,10 +384,19 @@ _ONBOARDING = [
         "org_unavailable",
         "Onboarding",
         "The environment could not be reached to check the administrator's role",
-        "The role check with the delegated token failed for a reason other than 401 or 403: the environment was "
-        "unreachable, throttled (429) or answered 5xx. 503; nothing is recorded; the sign-in was spent.",
+        "The role check with the delegated token failed transiently: the environment was unreachable, throttled "
+        "(429) or answered 5xx. 503; nothing is recorded; the sign-in was spent.",
         "Start again in a few minutes; check the environment is not in administration mode or being restored "
         "(Power Platform admin center).",
+    ),
+    Explanation(
+        "org_check_failed",
+        "Onboarding",
+        "The environment refused the check of the administrator's role",
+        "WhoAmI or the role query with the signed-in person's delegated token failed with an answer that is not "
+        "transient and not 401/403 (e.g. a 400 or 404 from the environment). 403 page; nothing is recorded.",
+        "Check the environment URL and that it is in normal (not administration) mode; start again. If it keeps "
+        "failing, quote the code shown on the page.",
     ),
     Explanation(
         "tenant_not_allowed",

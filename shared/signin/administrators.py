@@ -103,7 +103,15 @@ class AdministratorSignIn:
         Builds no network request of its own once MSAL has read the authority's metadata (once per worker)."""
         import warnings
 
-        app = self._client()
+        import requests
+
+        try:
+            app = self._client()
+        except (requests.RequestException, ValueError) as exc:
+            # MSAL reads the authority's OpenID metadata when the client is built (once per worker).
+            raise SignInError(
+                "Microsoft sign-in is unavailable right now; try again in a moment.", code="entra_unreachable"
+            ) from exc
         with warnings.catch_warnings():
             # MSAL recommends response_mode=form_post (RFC 9700 §4.3.1, keeping the code out of the URL). The
             # answer comes back as a query instead so that the SameSite=Lax cookie binding the flow to this browser
@@ -136,8 +144,11 @@ class AdministratorSignIn:
                     "Entra ID could not be reached to finish the sign-in.", code="entra_unreachable"
                 ) from exc
             raise
+        finally:
+            # MSAL caches what the token endpoint answered before it checks the ID token, so even a refused sign-in
+            # may have left a refresh token behind: the cache keeps nothing of anyone after any flow.
+            self._forget_everyone(app)
         claims = result.get("id_token_claims") or {}
-        self._forget(app, claims)
         if "access_token" not in result:
             raise _refused(result)
         tenant_id = str(claims.get("tid", "")).lower()
@@ -161,12 +172,11 @@ class AdministratorSignIn:
             dataverse_token=token,
         )
 
-    def _forget(self, app: AuthCodeClient, claims: Mapping[str, Any]) -> None:
-        """Drop the person's account (refresh and access tokens) from MSAL's cache: nothing delegated outlives
-        the flow."""
-        home = f"{claims.get('oid', '')}.{claims.get('tid', '')}".lower()
-        for account in app.get_accounts():
-            if str(account.get("home_account_id", "")).lower() == home:
+    def _forget_everyone(self, app: AuthCodeClient) -> None:
+        """Drop every account (refresh and access tokens) from MSAL's cache: nothing delegated outlives a flow.
+        This client serves administrators' sign-ins only, so there is nothing in it worth keeping."""
+        with self._lock:
+            for account in app.get_accounts():
                 app.remove_account(account)
 
     def _client(self) -> AuthCodeClient:

@@ -52,6 +52,16 @@ _CONSENT_CATEGORIES = {aadsts.CONSENT_MISSING, aadsts.CONSENT_REQUIRED}
 _OUR_CREDENTIAL_CATEGORIES = {aadsts.CREDENTIAL_REJECTED, aadsts.ASSERTION_TIME}
 
 
+# Entra refusals that hold for every org of the tenant (no consent, app disabled, no such tenant). Anything else in
+# answer to the first org's token request (e.g. AADSTS500011, that org's resource unknown) is about that org
+# alone: each org's own verification records it, and the tenant's other orgs are untouched.
+_TENANT_WIDE_CATEGORIES = _CONSENT_CATEGORIES | {aadsts.APP_DISABLED, aadsts.TENANT_NOT_FOUND}
+
+
+def _about_the_tenant(error: TokenAcquisitionError) -> bool:
+    return error.category in _TENANT_WIDE_CATEGORIES or _says_nothing_about_the_tenant(error)
+
+
 def _says_nothing_about_the_tenant(error: S2SError) -> bool:
     """A failure on our side or in transit: keep the tenant's status and record the failure."""
     if isinstance(error, CredentialError):  # Key Vault or certificate trouble in this worker
@@ -75,6 +85,12 @@ class NotOrgAdministratorError(S2SError):
     """The signed-in person is not a System Administrator of the org (or not a user of it at all)."""
 
     code = "not_org_administrator"
+
+
+class OrgCheckFailedError(S2SError):
+    """The org answered the role check with a failure that is not transient (neither 401 nor 403)."""
+
+    code = "org_check_failed"
 
 
 class OrgNotInTenantError(S2SError):
@@ -199,28 +215,21 @@ class OnboardingService:
         admin = self._sign_in.finish(consent.flow, params)
         self._check_tenant_allowed(admin.tenant_id)
         self._check_org_administrator(admin, consent.org_url)
-        current = self._registry.find_tenant(admin.tenant_id)
-        if current is None or current.status is TenantStatus.OFFBOARDED:
-            what = "re-onboarded after offboarding" if current is not None else "onboarded"
-            self._registry.record(
-                admin.tenant_id,
-                TenantStatus.PENDING_CONSENT,
-                reason=f"{what} by a System Administrator of {consent.org_url} who signed in",
-                actor=admin.actor,
-                org_url=consent.org_url,
-                onboarded_by=admin.username,
-                contact=consent.contact,
-            )
+        before = self._registry.find_tenant(admin.tenant_id)
+        if before is None:
+            reason = f"onboarded by a System Administrator of {consent.org_url} who signed in"
+        elif before.status is TenantStatus.OFFBOARDED:
+            reason = f"re-onboarded after offboarding by a System Administrator of {consent.org_url} who signed in"
         else:
-            self._registry.record(
-                admin.tenant_id,
-                current.status,
-                reason=f"{consent.org_url} connected by a System Administrator who signed in",
-                actor=admin.actor,
-                org_url=consent.org_url,
-                onboarded_by=admin.username,
-                contact=consent.contact,
-            )
+            reason = f"{consent.org_url} connected by a System Administrator who signed in"
+        self._registry.connect_org(
+            admin.tenant_id,
+            consent.org_url,
+            actor=admin.actor,
+            reason=reason,
+            connected_by=admin.username,
+            contact=consent.contact,
+        )
         result = self.verify(admin.tenant_id, actor=admin.actor, fresh_consent=True, org_urls=(consent.org_url,))
         focused = result.about(consent.org_url)
         if focused.focus is not None and focused.focus.status is OrgStatus.AWAITING_APPLICATION_USER:
@@ -246,6 +255,11 @@ class OnboardingService:
             roles = client.list_related(
                 "systemusers", who.user_id, "systemuserroles_association", select=["roleid", "_roletemplateid_value"]
             )
+        except ApplicationUserDisabledError as exc:  # Dataverse's answer for a disabled or unlicensed user
+            raise NotOrgAdministratorError(
+                f"You signed in as {admin.username}, who is disabled in {org_url} (no licence, or turned off). "
+                "Sign in as an enabled System Administrator of that environment."
+            ) from exc
         except DataverseError as exc:
             if exc.status_code == 401:
                 raise OrgNotInTenantError(
@@ -255,6 +269,11 @@ class OnboardingService:
                 raise NotOrgAdministratorError(
                     f"You signed in as {admin.username}, who is not an enabled user of {org_url}. Sign in as a "
                     "System Administrator of that environment."
+                ) from exc
+            if not exc.is_transient:
+                raise OrgCheckFailedError(
+                    f"{org_url} refused the check of your role ({exc.error_code or exc.status_code}). Nothing was "
+                    "recorded."
                 ) from exc
             raise
         if not any(
@@ -287,9 +306,12 @@ class OnboardingService:
                 message="The tenant is offboarded; its administrator must onboard it again to come back.",
                 orgs=tenant.orgs,
             )
-        orgs = tuple(url for url in tenant.org_urls if org_urls is None or url in org_urls)
+        if org_urls is None:  # background verification: every connected org (a disconnected one waits for its admin)
+            orgs = tuple(org.url for org in tenant.orgs if org.status is not OrgStatus.DISCONNECTED)
+        else:
+            orgs = tuple(url for url in tenant.org_urls if url in org_urls)
         token_error = self._first_token(tenant.tenant_id, orgs[0] if orgs else None, fresh_consent)
-        if token_error is not None:
+        if token_error is not None and _about_the_tenant(token_error):
             return self._token_failed(
                 tenant.tenant_id,
                 current=tenant.status,
@@ -356,13 +378,13 @@ class OnboardingService:
     def offboard(self, tenant_id: str, *, actor: str, reason: str) -> VerificationResult:
         """Mark the tenant offboarded (jobs skip it) and forget its tokens. Raises TenantNotFoundError."""
         tenant = self._registry.get_tenant(tenant_id)
-        # Its orgs wait for verification again: coming back through one org does not bring the others back
-        # unverified.
+        # Its orgs are disconnected: coming back through one org (its System Administrator signing in) does not bring
+        # the others back, and background verification leaves them alone.
         now = utc_now()
         recorded = self._registry.record_verification(
             tenant_id,
             {
-                org: OrgUpdate(OrgStatus.PENDING_VERIFICATION, OrgVerification(now, "offboarded", message=reason[:500]))
+                org: OrgUpdate(OrgStatus.DISCONNECTED, OrgVerification(now, "offboarded", message=reason[:500]))
                 for org in tenant.org_urls
             },
             reason=reason,
@@ -417,24 +439,28 @@ class OnboardingService:
         code = f"AADSTS{error.aadsts_code}" if error.aadsts_code else error.error
         message = f"{error.meaning or error.message} {error.fix}".strip()
         delays = self._settings.verification_retry_delays
-        if fresh_consent and (error.category in _CONSENT_CATEGORIES or error.is_transient):
+        requeue: dict[str, Any] | None = None
+        waiting = current is TenantStatus.PENDING_CONSENT  # a fresh consent that may not have replicated yet
+        if fresh_consent and waiting and (error.category in _CONSENT_CATEGORIES or error.is_transient):
             if attempt < len(delays) and self._enqueue is not None:
                 # Consent takes time to replicate: keep the tenant pending and look again later, durably.
-                self._enqueue({"tenant_id": tenant_id, "attempt": attempt + 1}, delays[attempt])
+                requeue = {"tenant_id": tenant_id, "attempt": attempt + 1}
                 status = TenantStatus.PENDING_CONSENT
                 message = "Consent is being confirmed with Entra ID; this can take a few minutes. " + message
             else:
                 status = TenantStatus.FAILED
         elif error.category in _CONSENT_CATEGORIES:
-            status = (
-                TenantStatus.CONSENT_REVOKED if current is not TenantStatus.PENDING_CONSENT else TenantStatus.FAILED
-            )
-        elif _says_nothing_about_the_tenant(error):
-            status = current  # nothing learned about the tenant: keep its status, record the failure
+            status = TenantStatus.CONSENT_REVOKED if not waiting else TenantStatus.FAILED
+        elif _says_nothing_about_the_tenant(error) or fresh_consent:
+            # Nothing learned about the tenant, or an org added to a known tenant whose token is briefly refused:
+            # keep its status (its working orgs go on) and record the attempt.
+            status = current
         else:
             status = TenantStatus.FAILED
         verification = Verification(utc_now(), "error", code, message[:500])
         recorded = self._registry.record(
             tenant_id, status, reason=message[:300], actor=actor, verification=verification
         )
+        if requeue is not None and self._enqueue is not None:
+            self._enqueue(requeue, delays[attempt])  # only once the outcome is recorded
         return VerificationResult(tenant_id, recorded.status, recorded.org_urls, code, message, orgs=recorded.orgs)

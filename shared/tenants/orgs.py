@@ -10,13 +10,12 @@ The rule (``summarize``), in order:
    app get a token for the tenant at all) and hold whatever its orgs say.
 2. Otherwise the tenant is ``active`` when at least one org is active (each org is then used by its own status);
 3. else ``awaiting_application_user`` when at least one org awaits it;
-4. else ``failed`` when every org failed;
+4. else ``failed`` when every connected org failed (a ``disconnected`` org counts for nothing);
 5. else it keeps its status (``consented``: no org verified yet).
 
 Rows written before per-org status (schema 1: ``OrgUrls`` and one tenant-level status, verification and ticket)
-are read through ``migrate_v1``, which loses nothing: every org takes the tenant's status and verification, the
-tenant's ticket goes to each org that awaits its application user, the tenant's webhook secret to every org; the
-next write stores schema 2.
+are read through ``migrate_v1``, which loses nothing: every org takes the tenant's status, verification, re-check
+ticket and webhook secret; the next write stores schema 2.
 """
 
 from __future__ import annotations
@@ -35,6 +34,9 @@ class OrgStatus(enum.StrEnum):
     ACTIVE = "active"
     AWAITING_APPLICATION_USER = "awaiting_application_user"
     FAILED = "failed"
+    # Offboarded with its tenant: never verified in the background again; only a System Administrator of this org
+    # signing in (or an operator) connects it again.
+    DISCONNECTED = "disconnected"
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class OrgRecord:
     ticket_hash: str = field(default="", repr=False)
     ticket_expires: int = 0
     webhook_secret_hash: str = field(default="", repr=False)  # SHA-256 of the org's own webhook secret
+    contact: str = ""  # what the administrator who connected this org typed (one printable line)
+    connected_by: str = ""  # the UPN of the System Administrator who connected it
 
     def to_dict(self) -> dict[str, Any]:
         """For display and JSON answers: never the ticket's hash."""
@@ -64,6 +68,8 @@ class OrgRecord:
             "last_verification": None if self.last_verification is None else vars(self.last_verification),
             "recheck_ticket_expires": self.ticket_expires or None,
             "webhook_secret": bool(self.webhook_secret_hash),
+            "contact": self.contact or None,
+            "connected_by": self.connected_by or None,
         }
 
 
@@ -78,6 +84,8 @@ def dump_orgs(orgs: Iterable[OrgRecord]) -> str:
                 "ticket_hash": org.ticket_hash,
                 "ticket_expires": org.ticket_expires,
                 "webhook_secret_hash": org.webhook_secret_hash,
+                "contact": org.contact,
+                "connected_by": org.connected_by,
             }
             for org in orgs
         ]
@@ -100,6 +108,8 @@ def load_orgs(entity: Mapping[str, Any]) -> tuple[OrgRecord, ...]:
                 ticket_hash=item.get("ticket_hash") or "",
                 ticket_expires=int(item.get("ticket_expires") or 0),
                 webhook_secret_hash=item.get("webhook_secret_hash") or "",
+                contact=item.get("contact") or "",
+                connected_by=item.get("connected_by") or "",
             )
         )
     return tuple(records)
@@ -120,15 +130,15 @@ def migrate_v1(entity: Mapping[str, Any]) -> tuple[OrgRecord, ...]:
     if raw:
         data = json.loads(raw)
         verification = OrgVerification(data["at"], data["outcome"], data.get("error_code"), data.get("message"))
-    awaiting = status is OrgStatus.AWAITING_APPLICATION_USER
     return tuple(
         OrgRecord(
             url=url,
             status=status,
             added_at=str(entity.get("CreatedAt") or ""),
             last_verification=verification,
-            ticket_hash=(entity.get("RecheckTicketHash") or "") if awaiting else "",
-            ticket_expires=int(entity.get("RecheckTicketExpires") or 0) if awaiting else 0,
+            # The tenant's ticket opens a re-check of each of its orgs until it expires (checked when used).
+            ticket_hash=str(entity.get("RecheckTicketHash") or ""),
+            ticket_expires=int(entity.get("RecheckTicketExpires") or 0),
             webhook_secret_hash=str(entity.get("WebhookSecretHash") or ""),
         )
         for url in json.loads(entity.get("OrgUrls") or "[]")
@@ -160,6 +170,7 @@ def summarize(current: str, orgs: Iterable[OrgRecord]) -> str:
         return "active"
     if OrgStatus.AWAITING_APPLICATION_USER in statuses:
         return "awaiting_application_user"
-    if statuses and all(status is OrgStatus.FAILED for status in statuses):
+    connected = [status for status in statuses if status is not OrgStatus.DISCONNECTED]
+    if connected and all(status is OrgStatus.FAILED for status in connected):
         return "failed"
     return current

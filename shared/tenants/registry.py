@@ -15,14 +15,13 @@ import logging
 import random
 import secrets
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from shared.errors import S2SError
-from shared.telemetry import dims
+from shared.tenants.history import TenantHistory, Transition
 from shared.tenants.orgs import (
     SCHEMA_VERSION,
     OrgRecord,
@@ -145,20 +144,6 @@ class Tenant:
 
 
 @dataclass(frozen=True)
-class Transition:
-    """A change of the tenant's status, or, with ``org`` set, of one org's (added: from None; removed: to
-    "removed")."""
-
-    tenant_id: str
-    from_status: str | None
-    to_status: str
-    reason: str
-    actor: str
-    at: str
-    org: str | None = None
-
-
-@dataclass(frozen=True)
 class OrgUpdate:
     """What a verification learned about one org: its new status (None: keep it) and the verification."""
 
@@ -185,6 +170,7 @@ class TenantRegistry:
     def __init__(self, tenants_table: Any, history_table: Any, clock: Callable[[], float] = time.time) -> None:
         self._tenants = tenants_table
         self._history = history_table
+        self._history_log = TenantHistory(history_table)
         self._clock = clock
 
     def create_tables(self) -> None:
@@ -238,25 +224,8 @@ class TenantRegistry:
             continuation = page.continuation
 
     def history(self, tenant_id: str, limit: int = 100) -> list[Transition]:
-        entities = self._history.query_entities(
-            "PartitionKey eq @pk", parameters={"pk": tenant_id.lower()}, results_per_page=limit
-        )
-        out: list[Transition] = []
-        for entity in entities:
-            out.append(
-                Transition(
-                    tenant_id=entity["PartitionKey"],
-                    from_status=entity.get("FromStatus") or None,
-                    to_status=entity["ToStatus"],
-                    reason=entity.get("Reason", ""),
-                    actor=entity.get("Actor", ""),
-                    at=entity["At"],
-                    org=entity.get("Org") or None,
-                )
-            )
-            if len(out) >= limit:
-                break
-        return out
+        """The tenant's changes, newest first (shared.tenants.history)."""
+        return self._history_log.list(tenant_id, limit)
 
     # -- writes --------------------------------------------------------------------------------------------
 
@@ -290,6 +259,31 @@ class TenantRegistry:
 
         return self._write(tenant_id, decide, reason=reason, actor=actor)
 
+    def connect_org(
+        self, tenant_id: str, org_url: str, *, actor: str, reason: str, connected_by: str, contact: str | None
+    ) -> Tenant:
+        """A System Administrator of ``org_url`` who signed in connects it (decided on the row as it is now, under
+        its ETag): a new or offboarded tenant enters ``pending_consent`` and takes this contact and person as its
+        own; a known tenant keeps its status and contact. The org is added, or a disconnected one reconnected,
+        waiting for verification; its contact and who connected it are kept on the org."""
+
+        def decide(current: TenantStatus | None, orgs: tuple[OrgRecord, ...], now: str) -> _Decision:
+            fresh = current is None or current is TenantStatus.OFFBOARDED
+            target = TenantStatus.PENDING_CONSENT if fresh else current
+            assert target is not None
+            new_orgs = with_org(orgs, org_url, now)
+            record = next(org for org in new_orgs if org.url == org_url)
+            status = OrgStatus.PENDING_VERIFICATION if record.status is OrgStatus.DISCONNECTED else record.status
+            new_orgs = updated(new_orgs, org_url, status=status, contact=contact or "", connected_by=connected_by)
+            return _Decision(
+                target,
+                new_orgs,
+                onboarded_by=connected_by if fresh else None,
+                contact=contact if fresh else None,
+            )
+
+        return self._write(tenant_id, decide, reason=reason, actor=actor)
+
     def record_verification(
         self,
         tenant_id: str,
@@ -309,13 +303,16 @@ class TenantRegistry:
             if current is None:
                 raise TenantNotFoundError(f"Tenant {tenant_id[:64]} is not in the registry.")
             new_orgs = orgs
+            # An offboarded tenant's orgs keep their status unless the caller decides the tenant's (offboarding
+            # itself): a verification racing the offboarding records its attempt and nothing else.
+            frozen = current is TenantStatus.OFFBOARDED and tenant_status is None
             for url, update in updates.items():
                 record = next((org for org in new_orgs if org.url == url), None)
                 if record is None:  # removed meanwhile
                     continue
-                new_orgs = updated(
-                    new_orgs, url, status=update.status or record.status, last_verification=update.verification
-                )
+                keep = frozen or (record.status is OrgStatus.DISCONNECTED and tenant_status is None)
+                status = record.status if keep or update.status is None else update.status
+                new_orgs = updated(new_orgs, url, status=status, last_verification=update.verification)
             target = tenant_status or TenantStatus(summarize(current.value, new_orgs))
             # An empty outcome means "the status it led to", known only here, from the row as it is now.
             outcome = verification
@@ -404,75 +401,20 @@ class TenantRegistry:
                 # writers does not collide again in lock-step.
                 time.sleep(random.uniform(0.005, 0.05))  # noqa: S311 - jitter, not security
                 continue
-            self._history_of(
-                key, current, status, orgs, decision.orgs, reason=reason, actor=actor, now=now, stamp=stamp
-            )
-            # The row is exactly what was just written: no need to read it back.
-            return replace(_to_tenant(new), etag=(written or {}).get("etag"))
-        raise RegistryConflictError(f"Tenant {key} is being updated by many writers; try again.")
-
-    def _history_of(
-        self,
-        key: str,
-        current: TenantStatus | None,
-        status: TenantStatus,
-        before: tuple[OrgRecord, ...],
-        after: tuple[OrgRecord, ...],
-        *,
-        reason: str,
-        actor: str,
-        now: str,
-        stamp: float,
-    ) -> None:
-        old = {org.url: org.status for org in before}
-        new = {org.url: org.status for org in after}
-        tick = 0
-        changed = []
-        for url in [*new, *(url for url in old if url not in new)]:
-            was, will = old.get(url), new.get(url)
-            if was is not will:
-                changed.append(url)
-                tick += 1
-                self._add_history(
-                    key,
-                    was.value if was else None,
-                    will.value if will else "removed",
-                    reason=reason,
-                    actor=actor,
-                    now=now,
-                    stamp=stamp,
-                    org=url,
-                    order=tick,
-                )
-        if current != status:
-            self._add_history(
+            self._history_log.record_changes(
                 key,
                 current.value if current else None,
                 status.value,
+                [(org.url, org.status.value) for org in orgs],
+                [(org.url, org.status.value) for org in decision.orgs],
                 reason=reason,
                 actor=actor,
                 now=now,
                 stamp=stamp,
-                order=tick + 1,
             )
-            log = logger.warning if status in (_S.CONSENT_REVOKED, _S.FAILED) else logger.info
-            log(
-                "Tenant %s: %s -> %s (%s)",
-                key,
-                current or "new",
-                status,
-                reason,
-                extra=dims(
-                    "tenant.status",
-                    tenant_id=key,
-                    org=changed[0] if len(changed) == 1 else None,
-                    from_status=str(current or "new"),
-                    to_status=str(status),
-                    reason=reason[:500] if reason else None,
-                    actor=actor,
-                    org_count=len(after),
-                ),
-            )
+            # The row is exactly what was just written: no need to read it back.
+            return replace(_to_tenant(new), etag=(written or {}).get("etag"))
+        raise RegistryConflictError(f"Tenant {key} is being updated by many writers; try again.")
 
     def issue_recheck_ticket(self, tenant_id: str, org_url: str, ttl_seconds: int = RECHECK_TICKET_TTL_SECONDS) -> str:
         """A secret for the customer's re-check of one org (only its hash is stored), replacing that org's earlier
@@ -526,35 +468,6 @@ class TenantRegistry:
             if org.ticket_hash and org.ticket_expires > self._clock() and hmac.compare_digest(org.ticket_hash, wanted):
                 return org.url
         return None
-
-    def _add_history(
-        self,
-        key: str,
-        current: str | None,
-        status: str,
-        *,
-        reason: str,
-        actor: str,
-        now: str,
-        stamp: float,
-        org: str | None = None,
-        order: int = 0,
-    ) -> None:
-        # Newest first: Table Storage returns rows in RowKey order within a partition. Microseconds keep quick
-        # successive transitions in order; ``order`` orders the rows one write adds (org changes, then tenant).
-        inverted = 10**17 - int(stamp * 1_000_000) - order
-        self._history.create_entity(
-            {
-                "PartitionKey": key,
-                "RowKey": f"{inverted:017d}-{uuid.uuid4().hex[:8]}",
-                "FromStatus": current or "",
-                "ToStatus": status,
-                "Reason": reason[:1000],
-                "Actor": actor[:200],
-                "At": now,
-                "Org": org or "",
-            }
-        )
 
 
 @dataclass(frozen=True)

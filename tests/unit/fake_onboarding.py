@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 from shared.auth.token_provider import AccessToken
 from shared.dataverse.client import WhoAmI
-from shared.dataverse.errors import ApplicationUserMissingError, DataverseError
+from shared.dataverse.errors import ApplicationUserDisabledError, ApplicationUserMissingError, DataverseError
 from shared.signin.administrators import SignedInAdministrator, SignInError
 from shared.tenants.onboarding import SYSTEM_ADMINISTRATOR_ROLE_TEMPLATE
 
@@ -74,6 +74,7 @@ class FakeOrgs:
     def __init__(self) -> None:
         self.owners: dict[str, str] = {}
         self.users: dict[tuple[str, str], tuple[str, ...]] = {}  # (org, object id) -> role template ids
+        self.disabled: set[tuple[str, str]] = set()  # (org, object id) of users disabled there (no licence)
         self.calls: list[str] = []
 
     def add(self, org_url: str, tenant_id: str) -> None:
@@ -99,6 +100,10 @@ class FakeDelegatedClient:
             raise DataverseError("401 from the org", org_url=self.org_url, status_code=401, error_code="0x80072560")
         object_id = self._token.token.removeprefix("delegated-")
         roles = self._orgs.users.get((self.org_url, object_id))
+        if (self.org_url, object_id) in self._orgs.disabled:
+            raise ApplicationUserDisabledError(
+                "The user is disabled.", org_url=self.org_url, status_code=400, error_code="0x80040225"
+            )
         if roles is None:
             raise DataverseError("not a member", org_url=self.org_url, status_code=403, error_code="0x80072560")
         return roles

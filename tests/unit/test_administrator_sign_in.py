@@ -77,7 +77,7 @@ def test_a_redeemed_code_gives_the_person_and_their_org_token_and_msal_forgets_t
     assert admin.dataverse_token.resource == ORG and admin.dataverse_token.tenant_id == TENANT
     assert admin.dataverse_token.expires_on == 1000.0 + 3599
     assert "delegated" not in repr(admin)
-    assert fake.accounts == [{"home_account_id": "someone.else"}]
+    assert fake.accounts == []  # MSAL's cache keeps nobody's tokens after a flow
 
 
 @pytest.mark.parametrize(
@@ -93,10 +93,28 @@ def test_a_redeemed_code_gives_the_person_and_their_org_token_and_msal_forgets_t
         ({"access_token": "t", "id_token_claims": {"tid": "not-a-guid", "oid": USER}}, "id_token_invalid"),
     ],
 )
-def test_each_msal_failure_is_a_sign_in_error_with_a_code(outcome: Any, code: str):
+def test_each_msal_failure_is_a_sign_in_error_with_a_code_and_leaves_no_token_cached(outcome: Any, code: str):
     fake = FakeMsal(outcome)
     with pytest.raises(SignInError) as info:
         sign_in(fake).finish({"state": "s", "scope": [f"{ORG}/user_impersonation"]}, {"code": "x", "state": "s"})
     assert info.value.code == code
+    # MSAL writes the answer to its cache before it checks the ID token: a refused sign-in leaves nothing either.
+    assert fake.accounts == []
     if isinstance(outcome, dict) and outcome.get("error_codes"):
         assert "AADSTS54005" in info.value.message
+
+
+def test_a_failure_to_read_the_authoritys_metadata_is_a_sign_in_error_not_a_crash():
+    def unreachable() -> FakeMsal:
+        raise ValueError("Unable to get authority configuration")
+
+    signin = AdministratorSignIn(
+        client_id="c",
+        authority_host="https://login.microsoftonline.com",
+        authority="organizations",
+        assertion_source=object(),  # type: ignore[arg-type]
+        app_factory=unreachable,  # type: ignore[arg-type]
+    )
+    with pytest.raises(SignInError) as info:
+        signin.begin(ORG, "https://app.example/cb")
+    assert info.value.code == "entra_unreachable"

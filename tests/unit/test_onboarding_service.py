@@ -32,6 +32,7 @@ OTHER = str(uuid.uuid4())
 WORKING_ORG = "https://contoso.crm.dynamics.com"
 SECOND_ORG = "https://contoso-test.crm4.dynamics.com"  # the customer's, no application user yet
 FOREIGN_ORG = "https://fabrikam.crm.dynamics.com"  # belongs to OTHER
+THIRD_ORG = "https://contoso-uat.crm11.dynamics.com"  # the customer's, never connected: what the attacker names
 
 
 class FakeDataverse(FakeOrgs):
@@ -41,9 +42,14 @@ class FakeDataverse(FakeOrgs):
         super().__init__()
         self.with_application_user: set[str] = set()
         self.discovered: list[str] = []
+        self.token_refusals: dict[str, Exception] = {}
 
     def for_org(self, tenant_id: str, org_url: str, *, bulk: bool = False) -> FakeAppOnlyClient:
-        return FakeAppOnlyClient(org_url, org_url in self.with_application_user)
+        client = FakeAppOnlyClient(org_url, org_url in self.with_application_user)
+        refusal = self.token_refusals.get(org_url)
+        if refusal is not None:  # the real client asks for the token on its first call
+            client.whoami = lambda caller_object_id=None: (_ for _ in ()).throw(refusal)  # type: ignore[method-assign]
+        return client
 
     def discover_tenant(self, org_url: str) -> str:
         self.discovered.append(org_url)
@@ -80,9 +86,14 @@ class World:
         self.admin = Person(CUSTOMER, username="admin@contoso.example")
         self.clerk = Person(CUSTOMER, username="clerk@contoso.example")
         self.foreigner = Person(OTHER, username="admin@fabrikam.example")
-        for org, owner in ((WORKING_ORG, CUSTOMER), (SECOND_ORG, CUSTOMER), (FOREIGN_ORG, OTHER)):
+        for org, owner in (
+            (WORKING_ORG, CUSTOMER),
+            (SECOND_ORG, CUSTOMER),
+            (THIRD_ORG, CUSTOMER),
+            (FOREIGN_ORG, OTHER),
+        ):
             self.dataverse.add(org, owner)
-        for org in (WORKING_ORG, SECOND_ORG):
+        for org in (WORKING_ORG, SECOND_ORG, THIRD_ORG):
             self.dataverse.add_user(org, self.admin, administrator=True)
             self.dataverse.add_user(org, self.clerk, administrator=False)
         self.dataverse.add_user(FOREIGN_ORG, self.foreigner, administrator=True)
@@ -136,7 +147,7 @@ def test_the_org_administrator_onboards_and_is_named_in_the_history(world: World
 def _attempts(world: World) -> dict[str, Any]:
     """Each forged or skipped step: a callable that drives it and the error it must end in."""
 
-    def begin(org: str = SECOND_ORG) -> tuple[str, str]:
+    def begin(org: str = THIRD_ORG) -> tuple[str, str]:
         started = world.service.start(org, "attacker text")
         return started.redirect_url.split("state=")[1], started.browser_nonce
 
@@ -191,16 +202,17 @@ def _attempts(world: World) -> dict[str, Any]:
 @pytest.mark.parametrize("attempt", list(_attempts(World())))
 def test_every_forged_or_skipped_step_leaves_an_active_customer_exactly_as_it_was(world: World, attempt: str):
     world.onboard(WORKING_ORG, world.admin, "ops@contoso.example")
-    ticket_before = world.tenants.rows[("tenant", CUSTOMER)].get("RecheckTicketHash")
+    waiting = world.onboard(SECOND_ORG, world.admin)  # no application user there yet: the customer holds a ticket
+    assert waiting.recheck_ticket
     before = world.snapshot()
     drive, error = _attempts(world)[attempt]
     with pytest.raises(error):
         drive()
-    assert world.snapshot() == before
+    assert world.snapshot() == before  # every row and history entry, the sealed tickets and secrets included
     tenant = world.registry.get_tenant(CUSTOMER)
-    assert tenant.status is TenantStatus.ACTIVE and tenant.org_urls == (WORKING_ORG,)
+    assert tenant.status is TenantStatus.ACTIVE and tenant.org_urls == (WORKING_ORG, SECOND_ORG)
     assert tenant.contact == "ops@contoso.example"
-    assert world.tenants.rows[("tenant", CUSTOMER)].get("RecheckTicketHash") == ticket_before
+    assert world.registry.check_recheck_ticket(CUSTOMER, waiting.recheck_ticket) == SECOND_ORG
 
 
 @pytest.mark.parametrize("attempt", list(_attempts(World())))
@@ -251,7 +263,7 @@ def test_an_error_answer_is_described_only_to_the_browser_that_started(world: Wo
         world.service.complete({"code": "c", "state": state}, started.browser_nonce)
 
 
-def test_offboarding_puts_every_org_back_to_pending_so_one_org_does_not_bring_the_others_back(world: World):
+def test_offboarding_disconnects_every_org_so_one_org_does_not_bring_the_others_back(world: World):
     world.onboard(WORKING_ORG, world.admin)
     world.dataverse.with_application_user.add(SECOND_ORG)
     world.onboard(SECOND_ORG, world.admin)
@@ -259,11 +271,13 @@ def test_offboarding_puts_every_org_back_to_pending_so_one_org_does_not_bring_th
     world.service.offboard(CUSTOMER, actor="operator", reason="contract ended")
     offboarded = world.registry.get_tenant(CUSTOMER)
     assert offboarded.active_org_urls == ()
-    assert {org.status.value for org in offboarded.orgs} == {"pending_verification"}
+    assert {org.status.value for org in offboarded.orgs} == {"disconnected"}
     world.onboard(WORKING_ORG, world.admin)
     back = world.registry.get_tenant(CUSTOMER)
     assert back.status is TenantStatus.ACTIVE and back.active_org_urls == (WORKING_ORG,)
-    assert back.org(SECOND_ORG).status.value == "pending_verification"
+    assert back.org(SECOND_ORG).status.value == "disconnected"
+    world.service.verify(CUSTOMER, actor="health job")  # background verification leaves a disconnected org alone
+    assert world.registry.get_tenant(CUSTOMER).org(SECOND_ORG).status.value == "disconnected"
 
 
 def test_a_second_org_without_application_user_gets_its_own_ticket_and_never_demotes_the_first(world: World):
@@ -280,3 +294,74 @@ def test_a_second_org_without_application_user_gets_its_own_ticket_and_never_dem
     world.dataverse.with_application_user.add(SECOND_ORG)
     checked = world.service.recheck(CUSTOMER, result.recheck_ticket, None)
     assert checked is not None and checked.focus is not None and checked.focus.status.value == "active"
+
+
+class RefusingTokens(FakeTokens):
+    """Entra refusing the app-only token for some resources."""
+
+    def __init__(self, refusals: dict[str, Exception]) -> None:
+        super().__init__()
+        self.refusals = refusals
+
+    def get_token(self, tenant_id: str, resource: str) -> str:
+        self.requests.append((tenant_id, resource))
+        if resource in self.refusals:
+            raise self.refusals[resource]
+        return "app-token"
+
+
+def _refusal(code: int, category: str, *, transient: bool = False) -> Exception:
+    from shared.errors import TokenAcquisitionError
+
+    return TokenAcquisitionError(
+        f"AADSTS{code}", tenant_id=CUSTOMER, aadsts_code=code, category=category, is_transient=transient
+    )
+
+
+def test_a_transient_entra_error_while_adding_an_org_keeps_the_active_tenant_and_queues_nothing(world: World):
+    world.onboard(WORKING_ORG, world.admin)
+    world.dataverse.with_application_user.add(SECOND_ORG)
+    refusal = _refusal(90033, "service_unavailable", transient=True)
+    world.service._tokens = RefusingTokens({SECOND_ORG: refusal})  # type: ignore[assignment]
+    result = world.onboard(SECOND_ORG, world.admin)  # no exception, no 500
+    tenant = world.registry.get_tenant(CUSTOMER)
+    assert tenant.status is TenantStatus.ACTIVE and tenant.active_org_urls == (WORKING_ORG,)
+    assert result.error_code == "AADSTS90033" and world.enqueued == []
+
+
+def test_a_fresh_consent_still_replicating_is_requeued_once_recorded(world: World):
+    refusal = _refusal(700016, "consent_missing")
+    world.service._tokens = RefusingTokens({WORKING_ORG: refusal})  # type: ignore[assignment]
+    result = world.onboard(WORKING_ORG, world.admin)
+    assert result.status is TenantStatus.PENDING_CONSENT
+    assert world.enqueued and world.enqueued[0][0] == {"tenant_id": CUSTOMER, "attempt": 1}
+
+
+def test_a_token_refused_for_one_orgs_resource_fails_that_org_only(world: World):
+    world.dataverse.with_application_user.add(SECOND_ORG)
+    world.onboard(WORKING_ORG, world.admin)
+    world.onboard(SECOND_ORG, world.admin)
+    refusal = _refusal(500011, "unknown")  # that org's resource is unknown to Entra: nothing about the tenant
+    world.service._tokens = RefusingTokens({WORKING_ORG: refusal})  # type: ignore[assignment]
+    world.dataverse.token_refusals[WORKING_ORG] = refusal
+    world.service.verify(CUSTOMER, actor="health job")
+    tenant = world.registry.get_tenant(CUSTOMER)
+    assert tenant.status is TenantStatus.ACTIVE and tenant.active_org_urls == (SECOND_ORG,)
+    assert tenant.org(WORKING_ORG).status.value == "failed"
+
+
+def test_a_disabled_or_unlicensed_administrator_is_refused_with_a_4xx_code_and_nothing_recorded(world: World):
+    world.dataverse.disabled.add((WORKING_ORG, world.admin.object_id))
+    with pytest.raises(NotOrgAdministratorError, match="disabled"):
+        world.onboard(WORKING_ORG, world.admin)
+    assert world.tenants.rows == {}
+
+
+def test_a_contact_typed_when_adding_an_org_stays_on_that_org(world: World):
+    world.onboard(WORKING_ORG, world.admin, "ops@contoso.example")
+    world.dataverse.with_application_user.add(SECOND_ORG)
+    world.onboard(SECOND_ORG, world.admin, "someone@else.example")
+    tenant = world.registry.get_tenant(CUSTOMER)
+    assert tenant.contact == "ops@contoso.example"  # the tenant's own contact is not overwritten
+    assert tenant.org(SECOND_ORG).contact == "someone@else.example"
+    assert tenant.org(SECOND_ORG).connected_by == "admin@contoso.example"

@@ -180,13 +180,35 @@ def test_schema_1_rows_read_as_per_org_status_without_losing_anything(status, or
     assert all(
         org.last_verification == OrgVerification(**json.loads(str(row["LastVerification"]))) for org in tenant.orgs
     )
-    awaiting = status == "awaiting_application_user"
-    # The tenant's old ticket still works, for the orgs that await their application user.
-    assert (registry.check_recheck_ticket(tenant.tenant_id, "old-ticket") == A) is awaiting
+    # The tenant's old ticket still opens a re-check (of each of its orgs) until it expires.
+    assert registry.check_recheck_ticket(tenant.tenant_id, "old-ticket") == A
+    assert registry.check_recheck_ticket(tenant.tenant_id, "old-ticket", B) == B
+    assert all(org.webhook_secret_hash == "whs" for org in tenant.orgs)  # the tenant's secret, on every org
     # The next write stores schema 2 and keeps every other field.
     registry.record(tenant.tenant_id, TenantStatus(status), reason="touch", actor="migration test")
     stored = tickets.rows[("tenant", row["RowKey"])]
     assert stored["SchemaVersion"] == 2 and [o.url for o in load_orgs(stored)] == [A, B]
     for kept in ("CreatedAt", "OnboardedBy", "LastVerification", "WebhookSecretHash", "Status"):
         assert stored[kept] == row[kept], kept
-    assert (registry.check_recheck_ticket(tenant.tenant_id, "old-ticket") == A) is awaiting
+    assert registry.check_recheck_ticket(tenant.tenant_id, "old-ticket") == A
+    assert all(org.webhook_secret_hash == "whs" for org in load_orgs(stored))
+
+
+def test_a_verification_racing_an_offboarding_leaves_the_orgs_disconnected():
+    registry = TenantRegistry(FakeTable(), FakeTable())
+    t = active_tenant(registry)
+    registry.record_verification(  # the offboarding
+        t,
+        {A: OrgUpdate(OrgStatus.DISCONNECTED, OrgVerification("t", "offboarded"))},
+        reason="left",
+        actor="op",
+        tenant_status=TenantStatus.OFFBOARDED,
+    )
+    late = registry.record_verification(  # the health job's answer, computed before the offboarding landed
+        t,
+        {A: OrgUpdate(OrgStatus.ACTIVE, OrgVerification("t2", "active"))},
+        reason="ok",
+        actor="health job",
+    )
+    assert late.status is TenantStatus.OFFBOARDED and late.org(A).status is OrgStatus.DISCONNECTED
+    assert late.org(A).last_verification == OrgVerification("t2", "active")  # the attempt is still on record
