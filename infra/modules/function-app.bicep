@@ -171,6 +171,9 @@ param sweepConcurrency int
 @description('Required. SWEEP_TIME_BUDGET_SECONDS.')
 param sweepTimeBudgetSeconds int
 
+@description('Required. SWEEP_LEASE_SECONDS.')
+param sweepLeaseSeconds int
+
 @description('Required. SYNC_TABLES.')
 param syncTables string
 
@@ -328,6 +331,7 @@ var appSettings = {
   TENANT_HISTORY_KEEP: string(tenantHistoryKeep)
   SWEEP_CONCURRENCY: string(sweepConcurrency)
   SWEEP_TIME_BUDGET_SECONDS: string(sweepTimeBudgetSeconds)
+  SWEEP_LEASE_SECONDS: string(sweepLeaseSeconds)
   SYNC_TABLES: syncTables
   SYNC_PAGE_SIZE: string(syncPageSize)
   SYNC_CONTAINER: syncContainer
