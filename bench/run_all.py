@@ -10,8 +10,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHES = ("auth", "dataverse", "webhook", "sync")
-RESULTS = {"auth": "auth.json", "dataverse": "dataverse.json", "webhook": "webhooks.json", "sync": "sync.json"}
+BENCHES = ("auth", "dataverse", "webhook", "sync", "fanout")
+RESULTS = {
+    "auth": "auth.json",
+    "dataverse": "dataverse.json",
+    "webhook": "webhooks.json",
+    "sync": "sync.json",
+    "fanout": "fanout.json",
+}
 
 
 def main() -> int:

@@ -76,11 +76,23 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     explain = commands.add_parser("explain", help="what an AADSTS or Dataverse error code means here, and the fix")
     explain.add_argument("code", help="e.g. 700016, AADSTS65001, 0x80072560, disabled, 'expired delta token'")
-    jobs = commands.add_parser("jobs", help="run a scheduled job now")
+    jobs = commands.add_parser("jobs", help="scheduled jobs: run one now, a sweep's status, work the queue")
     job_commands = jobs.add_subparsers(dest="jobs_command", required=True)
-    run = job_commands.add_parser("run", help="run sync, health or certificate-expiry now")
+    run = job_commands.add_parser(
+        "run", help="run sync, health or certificate-expiry now (a sweep is fanned out and its queue worked here)"
+    )
     run.add_argument("job", choices=["sync", "health", "certificate-expiry"])
     run.add_argument("--tenant", help="only this tenant (default: all that the job covers)")
+    run.add_argument(
+        "--single-invocation",
+        action="store_true",
+        help="the old way: the whole sweep in this one process, without the queue",
+    )
+    status = job_commands.add_parser("status", help="a fanned-out sweep's aggregated status (default: the latest)")
+    status.add_argument("--run", help="the run id (sync-YYYYMMDDTHHMMSSZ-xxxxxx); without it, the latest runs")
+    work = job_commands.add_parser("work", help="work the sweep queue in this process until it stays empty")
+    work.add_argument("--idle-seconds", type=float, default=3.0, help="stop after the queue was empty this long")
+    work.add_argument("--max-seconds", type=float, default=3600.0)
     poison = commands.add_parser("poison", help="webhook events that could not be processed")
     poison_commands = poison.add_subparsers(dest="poison_command", required=True)
     poison_commands.add_parser("list", help="peek at up to 32 poison messages with their reasons")
@@ -90,9 +102,89 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _progress_bar(status: Any) -> str:
+    """``[#######.............]  35% 350/1000 units, 2 failed, 12,345 rows``."""
+    planned = max(status.planned, 1)
+    finished = status.done + status.failed
+    filled = int(20 * finished / planned)
+    return (
+        f"[{'#' * filled}{'.' * (20 - filled)}] {100 * finished // planned:3d}% {finished}/{status.planned} units, "
+        f"{status.failed} failed, {status.rows:,} rows"
+    )
+
+
+def _queue_runner(services: Any, threads: int) -> Any:
+    from shared.jobs.queue_runner import LocalQueueRunner
+    from shared.jobs.units import SWEEP_POISON_QUEUE
+
+    settings = services.settings
+    worker = services.sweep_worker
+    return LocalQueueRunner(
+        services.sweep_queue(),
+        worker.handle,
+        poison_queue=services.storage.queue(SWEEP_POISON_QUEUE),
+        batch_size=threads,
+        new_batch_threshold=max(1, threads // 2),
+        max_dequeue_count=settings.webhook_max_dequeue_count,
+        retry_visibility=min(30.0, settings.sweep_lease_seconds),
+    )
+
+
+def _sweep_status(services: Any, args: argparse.Namespace) -> Any:
+    ledger = services.run_ledger
+    if args.run:
+        status = ledger.get_status(args.run)
+        if sys.stdout.isatty() and not args.json:
+            print(terminal_safe(_progress_bar(status)))
+        return status.to_dict()
+    runs = [ledger.get_status(run_id, with_failures=False) for run_id in ledger.list_runs(10)]
+    if sys.stdout.isatty() and not args.json:
+        for status in runs:
+            print(terminal_safe(f"{status.run_id} {_progress_bar(status)}"))
+    return {"runs": [s.to_dict() for s in runs]}
+
+
+def _fanned_out_run(services: Any, args: argparse.Namespace) -> Any:
+    """Schedule a run as the timer does, then work the queue here until the run is finished, with progress on
+    stderr (a bar on a terminal, a line a second otherwise)."""
+    import threading
+    import time
+
+    scheduled = services.sweep_scheduler.start(args.job, args.tenant)
+    ledger = services.run_ledger
+    finished = threading.Event()
+    last = [0.0]
+
+    def until() -> bool:
+        now = time.monotonic()
+        if now - last[0] >= 1.0 or finished.is_set():
+            last[0] = now
+            status = ledger.get_status(scheduled.run_id, with_failures=False)
+            line = terminal_safe(f"{scheduled.run_id} {_progress_bar(status)}")
+            sys.stderr.write(f"\r{line}" if sys.stderr.isatty() else f"{line}\n")
+            sys.stderr.flush()
+            if status.finished:
+                finished.set()
+        return finished.is_set()
+
+    _queue_runner(services, services.settings.sweep_concurrency).run(until=until, max_seconds=6 * 3600)
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    return ledger.get_status(scheduled.run_id).to_dict()
+
+
 def _jobs(services: Any, args: argparse.Namespace) -> Any:
+    if args.jobs_command == "status":
+        return _sweep_status(services, args)
+    if args.jobs_command == "work":
+        stats = _queue_runner(services, services.settings.sweep_concurrency).run(
+            idle_seconds=args.idle_seconds, max_seconds=args.max_seconds
+        )
+        return {"processed": stats.processed, "outcomes": stats.outcomes, "failed_attempts": stats.failed_attempts}
     if args.job == "certificate-expiry":
         return services.jobs.run_certificate_expiry()
+    if not args.single_invocation:
+        return _fanned_out_run(services, args)
     done = [0]
 
     def progress(tenant_id: str, outcome: str, detail: str) -> None:
@@ -244,6 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from shared.bootstrap import build_services, installed_services
     from shared.dataverse.org_url import InvalidOrgUrlError
     from shared.errors import ConfigurationError, InvalidTenantError
+    from shared.jobs.runs import RunNotFoundError
     from shared.settings import Settings
 
     try:
@@ -272,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print(_poison(services, args), args.json)
         else:
             _print(_certificate_report(services), args.json)
-    except (ConfigurationError, InvalidOrgUrlError, InvalidTenantError) as exc:
+    except (ConfigurationError, InvalidOrgUrlError, InvalidTenantError, RunNotFoundError) as exc:
         _print({"error": exc.code, "message": exc.message}, args.json)
         return 2
     except S2SError as exc:

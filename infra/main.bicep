@@ -204,6 +204,11 @@ param sweepConcurrency int = 8
 @maxValue(3600)
 param sweepTimeBudgetSeconds int = 480
 
+@description('Optional. SWEEP_LEASE_SECONDS: how long a sweep unit stays leased to its worker without a saved page; a dead worker\'s unit is taken over after this.')
+@minValue(5)
+@maxValue(3600)
+param sweepLeaseSeconds int = 600
+
 @description('Optional. SYNC_TABLES: tables and columns to sync, entityset:col,col;entityset:col.')
 param syncTables string = 'accounts:accountid,name,accountnumber,telephone1,revenue,modifiedon;contacts:contactid,firstname,lastname,emailaddress1,modifiedon'
 
@@ -487,6 +492,7 @@ module functionApp 'modules/function-app.bicep' = {
     tenantHistoryKeep: tenantHistoryKeep
     sweepConcurrency: sweepConcurrency
     sweepTimeBudgetSeconds: sweepTimeBudgetSeconds
+    sweepLeaseSeconds: sweepLeaseSeconds
     syncTables: syncTables
     syncPageSize: syncPageSize
     syncContainer: syncContainer

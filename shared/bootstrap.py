@@ -28,10 +28,14 @@ from shared.auth.client_assertions import (
 from shared.auth.token_provider import TenantTokenProvider
 from shared.dataverse.clients import DataverseClients
 from shared.dataverse.throttle_board import THROTTLE_TABLE, ThrottleBoard
+from shared.jobs.fanout import UNITS_TABLE, SweepScheduler, UnitHistory
 from shared.jobs.housekeeping import Housekeeping, TenantHistoryRetention
+from shared.jobs.runs import RUNS_TABLE, RunLedger
 from shared.jobs.sinks import BlobNdjsonSink, ChangeSink
 from shared.jobs.sweeps import JobRunner
 from shared.jobs.sync import SYNC_STATE_TABLE, CheckpointStore
+from shared.jobs.units import SWEEP_POISON_QUEUE, SWEEP_QUEUE
+from shared.jobs.workers import SweepWorker
 from shared.settings import CredentialSource, Settings
 from shared.signin.administrators import AdministratorSignIn
 from shared.signin.user_tokens import JwksCache, UserTokenValidator
@@ -74,6 +78,9 @@ class Services:
         self._checkpoints: CheckpointStore | None = None
         self._sink: ChangeSink | None = None
         self._jobs: JobRunner | None = None
+        self._run_ledger: RunLedger | None = None
+        self._unit_history: UnitHistory | None = None
+        self._sweep_worker: SweepWorker | None = None
         self._user_tokens: UserTokenValidator | None = None
         self._sign_in: AdministratorSignIn | None = None
 
@@ -175,6 +182,57 @@ class Services:
         if self._jobs is None:
             self._jobs = JobRunner(self)
         return self._jobs
+
+    @property
+    def run_ledger(self) -> RunLedger:
+        """Fanned-out sweeps' aggregated status per run id (``sweepruns``)."""
+        if self._run_ledger is None:
+            ledger = RunLedger(self.storage.table(RUNS_TABLE))
+            ledger.create_table()
+            self._run_ledger = ledger
+        return self._run_ledger
+
+    @property
+    def unit_history(self) -> UnitHistory:
+        if self._unit_history is None:
+            history = UnitHistory(self.storage.table(UNITS_TABLE))
+            history.create_table()
+            self._unit_history = history
+        return self._unit_history
+
+    def sweep_queue(self) -> Any:
+        """A client of the ``sweep-units`` queue the timers fill and ``functions/jobs.py`` consumes."""
+        return self.storage.queue(SWEEP_QUEUE)
+
+    @property
+    def sweep_scheduler(self) -> SweepScheduler:
+        return SweepScheduler(
+            registry=self.registry, history=self.unit_history, ledger=self.run_ledger, queue=self.sweep_queue()
+        )
+
+    @property
+    def sweep_worker(self) -> SweepWorker:
+        """What one ``sweep-units`` message does; ``max_dequeue_count`` is the host's (host.json maxDequeueCount,
+        which WEBHOOK_MAX_DEQUEUE_COUNT overrides for every queue of the app: see infra/README.md)."""
+        with self._lock:
+            built = self._sweep_worker
+        if built is None:
+            jobs, settings = self.jobs, self.settings
+            built = SweepWorker(
+                queue=self.sweep_queue(),
+                poison_queue=self.storage.queue(SWEEP_POISON_QUEUE),
+                ledger=self.run_ledger,
+                history=self.unit_history,
+                lease_table=self.sync_checkpoints.table,
+                work={"sync": jobs.sync_unit, "health": jobs.health_unit},
+                record_failure=jobs.record_unit_failure,
+                max_dequeue_count=settings.webhook_max_dequeue_count,
+                lease_seconds=settings.sweep_lease_seconds,
+                time_budget_seconds=settings.sweep_time_budget_seconds,
+            )
+            with self._lock:
+                self._sweep_worker = built
+        return built
 
     @property
     def user_tokens(self) -> UserTokenValidator:

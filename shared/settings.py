@@ -135,6 +135,7 @@ class Settings:
     tenant_history_keep: int = 50
     sweep_concurrency: int = 8
     sweep_time_budget_seconds: float = 480.0
+    sweep_lease_seconds: float = 600.0
     sync_tables: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("accounts", ("accountid", "name", "accountnumber", "telephone1", "revenue", "modifiedon")),
         ("contacts", ("contactid", "firstname", "lastname", "emailaddress1", "modifiedon")),
@@ -222,6 +223,8 @@ class Settings:
             raise ConfigurationError("SWEEP_CONCURRENCY", "must be between 1 and 64")
         if not 10 <= self.sweep_time_budget_seconds <= 3600:
             raise ConfigurationError("SWEEP_TIME_BUDGET_SECONDS", "must be between 10 and 3600")
+        if not 5 <= self.sweep_lease_seconds <= 3600:
+            raise ConfigurationError("SWEEP_LEASE_SECONDS", "must be between 5 and 3600")
         if not 1 <= self.sync_page_size <= 5000:
             raise ConfigurationError("SYNC_PAGE_SIZE", "must be between 1 and 5000")
         if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])", self.sync_container):
@@ -319,6 +322,7 @@ class Settings:
             tenant_history_keep=parsed("TENANT_HISTORY_KEEP", int, 50),
             sweep_concurrency=parsed("SWEEP_CONCURRENCY", int, 8),
             sweep_time_budget_seconds=parsed("SWEEP_TIME_BUDGET_SECONDS", float, 480.0),
+            sweep_lease_seconds=parsed("SWEEP_LEASE_SECONDS", float, 600.0),
             sync_tables=parsed("SYNC_TABLES", _parse_sync_tables, cls.sync_tables),
             sync_page_size=parsed("SYNC_PAGE_SIZE", int, 5000),
             sync_container=get("SYNC_CONTAINER") or "sync",

@@ -174,6 +174,9 @@ param sweepConcurrency int
 @description('Required. SWEEP_TIME_BUDGET_SECONDS.')
 param sweepTimeBudgetSeconds int
 
+@description('Required. SWEEP_LEASE_SECONDS.')
+param sweepLeaseSeconds int
+
 @description('Required. SYNC_TABLES.')
 param syncTables string
 
@@ -262,6 +265,15 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
           }
         }
       }
+      // Sweeps: the queue-triggered sweep_unit function scales on its own instances (Flex per-function scaling:
+      // every function other than HTTP, Blob (Event Grid) and Durable ones "scales individually", azure-docs
+      // articles/azure-functions/flex-consumption-plan.md#per-function-scaling), by queue length over its
+      // per-instance concurrency. That concurrency is host.json extensions.queues batchSize + newBatchThreshold
+      // (functions-bindings-storage-queue.md#host-json): `triggers` here takes only http.perInstanceConcurrency
+      // (Microsoft.Web FunctionsScaleAndConcurrencyTriggers), so it is not set for queues. maximumInstanceCount
+      // (default 100) bounds what every function group may add; the README's "Scheduled jobs" gives the arithmetic
+      // (instances needed = tenants x CPU per unit / interval) and when to raise it. 2048 MB: a unit waits on
+      // Dataverse and holds one page (<= 5,000 rows) at a time, so memory is not what limits it.
       scaleAndConcurrency: {
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
@@ -332,6 +344,7 @@ var appSettings = {
   TENANT_HISTORY_KEEP: string(tenantHistoryKeep)
   SWEEP_CONCURRENCY: string(sweepConcurrency)
   SWEEP_TIME_BUDGET_SECONDS: string(sweepTimeBudgetSeconds)
+  SWEEP_LEASE_SECONDS: string(sweepLeaseSeconds)
   SYNC_TABLES: syncTables
   SYNC_PAGE_SIZE: string(syncPageSize)
   SYNC_CONTAINER: syncContainer

@@ -15,11 +15,15 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import S2SError, TokenAcquisitionError
+from shared.jobs.units import SweepUnit, UnitResult
 from shared.telemetry import dims
 from shared.tenants.registry import Tenant, TenantStatus, Verification, utc_now
+
+if TYPE_CHECKING:
+    from shared.jobs.leases import UnitLease
 
 logger = logging.getLogger(__name__)
 
@@ -236,8 +240,78 @@ class JobRunner:
             "sync", tenants, sync_tenant, on_failure=self._failure_recorder("sync"), progress=progress
         )
 
-    def run_health(self, tenant_id: str | None = None, progress: Progress | None = None) -> SweepSummary:
+    def sync_unit(self, unit: SweepUnit, past_deadline: Callable[[], bool], lease: UnitLease) -> UnitResult:
+        """One fanned-out sync unit: every table of one org, checkpoints saved under the unit's lease. Throttle
+        waits are the org governor's (one unit per org at a time, so they are this unit's in this process)."""
+        from shared.jobs.leases import FencedCheckpointStore
+        from shared.jobs.sync import TableSync
+
         services = self._services
+        settings = services.settings
+        tenant = services.registry.get_tenant(unit.tenant_id)
+        if unit.org_url not in tenant.active_org_urls:
+            return UnitResult(True, detail=f"{unit.org_url} is no longer an active org of the tenant: nothing to do")
+        client = services.dataverse.for_org(tenant.tenant_id, unit.org_url, bulk=True)
+        governor = services.dataverse.governors.for_org(client.org_url)
+        waits_before = governor.throttle_waits
+        syncer = TableSync(
+            checkpoints=FencedCheckpointStore(services.sync_checkpoints, lease),
+            sink=services.sync_sink,
+            page_size=settings.sync_page_size,
+            deadline=past_deadline,
+        )
+        rows, finished = 0, True
+        for index, (table, columns) in enumerate(settings.sync_tables):
+            # The first table starts whatever the clock says: every segment saves at least one page, so a unit
+            # always progresses however small the budget.
+            if index and past_deadline():
+                finished = False
+                break
+            result = syncer.run(client, tenant.tenant_id, table, columns)
+            rows += result.rows + result.deletions
+            finished = finished and result.finished
+        waits = int(governor.throttle_waits - waits_before)
+        return UnitResult(True, rows, waits, finished, f"{rows} changes")
+
+    def health_unit(self, unit: SweepUnit, _past_deadline: Callable[[], bool], _lease: UnitLease) -> UnitResult:
+        """One fanned-out health unit: the tenant's verification (which records its own outcome on the tenant)."""
+
+        tenant = self._services.registry.get_tenant(unit.tenant_id)
+        outcome = self._health_check(tenant)
+        return UnitResult(outcome.ok, detail=outcome.detail)
+
+    def record_unit_failure(self, unit: SweepUnit, reason: str) -> None:
+        """A poisoned unit on its tenant's registry entry (status kept, the reason in its last verification)."""
+        tenant = self._services.registry.find_tenant(unit.tenant_id)
+        if tenant is None:
+            logger.warning("%s: tenant %s left the registry during the run", unit.job, unit.tenant_id)
+            return
+        self._failure_recorder(unit.job)(tenant, reason)
+
+    def _health_check(self, tenant: Tenant) -> TenantOutcome:
+        services = self._services
+        result = services.onboarding.verify(tenant.tenant_id, actor="health job")
+        if result.status is not tenant.status:
+            logger.warning(
+                "Health: tenant %s moved %s -> %s: %s",
+                tenant.tenant_id,
+                tenant.status,
+                result.status,
+                result.message,
+                extra=dims(
+                    "tenant.health_changed",
+                    tenant_id=tenant.tenant_id,
+                    from_status=str(tenant.status),
+                    to_status=str(result.status),
+                    error_code=result.error_code,
+                ),
+            )
+        # A verification that failed without changing the status (a transient Entra failure keeps an active
+        # tenant active) is still a failure of this run.
+        ok = result.status is TenantStatus.ACTIVE and result.error_code is None
+        return TenantOutcome(ok, 0, f"{result.status}: {result.error_code or ''} {result.message or ''}".strip())
+
+    def run_health(self, tenant_id: str | None = None, progress: Progress | None = None) -> SweepSummary:
         statuses = [
             TenantStatus.ACTIVE,
             TenantStatus.AWAITING_APPLICATION_USER,
@@ -247,26 +321,7 @@ class JobRunner:
         ]
 
         def check(tenant: Tenant, _past_deadline: Callable[[], bool]) -> TenantOutcome:
-            result = services.onboarding.verify(tenant.tenant_id, actor="health job")
-            if result.status is not tenant.status:
-                logger.warning(
-                    "Health: tenant %s moved %s -> %s: %s",
-                    tenant.tenant_id,
-                    tenant.status,
-                    result.status,
-                    result.message,
-                    extra=dims(
-                        "tenant.health_changed",
-                        tenant_id=tenant.tenant_id,
-                        from_status=str(tenant.status),
-                        to_status=str(result.status),
-                        error_code=result.error_code,
-                    ),
-                )
-            # A verification that failed without changing the status (a transient Entra failure keeps an active
-            # tenant active) is still a failure of this run.
-            ok = result.status is TenantStatus.ACTIVE and result.error_code is None
-            return TenantOutcome(ok, 0, f"{result.status}: {result.error_code or ''} {result.message or ''}".strip())
+            return self._health_check(tenant)
 
         return self._sweep.run(
             "health",

@@ -107,18 +107,25 @@ class CheckpointStore:
             int(entity.get("Page") or 0),
         )
 
+    def entity(self, tenant_id: str, org_url: str, table: str, checkpoint: Checkpoint) -> dict[str, Any]:
+        """The row a checkpoint is stored as (partition: the tenant, so a unit's lease can be updated with it)."""
+        return {
+            "PartitionKey": tenant_id,
+            "RowKey": self._row(org_url, table),
+            "DeltaLink": checkpoint.delta_link or "",
+            "RunId": checkpoint.run_id or "",
+            "NextLink": checkpoint.next_link or "",
+            "Page": checkpoint.page,
+            "SavedAt": time.time(),
+        }
+
     def save(self, tenant_id: str, org_url: str, table: str, checkpoint: Checkpoint) -> None:
-        self._table.upsert_entity(
-            {
-                "PartitionKey": tenant_id,
-                "RowKey": self._row(org_url, table),
-                "DeltaLink": checkpoint.delta_link or "",
-                "RunId": checkpoint.run_id or "",
-                "NextLink": checkpoint.next_link or "",
-                "Page": checkpoint.page,
-                "SavedAt": time.time(),
-            }
-        )
+        self._table.upsert_entity(self.entity(tenant_id, org_url, table, checkpoint))
+
+    @property
+    def table(self) -> Any:
+        """The table client (shared.jobs.leases keeps the units' leases beside the checkpoints they guard)."""
+        return self._table
 
 
 @dataclass

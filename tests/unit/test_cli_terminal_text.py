@@ -107,7 +107,7 @@ def test_job_progress_on_stderr_is_escaped_too(capsys) -> None:
         progress(TENANT, "failed", "Dataverse said \x1b[31mred\x1b[0m\r")
         return SimpleNamespace(to_dict=lambda: {"job": "health"})
 
-    args = SimpleNamespace(job="health", tenant=None)
+    args = SimpleNamespace(jobs_command="run", job="health", tenant=None, single_invocation=True)
     cli_main._jobs(SimpleNamespace(jobs=SimpleNamespace(run_health=run_health)), args)
     err = capsys.readouterr().err
     assert err.endswith("\n") and is_terminal_safe(err) and "\\x1b[31mred" in err
