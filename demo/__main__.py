@@ -157,6 +157,25 @@ def dataverse_part(sb: Sandbox, seed: object, services: object, tenants: dict[st
     return not failures and inside == 0 and total == 20_000
 
 
+def _fanned_out_sync(services: object) -> dict[str, object]:
+    """What the sync timer now does: one queue message per (tenant, org) unit, worked by queue-triggered workers
+    (here the local queue runner in this process, as `python -m cli jobs run sync` does), aggregated per run id."""
+    from cli.main import _progress_bar, _queue_runner
+
+    scheduled = services.sweep_scheduler.start("sync")  # type: ignore[attr-defined]
+    ledger = services.run_ledger  # type: ignore[attr-defined]
+    print(f"   timer: run {scheduled.run_id}, {scheduled.planned} units queued")
+
+    def finished() -> bool:
+        return bool(ledger.get_status(scheduled.run_id, with_failures=False).finished)
+
+    _queue_runner(services, 4).run(until=finished, max_seconds=300)
+    status = ledger.get_status(scheduled.run_id)
+    print(f"   workers: {_progress_bar(status)}")
+    result: dict[str, object] = status.to_dict()
+    return result
+
+
 def jobs_part(sb: Sandbox, services: object, customers: dict[str, tuple[str, str]], client_id: str) -> bool:
     """The scheduled jobs run now: a sync, changes, a sync that brings only the changes, a health run."""
     import json
@@ -177,9 +196,9 @@ def jobs_part(sb: Sandbox, services: object, customers: dict[str, tuple[str, str
     client.delete("accounts", rows[1]["accountid"])
     container = services.storage.container(services.settings.sync_container)  # type: ignore[attr-defined]
     before = {b.name for b in container.list_blobs(name_starts_with=f"{adatum_tenant}/")}
-    step("Changes in Adatum's org (1 create, 1 update, 1 delete), then the sync job again")
-    second = jobs.run_sync()
-    print(f"   summary: {json.dumps(second.to_dict())}")
+    step("Changes in Adatum's org (1 create, 1 update, 1 delete), then the sync again, fanned out through the queue")
+    second = _fanned_out_sync(services)
+    print(f"   run status: {json.dumps({k: second[k] for k in ('run_id', 'planned', 'done', 'failed', 'rows')})}")
     for name in sorted({b.name for b in container.list_blobs(name_starts_with=f"{adatum_tenant}/")} - before):
         for line in container.download_blob(name).readall().decode().splitlines():
             record = json.loads(line)
@@ -196,7 +215,8 @@ def jobs_part(sb: Sandbox, services: object, customers: dict[str, tuple[str, str
     print(f"   {json.dumps(jobs.run_certificate_expiry())}")
     return (
         first.rows >= 12_000
-        and second.rows == 3
+        and second["rows"] == 3
+        and second["failed"] == 0
         and row.status is TenantStatus.AWAITING_APPLICATION_USER
         and new_id is not None
     )
@@ -207,10 +227,12 @@ def webhook_part(sb: Sandbox, services: object, host: object, tenant: str, org: 
     import json
 
     st = sb.state
-    step("Webhooks: Adatum registers our receiver (WebhookKey auth = the function key) for account changes")
+    step("Webhooks: Adatum's org gets its own secret; its service endpoint sends it with the function key (HttpHeader)")
     receiver = f"{host.url}/api/webhooks/dataverse"  # type: ignore[attr-defined]
     key = host.keys.function_keys["dataverse_webhook"]  # type: ignore[attr-defined]
-    st.register_webhook(org, receiver, auth_type="WebhookKey", auth_value=key, entity="account")
+    secret = services.registry.set_webhook_secret(tenant, org)  # type: ignore[attr-defined]
+    headers = {"x-functions-key": key, "x-s2s-webhook-secret": secret}
+    st.register_webhook(org, receiver, auth_type="HttpHeader", auth_value=headers, entity="account")
     client = services.dataverse.for_org(tenant, org)  # type: ignore[attr-defined]
     row_id = client.create("accounts", {"name": "Adatum Corporation", "accountnumber": "ADT-1"})
     client.update("accounts", row_id, {"telephone1": "+1 555 0100"})
@@ -232,7 +254,20 @@ def webhook_part(sb: Sandbox, services: object, host: object, tenant: str, org: 
         print(
             f"   processed change: {row['Message']:<7} {row['Entity']} columns {json.loads(row['ChangedAttributes'])}"
         )
-    return sorted(processed) == ["done", "done"] and len(rows) == 2
+    step("Webhooks: a delivery with the function key but another org's secret (a spoof) is refused, nothing queued")
+    spoof = st.register_webhook(
+        org,
+        receiver,
+        auth_type="HttpHeader",
+        auth_value={"x-functions-key": key, "x-s2s-webhook-secret": "x"},
+        entity="contact",
+    )
+    client.create("contacts", {"firstname": "Spoofed"})
+    st.wait_for_webhooks()
+    refused = [d.status for d in st.webhook_deliveries(org) if d.webhook_id == spoof]
+    left = queue.get_queue_properties().approximate_message_count
+    print(f"   Dataverse -> Create contact answered {refused}; messages queued: {left}")
+    return sorted(processed) == ["done", "done"] and len(rows) == 2 and refused == [401] and left == 0
 
 
 def shared_window_part(sb: Sandbox, settings: Settings, tenant: str) -> bool:
@@ -395,7 +430,7 @@ def onboarding_part(sb: Sandbox, seed: object, app_settings: dict[str, str]) -> 
         ok = True
         for name, (tenant, _org, _text) in results.items():
             row = services.registry.get_tenant(tenant)
-            trail = " -> ".join(h.to_status for h in reversed(services.registry.history(tenant)))
+            trail = " -> ".join(h.to_status for h in reversed(services.registry.history(tenant)) if h.org is None)
             print(f"   {name:<10} {row.status:<10} {', '.join(row.org_urls)}   history: {trail}")
             ok = ok and row.status is TenantStatus.ACTIVE
         hooks_ok = webhook_part(sb, services, host, results["Adatum"][0], customers["Adatum"][0])
