@@ -31,6 +31,8 @@ from sandbox.state import SandboxState
 
 logger = logging.getLogger(__name__)
 
+_MANAGED_BY_THE_ORG = frozenset({"businessunits", "systemusers"})
+
 SCHEMA = 1
 
 
@@ -91,7 +93,9 @@ def _capture_org(state: SandboxState, world: DevWorld, url: str) -> dict[str, An
     for user in candidates:
         if user is not None:
             users.append({**asdict(user), "roles": list(user.roles)})
-    rows = {name: [dict(row) for row in store.rows(name)] for name in TABLES}
+    # The root business unit and the users' systemusers rows are written by the org itself (sandbox.dataverse.org):
+    # restoring the org and its users brings them back, so they are not saved as rows.
+    rows = {name: [dict(row) for row in store.rows(name)] for name in TABLES if name not in _MANAGED_BY_THE_ORG}
     return {**asdict(org), "system_user_id": store.system_user_id, "users": users, "rows": rows}
 
 
@@ -162,6 +166,8 @@ def _restore_org(state: SandboxState, saved: dict[str, Any]) -> None:
         table = TABLES.get(name)
         if table is None:
             logger.warning("snapshot rows of %s skipped: the emulator no longer has that table", name)
+            continue
+        if name in _MANAGED_BY_THE_ORG:  # a snapshot from before the org wrote them itself
             continue
         by_owner: dict[str, list[dict[str, Any]]] = {}
         for row in rows:

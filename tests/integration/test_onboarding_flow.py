@@ -293,13 +293,14 @@ def test_a_second_org_without_our_application_user_waits_and_the_working_one_sta
     }
     host = flow.ready_org.removeprefix("https://")
     org_id = flow.sandbox.state.get_org(flow.ready_org).org_id
+    secret = get_services().registry.set_webhook_secret(flow.ready_tenant, flow.ready_org)
     body = samples.update_contact(OrganizationId=org_id, CorrelationId=str(uuid.uuid4()))
     hook = dataverse_webhook(
         func.HttpRequest(
             "POST",
             "/api/webhooks/dataverse",
             body=json.dumps(body).encode(),
-            headers={"x-ms-dynamics-organization": host},
+            headers={"x-ms-dynamics-organization": host, "x-s2s-webhook-secret": secret},
         )
     )
     assert hook.status_code == 202
