@@ -432,8 +432,32 @@ _ONBOARDING = [
 ]
 
 
+_WEBHOOKS = [
+    Explanation(
+        "unauthenticated",
+        "Webhooks",
+        "A webhook delivery was not proven to come from an active customer org",
+        "The receiver answers one and the same 401 for an x-ms-dynamics-organization host it does not know, an org "
+        "that is not an active org of an active tenant, and a missing or wrong org secret (WEBHOOK_SECRET_HEADER): a "
+        "holder of the shared function key learns nothing about which hosts are customers. Nothing is queued.",
+        "Check the org is active (`python -m cli tenants show <tenant>`) and that its service endpoint sends the "
+        "function key in x-functions-key and the org's current secret (`python -m cli tenants webhook-secret "
+        "<tenant> --org <org url>` issues a new one). Dataverse does not retry a 401.",
+    ),
+    Explanation(
+        "organization_mismatch",
+        "Webhooks",
+        "An authenticated delivery names another organisation",
+        "The delivery carried the org's own secret, but the body's OrganizationId is not the organisation id WhoAmI "
+        "reported for that org host. 403; nothing is queued.",
+        "Re-verify the tenant (`python -m cli tenants verify <tenant>`) to refresh the org index; if it persists, "
+        "the endpoint's secret is shared with another org: rotate it.",
+    ),
+]
+
+
 def catalog() -> list[Explanation]:
-    return _entra() + _KEY_VAULT + _DATAVERSE + _ONBOARDING
+    return _entra() + _KEY_VAULT + _DATAVERSE + _ONBOARDING + _WEBHOOKS
 
 
 def _names(entry: Explanation) -> set[str]:
