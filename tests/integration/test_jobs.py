@@ -205,3 +205,19 @@ def test_certificate_expiry_warns_inside_the_thresholds(sandbox, sandbox_env, az
     far = World(sandbox, azurite, tmp_path, rows=1, cert_days=200)
     assert far.services.jobs.run_certificate_expiry()["threshold_days"] is None
     use_services(None)
+
+
+def test_a_leads_sync_added_to_sync_tables_works_against_the_emulator(world):
+    """Issue 19: a developer adds `leads` to SYNC_TABLES and the sync takes them, then only their changes."""
+    st = world.sandbox.state
+    leads = st.seed_rows(world.org_url, "leads", 40)
+    settings = replace(world.settings, sync_tables=(("leads", ("leadid", "subject", "fullname")),))
+    world.use(settings)
+    first = world.services.jobs.run_sync(world.tenant)
+    assert (first.tenants_failed, first.rows) == (0, 40)
+    records = [r for run in world.blobs().values() for page in run.values() for r in page]
+    assert sorted(r["row"]["leadid"] for r in records if r["op"] == "upsert") == sorted(leads)
+    client = world.services.dataverse.for_org(world.tenant, world.org_url)
+    client.update("leads", leads[0], {"subject": "Follow up"})
+    second = world.services.jobs.run_sync(world.tenant)
+    assert second.rows == 1
