@@ -218,6 +218,15 @@ var accessRestrictions = [for (cidr, i) in allowedIpRanges: {
   priority: 100 + i
 }]
 
+// scaleAndConcurrency and the sweeps: the queue-triggered sweep_unit function scales on its own instances (Flex
+// per-function scaling: every function other than HTTP, Blob (Event Grid) and Durable ones "scales individually", azure-docs
+// articles/azure-functions/flex-consumption-plan.md#per-function-scaling), by queue length over its
+// per-instance concurrency. That concurrency is host.json extensions.queues batchSize + newBatchThreshold
+// (functions-bindings-storage-queue.md#host-json): `triggers` here takes only http.perInstanceConcurrency
+// (Microsoft.Web FunctionsScaleAndConcurrencyTriggers), so it is not set for queues. maximumInstanceCount
+// (default 100) bounds what every function group may add; the README's "Scheduled jobs" gives the arithmetic
+// (instances needed = tenants x CPU per unit / interval) and when to raise it. 2048 MB: a unit waits on
+// Dataverse and holds one page (<= 5,000 rows) at a time, so memory is not what limits it.
 resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_222: public by design: customer administrators onboard from their own browsers and Dataverse posts webhooks from the internet; restrict callers with allowedIpRanges
   // checkov:skip=CKV_AZURE_17: callers (browsers, Dataverse webhooks) present no client certificates; webhooks are authenticated by function key and tenant secret
@@ -265,15 +274,6 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
           }
         }
       }
-      // Sweeps: the queue-triggered sweep_unit function scales on its own instances (Flex per-function scaling:
-      // every function other than HTTP, Blob (Event Grid) and Durable ones "scales individually", azure-docs
-      // articles/azure-functions/flex-consumption-plan.md#per-function-scaling), by queue length over its
-      // per-instance concurrency. That concurrency is host.json extensions.queues batchSize + newBatchThreshold
-      // (functions-bindings-storage-queue.md#host-json): `triggers` here takes only http.perInstanceConcurrency
-      // (Microsoft.Web FunctionsScaleAndConcurrencyTriggers), so it is not set for queues. maximumInstanceCount
-      // (default 100) bounds what every function group may add; the README's "Scheduled jobs" gives the arithmetic
-      // (instances needed = tenants x CPU per unit / interval) and when to raise it. 2048 MB: a unit waits on
-      // Dataverse and holds one page (<= 5,000 rows) at a time, so memory is not what limits it.
       scaleAndConcurrency: {
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
