@@ -144,6 +144,15 @@ param webhookSecretRequired bool
 @description('Required. WEBHOOK_IMPERSONATE_INITIATING_USER.')
 param webhookImpersonateInitiatingUser bool
 
+@description('Required. WEBHOOK_SUBSCRIPTIONS.')
+param webhookSubscriptions string
+
+@description('Required. SECURITY_ROLE_NAME.')
+param securityRoleName string
+
+@description('Required. USER_API_ENABLED.')
+param userApiEnabled bool
+
 @description('Required. WEBHOOK_MAX_DEQUEUE_COUNT; also overrides the host.json queue maxDequeueCount so the two agree.')
 param webhookMaxDequeueCount int
 
@@ -333,6 +342,9 @@ var appSettings = {
   WEBHOOK_MAX_BODY_BYTES: string(webhookMaxBodyBytes)
   WEBHOOK_SECRET_HEADER: webhookSecretHeader
   WEBHOOK_IMPERSONATE_INITIATING_USER: webhookImpersonateInitiatingUser ? 'true' : 'false'
+  WEBHOOK_SUBSCRIPTIONS: webhookSubscriptions
+  SECURITY_ROLE_NAME: securityRoleName
+  USER_API_ENABLED: userApiEnabled ? 'true' : 'false'
   WEBHOOK_SECRET_REQUIRED: webhookSecretRequired ? 'true' : 'false'
   WEBHOOK_MAX_DEQUEUE_COUNT: string(webhookMaxDequeueCount)
   SYNC_SCHEDULE: syncSchedule
