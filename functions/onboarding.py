@@ -205,11 +205,12 @@ def _result_page(settings: Settings, result: VerificationResult) -> func.HttpRes
 
     app_name = settings.app_display_name
     focus = result.focus
+    provisioned = result.provisioning.summary() if result.provisioning is not None else None
     if result.status is TenantStatus.PENDING_CONSENT:
         return pages.pending_page(result.message or "")
     if focus is not None:
         if focus.status is OrgStatus.ACTIVE and result.status is TenantStatus.ACTIVE:
-            return pages.active_page(app_name, result.tenant_id, (focus.url,))
+            return pages.active_page(app_name, result.tenant_id, (focus.url,), provisioned=provisioned)
         if focus.status is OrgStatus.AWAITING_APPLICATION_USER:
             verification = focus.last_verification
             return pages.awaiting_page(
@@ -220,6 +221,7 @@ def _result_page(settings: Settings, result: VerificationResult) -> func.HttpRes
                 detail=(verification.message if verification else None) or result.message or "",
                 ticket=result.recheck_ticket,
                 ticket_expires=focus.ticket_expires,
+                provisioned=provisioned,
             )
         verification = focus.last_verification
         return pages.failed_page((verification.message if verification else None) or result.message or "")

@@ -123,11 +123,14 @@ def onboard_form(
     )
 
 
-def active_page(app_name: str, tenant_id: str, org_urls: tuple[str, ...]) -> func.HttpResponse:
+def active_page(
+    app_name: str, tenant_id: str, org_urls: tuple[str, ...], *, provisioned: str | None = None
+) -> func.HttpResponse:
     orgs = "".join(f"<li><code>{e(o)}</code></li>" for o in org_urls)
+    made = f"<p>{e(provisioned)}</p>" if provisioned else ""
     body = f"""
 <p class="ok" role="status">Your environment is connected. {e(app_name)} can now reach:</p>
-<ul>{orgs}</ul>
+<ul>{orgs}</ul>{made}
 <p>Tenant <code>{e(tenant_id)}</code>. You can close this page.</p>"""
     return page("Connected", body)
 
@@ -141,7 +144,9 @@ def awaiting_page(
     detail: str,
     ticket: str | None,
     ticket_expires: int = 0,
+    provisioned: str | None = None,
 ) -> func.HttpResponse:
+    """`provisioned`: where the app's own attempt to create its role and application user stopped, and why."""
     recheck = ""
     if ticket:
         until = (
@@ -157,10 +162,17 @@ def awaiting_page(
 <p>To check later from another page, keep this re-check code (valid until {e(until)}) and paste it at
 <a href="/api/onboard/recheck">/api/onboard/recheck</a>: tenant <code>{e(tenant_id)}</code>, code
 <code>{e(ticket)}</code>.</p>"""
+    attempt = (
+        f"""
+<p class="error">The app tried to set this up with your sign-in and could not finish: {e(provisioned)} Do the
+rest by hand as below, or ask a System Administrator of the environment to onboard it.</p>"""
+        if provisioned
+        else ""
+    )
     body = f"""
 <p class="ok" role="status">You are signed in and the app is approved. One step is left: {e(app_name)} has no
 application user in <code>{e(org)}</code> yet. Your other environments already connected keep working.</p>
-<p class="error" role="alert">Dataverse said: {e(detail)}</p>
+<p class="error" role="alert">Dataverse said: {e(detail)}</p>{attempt}
 <h2>Create the application user</h2>
 <ol>
   <li>Open the <strong>Power Platform admin center</strong> → Environments → your environment → Settings →

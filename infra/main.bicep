@@ -168,6 +168,9 @@ param securityRoleName string = 'Dataverse S2S integration'
 @description('Optional. USER_API_ENABLED: serve the API of the signed-in users (me/*), which reads Dataverse impersonating the user.')
 param userApiEnabled bool = true
 
+@description('Optional. ONBOARDING_PROVISIONING: onboarding creates the security role and application user in the org with the signed-in administrator token.')
+param onboardingProvisioning bool = false
+
 @description('Optional. WEBHOOK_SECRET_REQUIRED: refuse deliveries without their org\'s own secret; false only while orgs registered by hand get theirs.')
 param webhookSecretRequired bool = true
 
@@ -493,6 +496,7 @@ module functionApp 'modules/function-app.bicep' = {
     webhookSubscriptions: webhookSubscriptions
     securityRoleName: securityRoleName
     userApiEnabled: userApiEnabled
+    onboardingProvisioning: onboardingProvisioning
     webhookSecretRequired: webhookSecretRequired
     webhookMaxDequeueCount: webhookMaxDequeueCount
     syncSchedule: syncSchedule

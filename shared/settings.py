@@ -132,6 +132,7 @@ class Settings:
     )
     security_role_name: str = "Dataverse S2S integration"
     user_api_enabled: bool = True
+    onboarding_provisioning: bool = False
     sync_schedule: str = "0 */15 * * * *"
     health_schedule: str = "0 5 * * * *"
     certificate_expiry_schedule: str = "0 0 6 * * *"
@@ -327,6 +328,7 @@ class Settings:
             ),
             security_role_name=get("SECURITY_ROLE_NAME") or "Dataverse S2S integration",
             user_api_enabled=parsed("USER_API_ENABLED", _parse_bool, True),
+            onboarding_provisioning=parsed("ONBOARDING_PROVISIONING", _parse_bool, False),
             sync_schedule=get("SYNC_SCHEDULE") or "0 */15 * * * *",
             health_schedule=get("HEALTH_SCHEDULE") or "0 5 * * * *",
             certificate_expiry_schedule=get("CERTIFICATE_EXPIRY_SCHEDULE") or "0 0 6 * * *",

@@ -153,6 +153,9 @@ param securityRoleName string
 @description('Required. USER_API_ENABLED.')
 param userApiEnabled bool
 
+@description('Required. ONBOARDING_PROVISIONING.')
+param onboardingProvisioning bool
+
 @description('Required. WEBHOOK_MAX_DEQUEUE_COUNT; also overrides the host.json queue maxDequeueCount so the two agree.')
 param webhookMaxDequeueCount int
 
@@ -345,6 +348,7 @@ var appSettings = {
   WEBHOOK_SUBSCRIPTIONS: webhookSubscriptions
   SECURITY_ROLE_NAME: securityRoleName
   USER_API_ENABLED: userApiEnabled ? 'true' : 'false'
+  ONBOARDING_PROVISIONING: onboardingProvisioning ? 'true' : 'false'
   WEBHOOK_SECRET_REQUIRED: webhookSecretRequired ? 'true' : 'false'
   WEBHOOK_MAX_DEQUEUE_COUNT: string(webhookMaxDequeueCount)
   SYNC_SCHEDULE: syncSchedule
