@@ -133,6 +133,8 @@ class Settings:
     security_role_name: str = "Dataverse S2S integration"
     user_api_enabled: bool = True
     onboarding_provisioning: bool = False
+    webhook_receiver_url: str | None = None  # where provisioned service endpoints send (…/api/webhooks/dataverse)
+    webhook_function_key: str | None = field(default=None, repr=False)  # sent in x-functions-key
     sync_schedule: str = "0 */15 * * * *"
     health_schedule: str = "0 5 * * * *"
     certificate_expiry_schedule: str = "0 0 6 * * *"
@@ -208,6 +210,8 @@ class Settings:
             raise ConfigurationError("WEBHOOK_SECRET_HEADER", "must be a header name (letters, digits, dashes)")
         if not 1 <= self.webhook_max_dequeue_count <= 100:
             raise ConfigurationError("WEBHOOK_MAX_DEQUEUE_COUNT", "must be between 1 and 100")
+        if self.webhook_receiver_url is not None:
+            _require_redirect_uri("WEBHOOK_RECEIVER_URL", self.webhook_receiver_url)
         # role.name is a string of at most 100 characters (Dataverse table reference, role table, Name column).
         if not 1 <= len(self.security_role_name.strip()) <= 100 or not self.security_role_name.isprintable():
             raise ConfigurationError("SECURITY_ROLE_NAME", "must be 1-100 printable characters")
@@ -329,6 +333,8 @@ class Settings:
             security_role_name=get("SECURITY_ROLE_NAME") or "Dataverse S2S integration",
             user_api_enabled=parsed("USER_API_ENABLED", _parse_bool, True),
             onboarding_provisioning=parsed("ONBOARDING_PROVISIONING", _parse_bool, False),
+            webhook_receiver_url=get("WEBHOOK_RECEIVER_URL"),
+            webhook_function_key=get("WEBHOOK_FUNCTION_KEY"),
             sync_schedule=get("SYNC_SCHEDULE") or "0 */15 * * * *",
             health_schedule=get("HEALTH_SCHEDULE") or "0 5 * * * *",
             certificate_expiry_schedule=get("CERTIFICATE_EXPIRY_SCHEDULE") or "0 0 6 * * *",

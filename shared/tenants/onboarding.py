@@ -40,6 +40,7 @@ from shared.tenants.orgs import OrgRecord, OrgStatus, OrgVerification
 from shared.tenants.provisioning import OrgProvisioner, ProvisioningReport, ProvisioningStep, StepOutcome
 from shared.tenants.registry import OrgUpdate, TenantRegistry, TenantStatus, Verification, utc_now
 from shared.tenants.security_role import UnknownTableError, required_role
+from shared.tenants.webhook_endpoint import WebhookRegistrar, WebhookTarget, usable_key
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +250,22 @@ class OnboardingService:
         except UnknownTableError as exc:
             return ProvisioningReport(org_url, (ProvisioningStep("role", StepOutcome.FAILED, exc.message),))
         client = self._dataverse.delegated(org_url, admin.dataverse_token)
-        return OrgProvisioner(role, self._settings.entra_client_id).provision(client)
+        settings = self._settings
+        key = usable_key(settings.webhook_function_key)
+        registrar = None
+        if settings.webhook_receiver_url and key:
+            target = WebhookTarget(
+                settings.webhook_receiver_url,
+                key,
+                settings.webhook_secret_header,
+                settings.webhook_subscriptions,
+                f"S2S webhook {settings.entra_client_id}",
+            )
+            has_secret = self._registry.webhook_secret_hash(admin.tenant_id, org_url) is not None
+            registrar = WebhookRegistrar(
+                target, lambda: self._registry.set_webhook_secret(admin.tenant_id, org_url), has_secret=has_secret
+            )
+        return OrgProvisioner(role, settings.entra_client_id, registrar).provision(client)
 
     def recheck(self, tenant_id: str, ticket: str, org_url: str | None = None) -> VerificationResult | None:
         """The customer's re-check with their ticket (from a POST body): verifies that org only; None when the

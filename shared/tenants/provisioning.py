@@ -26,6 +26,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from shared.dataverse.batch import BatchOperation
 from shared.dataverse.client import DataverseClient
@@ -96,12 +97,22 @@ def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-class OrgProvisioner:
-    """Provisions the app in one org with a delegated client. `client_id` is our app registration's."""
+class WebhookSteps(Protocol):
+    """The webhook half (shared.tenants.webhook_endpoint.WebhookRegistrar): each returns (outcome, endpoint id)."""
 
-    def __init__(self, role: SecurityRole, client_id: str) -> None:
+    def endpoint(self, client: DataverseClient) -> tuple[StepOutcome, str]: ...
+
+    def steps(self, client: DataverseClient, endpoint_id: str) -> tuple[StepOutcome, str]: ...
+
+
+class OrgProvisioner:
+    """Provisions the app in one org with a delegated client. `client_id` is our app registration's; `webhooks`,
+    when given, registers our webhook after the role and application user."""
+
+    def __init__(self, role: SecurityRole, client_id: str, webhooks: WebhookSteps | None = None) -> None:
         self._role = role
         self._client_id = client_id.lower()
+        self._webhooks = webhooks
 
     def provision(self, client: DataverseClient) -> ProvisioningReport:
         """Run every step until one cannot be done. Never raises for what the org or Entra answers."""
@@ -112,6 +123,10 @@ class OrgProvisioner:
             self._step(steps, "privileges", lambda: self._set_privileges(client, role_id, unit))
             user_id = self._step(steps, "application_user", lambda: self._application_user(client, unit))
             self._step(steps, "role_assignment", lambda: self._assign(client, user_id, role_id))
+            if self._webhooks is not None:
+                webhooks = self._webhooks
+                endpoint_id = self._step(steps, "webhook_endpoint", lambda: webhooks.endpoint(client))
+                self._step(steps, "webhook_steps", lambda: webhooks.steps(client, endpoint_id))
         except _Stop as stop:
             steps.append(stop.step)
         report = ProvisioningReport(client.org_url, tuple(s for s in steps if s.name != "root_business_unit"))

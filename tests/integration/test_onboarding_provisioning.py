@@ -6,8 +6,10 @@ against the sandbox: run twice, interrupted and finished, refused with the privi
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,6 +25,7 @@ from shared.tenants.registry import TenantStatus
 from shared.tenants.security_role import required_role
 
 from .test_onboarding_flow import Flow, flow, onboard  # noqa: F401 - `flow` is the fixture
+from .test_sandbox_webhooks import Receiver
 
 pytestmark = pytest.mark.integration
 
@@ -199,3 +202,59 @@ def _grant_role(world: Flow, org: str, admin: Any, name: str, privileges: dict[s
     )
     assert replaced.status_code == 204, replaced.text
     assert uuid.UUID(new_role)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    running = Receiver()
+    yield running
+    running.stop()
+
+
+def test_onboarding_registers_the_webhook_and_a_change_reaches_the_receiver(
+    flow: Flow,  # noqa: F811
+    receiver: Receiver,
+) -> None:
+    import azure.functions as func
+
+    from functions.webhooks import dataverse_webhook
+
+    st = flow.sandbox.state  # type: ignore[attr-defined]
+    flow.use(onboarding_provisioning=True, webhook_receiver_url=receiver.url, webhook_function_key="fk-0123")
+    admin = flow.admins[flow.bare_tenant]
+    page = onboard(flow, flow.bare_org, admin)
+    assert page.status_code == 200 and "webhook_steps updated" in page.text
+    again = onboard(flow, flow.bare_org, admin)  # idempotent: the same endpoint, steps and secret
+    assert "webhook_endpoint unchanged" in again.text and "webhook_steps unchanged" in again.text
+    endpoints = st.rows(flow.bare_org, "serviceendpoints")
+    steps = st.rows(flow.bare_org, "sdkmessageprocessingsteps")
+    assert [(e["url"], e["authtype"], e["contract"]) for e in endpoints] == [(receiver.url, 5, 8)]
+    subscribed = sum(len(messages) for _, messages in flow.settings.webhook_subscriptions)
+    assert len(steps) == subscribed and {(s["mode"], s["stage"]) for s in steps} == {(1, 40)}
+
+    (account,) = st.seed_rows(flow.bare_org, "accounts", 1)
+    changed = delegated(flow, flow.bare_org, admin)
+    changed.update("accounts", account, {"name": "Changed in Northwind"})
+    st.wait_for_webhooks()
+
+    (delivery,) = receiver.received
+    assert delivery.headers["x-functions-key"] == "fk-0123" and delivery.query == {}
+    secret = delivery.headers[flow.settings.webhook_secret_header]
+    assert hashlib.sha256(secret.encode()).hexdigest() == flow.registry.webhook_secret_hash(
+        flow.bare_tenant, flow.bare_org
+    )
+    hook = dataverse_webhook(
+        func.HttpRequest("POST", "/api/webhooks/dataverse", body=delivery.body, headers=delivery.headers)
+    )
+    assert hook.status_code == 202, hook.get_body()
+    forged = {**delivery.headers, flow.settings.webhook_secret_header: "not-the-secret"}
+    refused = dataverse_webhook(func.HttpRequest("POST", "/api/webhooks/dataverse", body=delivery.body, headers=forged))
+    assert refused.status_code == 401
+
+
+def test_the_webhook_is_skipped_without_a_usable_function_key(flow: Flow, receiver: Receiver) -> None:  # noqa: F811
+    unresolved = "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/webhook-function-key/)"
+    flow.use(onboarding_provisioning=True, webhook_receiver_url=receiver.url, webhook_function_key=unresolved)
+    page = onboard(flow, flow.bare_org, flow.admins[flow.bare_tenant])
+    assert page.status_code == 200 and "Your environment is connected" in page.text and "webhook" not in page.text
+    assert flow.sandbox.state.rows(flow.bare_org, "serviceendpoints") == []  # type: ignore[attr-defined]
