@@ -84,8 +84,19 @@ def onboard_form(
     error: str | None = None,
     error_code: str = "invalid_form",
     status: int = 200,
+    role: tuple[str, tuple[tuple[str, str, str], ...]] | None = None,
 ) -> func.HttpResponse:
+    """`role`: when onboarding provisions (ONBOARDING_PROVISIONING), the security role it creates — its name and
+    (privilege, depth, why) — shown before the administrator signs in."""
     error_html = f'<p class="error" id="org-error" role="alert">{e(error)}</p>' if error else ""
+    third = """<li>Create an <strong>application user</strong> for that application ID in the environment, with a custom
+      security role that grants only what the integration needs. We show you how after sign-in.</li>"""
+    if role is not None:
+        rows = "".join(f"<li><code>{e(p)}</code> ({e(d)}): {e(why)}</li>" for p, d, why in role[1])
+        third = f"""<li>With your sign-in, {e(app_name)} creates in that environment its security role
+      <strong>{e(role[0])}</strong> with only these privileges, its application user with that role, and the
+      webhook that tells it about changes:<ul>{rows}</ul>If your sign-in may not do one of these, we tell you which
+      and show you how to do it by hand.</li>"""
     described = ' aria-describedby="org-error" aria-invalid="true"' if error else ""
     body = f"""
 <p>This page connects your organisation's Microsoft Dataverse (Dynamics 365) environment to
@@ -98,8 +109,7 @@ def onboard_form(
       for the organisation (e.g. Global or Cloud Application Administrator) ticks <em>Consent on behalf of your
       organization</em>. We use your sign-in only to check who you are and your role in that environment; we
       keep no token of yours.</li>
-  <li>Create an <strong>application user</strong> for that application ID in the environment, with a custom
-      security role that grants only what the integration needs. We show you how after sign-in.</li>
+  {third}
 </ol>
 {error_html}
 <form method="post" action="/api/onboard">

@@ -258,3 +258,14 @@ def test_the_webhook_is_skipped_without_a_usable_function_key(flow: Flow, receiv
     page = onboard(flow, flow.bare_org, flow.admins[flow.bare_tenant])
     assert page.status_code == 200 and "Your environment is connected" in page.text and "webhook" not in page.text
     assert flow.sandbox.state.rows(flow.bare_org, "serviceendpoints") == []  # type: ignore[attr-defined]
+
+
+def test_the_form_shows_the_role_and_its_privileges_before_sign_in(flow: Flow) -> None:  # noqa: F811
+    plain = requests.get(f"{flow.host.url}/api/onboard", timeout=30).text
+    flow.use(onboarding_provisioning=True)
+    shown = requests.get(f"{flow.host.url}/api/onboard", timeout=30).text
+    assert flow.settings.security_role_name not in plain and "prvReadAccount" not in plain
+    assert flow.settings.security_role_name in shown
+    for privilege in required_role(flow.settings).privileges:
+        assert f"<code>{privilege.name}</code> ({privilege.depth})" in shown
+    assert "sync reads accounts" in shown

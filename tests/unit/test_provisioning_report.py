@@ -43,3 +43,20 @@ def test_a_refused_step_is_named_with_its_privilege_and_the_manual_steps_follow(
     assert "Create the application user" in text and CLIENT in text
     plain = pages.awaiting_page("Contoso Sync", CLIENT, "t", ORG, detail="no user", ticket=None).get_body().decode()
     assert "could not finish" not in plain
+
+
+def test_offboarding_names_what_is_left_in_each_environment() -> None:
+    from shared.settings import Settings
+    from shared.tenants.provisioning import left_in_org
+
+    settings = Settings(
+        entra_client_id=CLIENT,
+        entra_home_tenant_id="aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+        key_vault_url="https://kv.vault.azure.net",
+        key_vault_certificate_name="c",
+        security_role_name="Contoso Sync",
+        webhook_subscriptions=(("account", ("Create", "Update")),),
+    )
+    text = left_in_org(settings, (ORG,))
+    assert ORG in text and f"'S2S webhook {CLIENT}'" in text and "(Create of account, Update of account)" in text
+    assert f"application ID {CLIENT}" in text and "'Contoso Sync'" in text
