@@ -438,8 +438,9 @@ _ONBOARDING = [
         "missing prv… privilege') stops the run; the page names the step and the privilege, says what was done "
         "before it, and shows the manual steps. Nothing is left half-done unexplained: each step finds before it "
         "creates, so the next run finishes it.",
-        "Sign in as a System Administrator of the environment, or give the person the named privilege; then press "
-        "*check again* or sign in again (the run picks up where it stopped), or do the shown steps by hand.",
+        "Sign in as a System Administrator of the environment, or give the person the named privilege, and start "
+        "again from the form (the run picks up where it stopped); or do the shown steps by hand and press *check "
+        "again*.",
         ("provisioning", "prvcreaterole", "prvcreateuser", "prvassignrole", "prvcreateserviceendpoint"),
     ),
     Explanation(
