@@ -3,10 +3,10 @@ token and the Web API only: the custom security role (shared.tenants.security_ro
 with exactly its privileges, the app's application user (enabled), and the role associated with it.
 
 Every step finds before it creates, so running it twice leaves the org as once, and a run interrupted half-way is
-finished by the next (the administrator signing in again; the awaiting page's re-check keeps no token to do it). A step the signed-in person may not do
-(a missing privilege: 403) stops the run and is reported with the privilege Dataverse named; the page then offers
-the manual instructions. Nothing raises out of `provision` except programming errors: every Dataverse or token
-failure becomes a step of the report.
+finished by the next (the administrator signing in again; the awaiting page's re-check keeps no token to do
+it). A step the signed-in person may not do (a missing privilege: 403) stops the run and is reported with the
+privilege Dataverse named; the page then offers the manual instructions. Nothing raises out of `provision`
+except programming errors: every Dataverse or token failure becomes a step of the report.
 
 Web API shapes (Dataverse Web API reference): the root business unit is `businessunits?$filter=
 _parentbusinessunitid_value eq null`; a role is created with `name` and `businessunitid@odata.bind`; its
