@@ -257,11 +257,14 @@ def _tenants(services: Any, args: argparse.Namespace) -> Any:
             "next_steps": "Webhooks from that organisation are now refused and it is no longer synced. Delete its "
             "application user there if the customer no longer wants the integration.",
         }
+    from shared.tenants.provisioning import left_in_org
+
     result = services.onboarding.offboard(args.tenant_id, actor="operator CLI", reason=args.reason)
     return {
         "tenant_id": result.tenant_id,
         "status": result.status.value,
         "next_steps": _REVOKE_ADVICE.format(client_id=services.settings.entra_client_id),
+        "left_in_customer_environments": left_in_org(services.settings, result.org_urls),
     }
 
 

@@ -438,7 +438,10 @@ def onboarding_part(sb: Sandbox, seed: object, app_settings: dict[str, str]) -> 
             sb, services, {name: (tenant, org) for name, (tenant, org, _text) in results.items()}, client_id
         )
         shared_ok = shared_window_part(sb, settings, results["Adatum"][0])
-        return ok and hooks_ok and jobs_ok and shared_ok
+        from demo.one_click import one_click_part
+
+        one_click_ok = one_click_part(sb, settings, host, step, _sign_in_flow)
+        return ok and hooks_ok and jobs_ok and shared_ok and one_click_ok
     finally:
         use_services(None)
         host.stop()

@@ -57,7 +57,22 @@ def _cookie(req: func.HttpRequest) -> str | None:
 @bp.route(route="onboard", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def onboard_form(req: func.HttpRequest) -> func.HttpResponse:
     settings = get_services().settings
-    return pages.onboard_form(settings.app_display_name, settings.entra_client_id, settings.entra_authority_host)
+    return pages.onboard_form(
+        settings.app_display_name, settings.entra_client_id, settings.entra_authority_host, role=_role(settings)
+    )
+
+
+def _role(settings: Settings) -> tuple[str, tuple[tuple[str, str, str], ...]] | None:
+    """The security role onboarding creates, for the form; None when it does not provision (or cannot name it)."""
+    from shared.tenants.security_role import UnknownTableError, required_role
+
+    if not settings.onboarding_provisioning:
+        return None
+    try:
+        role = required_role(settings)
+    except UnknownTableError:
+        return None
+    return role.name, tuple((p.name, p.depth, "; ".join(p.reasons)) for p in role.privileges)
 
 
 def _own_origin(settings: Settings) -> str | None:
@@ -101,6 +116,7 @@ def onboard_start(req: func.HttpRequest) -> func.HttpResponse:
             error=message,
             error_code=code,
             status=status,
+            role=_role(settings),
         )
 
     if not _same_origin(req, settings):
@@ -205,11 +221,12 @@ def _result_page(settings: Settings, result: VerificationResult) -> func.HttpRes
 
     app_name = settings.app_display_name
     focus = result.focus
+    provisioned = result.provisioning.summary() if result.provisioning is not None else None
     if result.status is TenantStatus.PENDING_CONSENT:
         return pages.pending_page(result.message or "")
     if focus is not None:
         if focus.status is OrgStatus.ACTIVE and result.status is TenantStatus.ACTIVE:
-            return pages.active_page(app_name, result.tenant_id, (focus.url,))
+            return pages.active_page(app_name, result.tenant_id, (focus.url,), provisioned=provisioned)
         if focus.status is OrgStatus.AWAITING_APPLICATION_USER:
             verification = focus.last_verification
             return pages.awaiting_page(
@@ -220,6 +237,7 @@ def _result_page(settings: Settings, result: VerificationResult) -> func.HttpRes
                 detail=(verification.message if verification else None) or result.message or "",
                 ticket=result.recheck_ticket,
                 ticket_expires=focus.ticket_expires,
+                provisioned=provisioned,
             )
         verification = focus.last_verification
         return pages.failed_page((verification.message if verification else None) or result.message or "")

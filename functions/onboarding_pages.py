@@ -84,8 +84,19 @@ def onboard_form(
     error: str | None = None,
     error_code: str = "invalid_form",
     status: int = 200,
+    role: tuple[str, tuple[tuple[str, str, str], ...]] | None = None,
 ) -> func.HttpResponse:
+    """`role`: when onboarding provisions (ONBOARDING_PROVISIONING), the security role it creates — its name and
+    (privilege, depth, why) — shown before the administrator signs in."""
     error_html = f'<p class="error" id="org-error" role="alert">{e(error)}</p>' if error else ""
+    third = """<li>Create an <strong>application user</strong> for that application ID in the environment, with a custom
+      security role that grants only what the integration needs. We show you how after sign-in.</li>"""
+    if role is not None:
+        rows = "".join(f"<li><code>{e(p)}</code> ({e(d)}): {e(why)}</li>" for p, d, why in role[1])
+        third = f"""<li>With your sign-in, {e(app_name)} creates in that environment its security role
+      <strong>{e(role[0])}</strong> with only these privileges, its application user with that role, and the
+      webhook that tells it about changes:<ul>{rows}</ul>If your sign-in may not do one of these, we tell you which
+      and show you how to do it by hand.</li>"""
     described = ' aria-describedby="org-error" aria-invalid="true"' if error else ""
     body = f"""
 <p>This page connects your organisation's Microsoft Dataverse (Dynamics 365) environment to
@@ -98,8 +109,7 @@ def onboard_form(
       for the organisation (e.g. Global or Cloud Application Administrator) ticks <em>Consent on behalf of your
       organization</em>. We use your sign-in only to check who you are and your role in that environment; we
       keep no token of yours.</li>
-  <li>Create an <strong>application user</strong> for that application ID in the environment, with a custom
-      security role that grants only what the integration needs. We show you how after sign-in.</li>
+  {third}
 </ol>
 {error_html}
 <form method="post" action="/api/onboard">
@@ -123,11 +133,14 @@ def onboard_form(
     )
 
 
-def active_page(app_name: str, tenant_id: str, org_urls: tuple[str, ...]) -> func.HttpResponse:
+def active_page(
+    app_name: str, tenant_id: str, org_urls: tuple[str, ...], *, provisioned: str | None = None
+) -> func.HttpResponse:
     orgs = "".join(f"<li><code>{e(o)}</code></li>" for o in org_urls)
+    made = f"<p>{e(provisioned)}</p>" if provisioned else ""
     body = f"""
 <p class="ok" role="status">Your environment is connected. {e(app_name)} can now reach:</p>
-<ul>{orgs}</ul>
+<ul>{orgs}</ul>{made}
 <p>Tenant <code>{e(tenant_id)}</code>. You can close this page.</p>"""
     return page("Connected", body)
 
@@ -141,7 +154,9 @@ def awaiting_page(
     detail: str,
     ticket: str | None,
     ticket_expires: int = 0,
+    provisioned: str | None = None,
 ) -> func.HttpResponse:
+    """`provisioned`: where the app's own attempt to create its role and application user stopped, and why."""
     recheck = ""
     if ticket:
         until = (
@@ -157,10 +172,17 @@ def awaiting_page(
 <p>To check later from another page, keep this re-check code (valid until {e(until)}) and paste it at
 <a href="/api/onboard/recheck">/api/onboard/recheck</a>: tenant <code>{e(tenant_id)}</code>, code
 <code>{e(ticket)}</code>.</p>"""
+    attempt = (
+        f"""
+<p class="error">The app tried to set this up with your sign-in and could not finish: {e(provisioned)} Do the
+rest by hand as below, or ask a System Administrator of the environment to onboard it.</p>"""
+        if provisioned
+        else ""
+    )
     body = f"""
 <p class="ok" role="status">You are signed in and the app is approved. One step is left: {e(app_name)} has no
 application user in <code>{e(org)}</code> yet. Your other environments already connected keep working.</p>
-<p class="error" role="alert">Dataverse said: {e(detail)}</p>
+<p class="error" role="alert">Dataverse said: {e(detail)}</p>{attempt}
 <h2>Create the application user</h2>
 <ol>
   <li>Open the <strong>Power Platform admin center</strong> → Environments → your environment → Settings →

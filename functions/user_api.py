@@ -40,6 +40,9 @@ def _authenticate(req: func.HttpRequest) -> tuple[UserPrincipal, Tenant] | func.
     from shared.signin.user_tokens import InvalidUserTokenError
 
     services = get_services()
+    if not services.settings.user_api_enabled:
+        # USER_API_ENABLED=false: the app's role then lacks the impersonation privilege these reads need.
+        return json_error(404, "user_api_disabled", "The signed-in users' API is not enabled on this app.", req)
     try:
         user = services.user_tokens.validate(req.headers.get("authorization"))
     except InvalidUserTokenError as exc:

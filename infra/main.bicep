@@ -159,6 +159,18 @@ param webhookSecretHeader string = 'x-s2s-webhook-secret'
 @description('Optional. WEBHOOK_IMPERSONATE_INITIATING_USER: handlers call Dataverse as the user who made the change.')
 param webhookImpersonateInitiatingUser bool = false
 
+@description('Optional. WEBHOOK_SUBSCRIPTIONS: the tables and messages the app registers webhook steps for, table:Message,Message;table:Message.')
+param webhookSubscriptions string = 'account:Create,Update,Delete;contact:Create,Update,Delete'
+
+@description('Optional. SECURITY_ROLE_NAME: the name of the custom security role the app needs in each customer org.')
+param securityRoleName string = 'Dataverse S2S integration'
+
+@description('Optional. USER_API_ENABLED: serve the API of the signed-in users (me/*), which reads Dataverse impersonating the user.')
+param userApiEnabled bool = true
+
+@description('Optional. ONBOARDING_PROVISIONING: onboarding creates the security role and application user in the org with the signed-in administrator token.')
+param onboardingProvisioning bool = false
+
 @description('Optional. WEBHOOK_SECRET_REQUIRED: refuse deliveries without their org\'s own secret; false only while orgs registered by hand get theirs.')
 param webhookSecretRequired bool = true
 
@@ -481,6 +493,10 @@ module functionApp 'modules/function-app.bicep' = {
     webhookMaxBodyBytes: webhookMaxBodyBytes
     webhookSecretHeader: webhookSecretHeader
     webhookImpersonateInitiatingUser: webhookImpersonateInitiatingUser
+    webhookSubscriptions: webhookSubscriptions
+    securityRoleName: securityRoleName
+    userApiEnabled: userApiEnabled
+    onboardingProvisioning: onboardingProvisioning
     webhookSecretRequired: webhookSecretRequired
     webhookMaxDequeueCount: webhookMaxDequeueCount
     syncSchedule: syncSchedule

@@ -126,6 +126,15 @@ class Settings:
     webhook_impersonate_initiating_user: bool = False
     webhook_secret_required: bool = True
     webhook_max_dequeue_count: int = 5
+    webhook_subscriptions: tuple[tuple[str, tuple[str, ...]], ...] = (
+        ("account", ("Create", "Update", "Delete")),
+        ("contact", ("Create", "Update", "Delete")),
+    )
+    security_role_name: str = "Dataverse S2S integration"
+    user_api_enabled: bool = True
+    onboarding_provisioning: bool = False
+    webhook_receiver_url: str | None = None  # where provisioned service endpoints send (…/api/webhooks/dataverse)
+    webhook_function_key: str | None = field(default=None, repr=False)  # sent in x-functions-key
     sync_schedule: str = "0 */15 * * * *"
     health_schedule: str = "0 5 * * * *"
     certificate_expiry_schedule: str = "0 0 6 * * *"
@@ -201,6 +210,11 @@ class Settings:
             raise ConfigurationError("WEBHOOK_SECRET_HEADER", "must be a header name (letters, digits, dashes)")
         if not 1 <= self.webhook_max_dequeue_count <= 100:
             raise ConfigurationError("WEBHOOK_MAX_DEQUEUE_COUNT", "must be between 1 and 100")
+        if self.webhook_receiver_url is not None:
+            _require_redirect_uri("WEBHOOK_RECEIVER_URL", self.webhook_receiver_url)
+        # role.name is a string of at most 100 characters (Dataverse table reference, role table, Name column).
+        if not 1 <= len(self.security_role_name.strip()) <= 100 or not self.security_role_name.isprintable():
+            raise ConfigurationError("SECURITY_ROLE_NAME", "must be 1-100 printable characters")
         for name, value in (
             ("SYNC_SCHEDULE", self.sync_schedule),
             ("HEALTH_SCHEDULE", self.health_schedule),
@@ -313,6 +327,14 @@ class Settings:
             webhook_impersonate_initiating_user=parsed("WEBHOOK_IMPERSONATE_INITIATING_USER", _parse_bool, False),
             webhook_secret_required=parsed("WEBHOOK_SECRET_REQUIRED", _parse_bool, True),
             webhook_max_dequeue_count=parsed("WEBHOOK_MAX_DEQUEUE_COUNT", int, 5),
+            webhook_subscriptions=parsed(
+                "WEBHOOK_SUBSCRIPTIONS", _parse_webhook_subscriptions, cls.webhook_subscriptions
+            ),
+            security_role_name=get("SECURITY_ROLE_NAME") or "Dataverse S2S integration",
+            user_api_enabled=parsed("USER_API_ENABLED", _parse_bool, True),
+            onboarding_provisioning=parsed("ONBOARDING_PROVISIONING", _parse_bool, False),
+            webhook_receiver_url=get("WEBHOOK_RECEIVER_URL"),
+            webhook_function_key=get("WEBHOOK_FUNCTION_KEY"),
             sync_schedule=get("SYNC_SCHEDULE") or "0 */15 * * * *",
             health_schedule=get("HEALTH_SCHEDULE") or "0 5 * * * *",
             certificate_expiry_schedule=get("CERTIFICATE_EXPIRY_SCHEDULE") or "0 0 6 * * *",
@@ -426,6 +448,31 @@ def _parse_sync_tables(raw: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     if not tables:
         raise ValueError("expected at least one table")
     return tuple(tables)
+
+
+WEBHOOK_MESSAGES = ("Create", "Update", "Delete")
+
+
+def _parse_webhook_subscriptions(raw: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``account:Create,Update;contact:Delete`` → ((table logical name, messages), …)."""
+    subscriptions: list[tuple[str, tuple[str, ...]]] = []
+    for part in raw.split(";"):
+        if not part.strip():
+            continue
+        name, _, messages = part.partition(":")
+        table = name.strip()
+        chosen = tuple(m.strip() for m in messages.split(",") if m.strip())
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", table) or not chosen:
+            raise ValueError("expected table:Message,Message;table:Message with lower-case logical names")
+        unknown = [m for m in chosen if m not in WEBHOOK_MESSAGES]
+        if unknown:
+            raise ValueError(f"messages must be among {', '.join(WEBHOOK_MESSAGES)}, not {', '.join(unknown)}")
+        if any(table == seen for seen, _ in subscriptions):
+            raise ValueError(f"table {table} is named twice")
+        subscriptions.append((table, tuple(dict.fromkeys(chosen))))
+    if not subscriptions:
+        raise ValueError("expected at least one table")
+    return tuple(subscriptions)
 
 
 def _parse_list(raw: str) -> tuple[str, ...]:

@@ -429,6 +429,38 @@ _ONBOARDING = [
         "Check the storage account's availability and network rules, and that the app's identity holds Storage "
         "Table Data Contributor and Storage Queue Data Contributor; the administrator starts again afterwards.",
     ),
+    Explanation(
+        "provisioning_refused",
+        "Onboarding",
+        "The app could not create its role, application user or webhook with your sign-in",
+        "With ONBOARDING_PROVISIONING the app creates its security role, application user and webhook in the "
+        "environment with the signed-in administrator's token. A step Dataverse refused (403 0x80040220 'is "
+        "missing prv… privilege') stops the run; the page names the step and the privilege, says what was done "
+        "before it, and shows the manual steps. Nothing is left half-done unexplained: each step finds before it "
+        "creates, so the next run finishes it.",
+        "Sign in as a System Administrator of the environment, or give the person the named privilege, and start "
+        "again from the form (the run picks up where it stopped); or do the shown steps by hand and press *check "
+        "again*.",
+        ("provisioning", "prvcreaterole", "prvcreateuser", "prvassignrole", "prvcreateserviceendpoint"),
+    ),
+    Explanation(
+        "unknown_table",
+        "Onboarding",
+        "A table of SYNC_TABLES or WEBHOOK_SUBSCRIPTIONS has no known schema name",
+        "The app's security role is computed from the settings; its privileges are named after each table's "
+        "schema name (prvRead<SchemaName>), which the app knows for the standard tables (accounts, contacts, "
+        "leads, opportunities, tasks) only. Onboarding's provisioning stops at `role` with this code.",
+        "Use standard tables, or add the custom table's schema name (e.g. contoso_Project) to STANDARD_TABLES in "
+        "shared/tenants/security_role.py; until then create the role by hand.",
+    ),
+    Explanation(
+        "user_api_disabled",
+        "Onboarding",
+        "The signed-in users' API is switched off",
+        "USER_API_ENABLED=false: `/api/me*` answers 404 with this code, and the app's security role no longer "
+        "holds prvActOnBehalfOfAnotherUser unless WEBHOOK_IMPERSONATE_INITIATING_USER needs it.",
+        "Set USER_API_ENABLED=true (and onboard again, or add prvActOnBehalfOfAnotherUser to the role) to serve it.",
+    ),
 ]
 
 

@@ -144,6 +144,18 @@ param webhookSecretRequired bool
 @description('Required. WEBHOOK_IMPERSONATE_INITIATING_USER.')
 param webhookImpersonateInitiatingUser bool
 
+@description('Required. WEBHOOK_SUBSCRIPTIONS.')
+param webhookSubscriptions string
+
+@description('Required. SECURITY_ROLE_NAME.')
+param securityRoleName string
+
+@description('Required. USER_API_ENABLED.')
+param userApiEnabled bool
+
+@description('Required. ONBOARDING_PROVISIONING.')
+param onboardingProvisioning bool
+
 @description('Required. WEBHOOK_MAX_DEQUEUE_COUNT; also overrides the host.json queue maxDequeueCount so the two agree.')
 param webhookMaxDequeueCount int
 
@@ -333,6 +345,14 @@ var appSettings = {
   WEBHOOK_MAX_BODY_BYTES: string(webhookMaxBodyBytes)
   WEBHOOK_SECRET_HEADER: webhookSecretHeader
   WEBHOOK_IMPERSONATE_INITIATING_USER: webhookImpersonateInitiatingUser ? 'true' : 'false'
+  WEBHOOK_SUBSCRIPTIONS: webhookSubscriptions
+  SECURITY_ROLE_NAME: securityRoleName
+  USER_API_ENABLED: userApiEnabled ? 'true' : 'false'
+  ONBOARDING_PROVISIONING: onboardingProvisioning ? 'true' : 'false'
+  WEBHOOK_RECEIVER_URL: 'https://${functionApp.properties.defaultHostName}/api/webhooks/dataverse'
+  // A Key Vault reference (app-service-key-vault-references: @Microsoft.KeyVault(SecretUri=…)): the operator stores
+  // the function key of webhooks/dataverse as the vault's secret webhook-function-key (README, onboarding).
+  WEBHOOK_FUNCTION_KEY: '@Microsoft.KeyVault(SecretUri=${keyVaultUrl}secrets/webhook-function-key/)'
   WEBHOOK_SECRET_REQUIRED: webhookSecretRequired ? 'true' : 'false'
   WEBHOOK_MAX_DEQUEUE_COUNT: string(webhookMaxDequeueCount)
   SYNC_SCHEDULE: syncSchedule

@@ -39,6 +39,7 @@ from sandbox.dataverse.odata.query import Preferences, parse_prefer, parse_selec
 from sandbox.dataverse.odata.reads import COUNT_LIMIT, CollectionReader
 from sandbox.dataverse.org import OrgStore, Row
 from sandbox.dataverse.payload import PayloadReader, coerce, json_payload, reference
+from sandbox.dataverse.provisioning.router import Provisioning
 from sandbox.dataverse.schema import TABLES, Table
 from sandbox.dataverse.security import read_access, user_roles
 from sandbox.dataverse.wire import (
@@ -70,8 +71,11 @@ class WebApi:
         caller: Caller,
         on_operation: Callable[[str], None] = lambda method: None,
         journal: ChangeJournal | None = None,
+        *,
+        provisioning: Provisioning | None = None,
     ) -> None:
         self._store = store
+        self._provisioning = provisioning
         self._root = service_root
         self._caller = caller
         self._on_operation = on_operation
@@ -148,6 +152,10 @@ class WebApi:
         if name == "systemusers" and key is not None and rest == "systemuserroles_association" and method == "GET":
             target = self._store.find_user(key) if is_guid(key) else None
             return json_body(200, user_roles(self._root, self._store.org.org_id, self._caller, target, key))
+        if self._provisioning is not None:  # roles, application users, webhook steps (sandbox.dataverse.provisioning)
+            provisioned = self._provisioning.handle(request, name, key, rest)
+            if provisioned is not None:
+                return provisioned
         table = TABLES.get(name)  # case-sensitive, as the service's entity set names are
         if table is None:
             raise errors.unknown_segment(name)

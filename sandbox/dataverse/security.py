@@ -27,6 +27,16 @@ from sandbox.dataverse.wire import Caller
 _PRIVILEGE_NAMESPACE = uuid.UUID("6f0b2f8e-6b41-4c53-9a56-0f7d2f7f5a10")
 
 
+def privilege_id(name: str) -> str:
+    """The id of the privilege `name` in the sandbox's orgs (stable, derived from the name)."""
+    return str(uuid.uuid5(_PRIVILEGE_NAMESPACE, name))
+
+
+def role_id(org_id: str, name: str) -> str:
+    """The roleid of the security role `name` in the org (stable per org and name)."""
+    return str(uuid.uuid5(_PRIVILEGE_NAMESPACE, f"role|{org_id}|{name}"))
+
+
 def read_privilege(table: Table) -> str:
     """`prvReadAccount`, `prvReadContact`."""
     return f"prvRead{table.schema_name}"
@@ -101,19 +111,24 @@ class ReadAccess:
 
     def _missing_privilege(self, table: Table, qualifier: str) -> DataverseError:
         privilege = read_privilege(table)
-        privilege_id = uuid.uuid5(_PRIVILEGE_NAMESPACE, privilege)
         return DataverseError(
             403,
             errors.MISSING_PRIVILEGE,
-            f"{_principal(self.user)}, is missing {privilege} privilege (Id={privilege_id}){qualifier} on "
+            f"{_principal(self.user)}, is missing {privilege} privilege (Id={privilege_id(privilege)}){qualifier} on "
             f"OTC={table.object_type_code} for entity '{table.logical_name}' (LocalizedName='{table.display_name}'). "
             f"context.Caller={self.user.systemuserid}",
         )
 
 
+def _user_depth(user: SystemUser) -> str:
+    return "organization" if SYSTEM_ADMINISTRATOR in user.roles else user.read_depth
+
+
 def read_access(caller: Caller) -> ReadAccess:
-    """The caller's effective read depth: the shallower of the application user's and the impersonated user's."""
-    depth = min(caller.app_user.read_depth, caller.user.read_depth, key=READ_DEPTHS.index)
+    """The caller's effective read depth: the shallower of the application user's and the impersonated user's.
+    A System Administrator reads at Organization depth (the role holds every read privilege at that depth)."""
+    depths = [_user_depth(caller.app_user), _user_depth(caller.user)]
+    depth = min(depths, key=READ_DEPTHS.index)
     return ReadAccess(caller.user, depth)
 
 
@@ -130,7 +145,7 @@ def role_rows(org_id: str, user: SystemUser) -> list[dict[str, object]]:
     per org and name), `name` and `_roletemplateid_value` (None for a custom role)."""
     return [
         {
-            "roleid": str(uuid.uuid5(_PRIVILEGE_NAMESPACE, f"role|{org_id}|{name}")),
+            "roleid": role_id(org_id, name),
             "name": name,
             "_roletemplateid_value": SYSTEM_ADMINISTRATOR_TEMPLATE if name == SYSTEM_ADMINISTRATOR else None,
         }

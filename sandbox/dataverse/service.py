@@ -25,6 +25,7 @@ from sandbox.dataverse.api import WebApi
 from sandbox.dataverse.errors import DataverseError
 from sandbox.dataverse.odata.batch import BatchFormatError, operation_count, parse_batch
 from sandbox.dataverse.org import OrgStore, SystemUser
+from sandbox.dataverse.provisioning.router import Provisioning
 from sandbox.dataverse.throttle import DEFAULT_DOP_HINT
 from sandbox.dataverse.webhooks.context import ContextUser
 from sandbox.dataverse.wire import ApiRequest, ApiResponse, Caller, error_response, json_body
@@ -129,7 +130,8 @@ class DataverseService:
 
             user_context = ContextUser(caller.user.systemuserid, caller.user.object_id)
             journal = self._state.webhooks.journal(store, user_context, str(uuid.uuid4()), headers["REQ_ID"])
-            api = WebApi(store, service_root, caller, count_operation, journal)
+            provisioning = Provisioning(store, service_root, caller, self._state.webhooks, self._application)
+            api = WebApi(store, service_root, caller, count_operation, journal, provisioning=provisioning)
             query = dict(request.query)
             try:
                 return api.execute(ApiRequest(request.method, resource, query, request.headers, request.body))
@@ -138,6 +140,15 @@ class DataverseService:
                 after_sent.append(journal.hand_over())
         finally:
             store.protection.release(user, time.monotonic() - started)
+
+    def _application(self, tenant_id: str, client_id: str) -> tuple[str, str | None] | None:
+        """The app's display name and service principal object id in the tenant; None without a principal."""
+        directory = self._state.directory
+        principal = directory.find_service_principal(tenant_id, client_id)
+        if principal is None:
+            return None
+        app = directory.find_application(client_id)
+        return (app.display_name if app else client_id), principal.object_id
 
     @staticmethod
     def _weight(request: HttpRequest, resource: str) -> int:

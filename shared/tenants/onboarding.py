@@ -37,7 +37,10 @@ from shared.telemetry import dims
 from shared.tenants.consent_states import ConsentStateStore
 from shared.tenants.org_index import OrgIndex
 from shared.tenants.orgs import OrgRecord, OrgStatus, OrgVerification
+from shared.tenants.provisioning import OrgProvisioner, ProvisioningReport, ProvisioningStep, StepOutcome
 from shared.tenants.registry import OrgUpdate, TenantRegistry, TenantStatus, Verification, utc_now
+from shared.tenants.security_role import UnknownTableError, required_role
+from shared.tenants.webhook_endpoint import WebhookRegistrar, WebhookTarget, usable_key
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +152,7 @@ class VerificationResult:
     recheck_ticket: str | None = None
     orgs: tuple[OrgRecord, ...] = ()
     focus: OrgRecord | None = None
+    provisioning: ProvisioningReport | None = None  # what onboarding created in the org (ONBOARDING_PROVISIONING)
 
     def about(self, org_url: str, ticket: str | None = None) -> VerificationResult:
         """The same result, for the person who asked about ``org_url`` (with their re-check ticket)."""
@@ -230,12 +234,38 @@ class OnboardingService:
             connected_by=admin.username,
             contact=consent.contact,
         )
+        report = self._provision(admin, consent.org_url) if self._settings.onboarding_provisioning else None
         result = self.verify(admin.tenant_id, actor=admin.actor, fresh_consent=True, org_urls=(consent.org_url,))
-        focused = result.about(consent.org_url)
+        focused = replace(result.about(consent.org_url), provisioning=report)
         if focused.focus is not None and focused.focus.status is OrgStatus.AWAITING_APPLICATION_USER:
             ticket = self._registry.issue_recheck_ticket(admin.tenant_id, consent.org_url)
             focused = replace(focused, recheck_ticket=ticket)
         return focused
+
+    def _provision(self, admin: SignedInAdministrator, org_url: str) -> ProvisioningReport:
+        """The app's role and application user in the org, made with the administrator's own delegated token
+        (shared.tenants.provisioning); the S2S check that follows decides the org's status as before."""
+        try:
+            role = required_role(self._settings)
+        except UnknownTableError as exc:
+            return ProvisioningReport(org_url, (ProvisioningStep("role", StepOutcome.FAILED, exc.message),))
+        client = self._dataverse.delegated(org_url, admin.dataverse_token)
+        settings = self._settings
+        key = usable_key(settings.webhook_function_key)
+        registrar = None
+        if settings.webhook_receiver_url and key:
+            target = WebhookTarget(
+                settings.webhook_receiver_url,
+                key,
+                settings.webhook_secret_header,
+                settings.webhook_subscriptions,
+                f"S2S webhook {settings.entra_client_id}",
+            )
+            has_secret = self._registry.webhook_secret_hash(admin.tenant_id, org_url) is not None
+            registrar = WebhookRegistrar(
+                target, lambda: self._registry.set_webhook_secret(admin.tenant_id, org_url), has_secret=has_secret
+            )
+        return OrgProvisioner(role, settings.entra_client_id, registrar).provision(client)
 
     def recheck(self, tenant_id: str, ticket: str, org_url: str | None = None) -> VerificationResult | None:
         """The customer's re-check with their ticket (from a POST body): verifies that org only; None when the

@@ -44,6 +44,8 @@ FROM_DEPLOYMENT = frozenset(
         "ONBOARDING_REDIRECT_URI",
         "STORAGE_ACCOUNT_NAME",
         "STORAGE_SUFFIX",
+        "WEBHOOK_RECEIVER_URL",
+        "WEBHOOK_FUNCTION_KEY",
     }
 )
 # Required by Settings whatever the mode, and for the default CREDENTIAL_SOURCE (key_vault).

@@ -127,3 +127,17 @@ def test_top_is_validated(top):
     use_services(FakeServices(FakeValidator()))
     resp = call(fn.me_accounts, top=top)
     assert resp.status_code == 400 and json.loads(resp.get_body())["error"]["code"] == "invalid_top"
+
+
+@pytest.mark.parametrize("function", [fn.me, fn.me_whoami, fn.me_accounts])
+def test_a_disabled_user_api_answers_404_and_calls_nothing(function):
+    import dataclasses
+
+    client = FakeClient()
+    services = FakeServices(FakeValidator(), client=client)
+    services.settings = dataclasses.replace(services.settings, user_api_enabled=False)
+    use_services(services)
+    resp = call(function)
+    assert resp.status_code == 404
+    assert json.loads(resp.get_body())["error"]["code"] == "user_api_disabled"
+    assert client.callers == []
