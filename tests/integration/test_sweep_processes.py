@@ -180,7 +180,10 @@ def test_a_worker_killed_mid_unit_is_resumed_by_another_from_its_checkpoint(harn
 
 @pytest.mark.timeout(120)
 def test_a_message_redelivered_while_its_first_attempt_runs_is_not_worked_twice(harness):
-    # Invisibility of 2 s, never renewed: the message reappears while the unit (4,000 rows) is still being synced.
+    # Invisibility of 2 s, never renewed: the message reappears while the unit (4,000 rows) is still being synced —
+    # at 0.15 s a request its 40 pages take 6 s, whatever the machine's load (at 0.04 s a quick run could finish
+    # inside the 2 s, and the redelivery then found the unit done rather than held).
+    harness.sandbox.state.set_dataverse_limits(harness.org_url, latency_seconds=0.15, max_requests=1_000_000)
     workers = Workers(harness, SWEEP_CHILD_LOCK_SECONDS="2", SWEEP_CHILD_RENEW="0", SWEEP_CHILD_IDLE_SECONDS="4")
     try:
         run = harness.services.sweep_scheduler.start("sync", harness.tenant)
