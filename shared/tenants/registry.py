@@ -29,6 +29,7 @@ from shared.tenants.orgs import (
     OrgVerification,
     dump_orgs,
     load_orgs,
+    migrate_v1,
     summarize,
     updated,
     with_org,
@@ -117,7 +118,7 @@ class Tenant:
         # shared.tenants.orgs.migrate_v1.
         if self.org_urls and not self.orgs:
             legacy = {"Status": self.status.value, "OrgUrls": json.dumps(list(self.org_urls))}
-            object.__setattr__(self, "orgs", load_orgs(legacy))
+            object.__setattr__(self, "orgs", migrate_v1(legacy))
 
     def org(self, url: str) -> OrgRecord | None:
         return next((org for org in self.orgs if org.url == url), None)
@@ -300,8 +301,7 @@ class TenantRegistry:
         Raises TenantNotFoundError, TransitionNotAllowedError, RegistryConflictError."""
 
         def decide(current: TenantStatus | None, orgs: tuple[OrgRecord, ...], now: str) -> _Decision:
-            if current is None:
-                raise TenantNotFoundError(f"Tenant {tenant_id[:64]} is not in the registry.")
+            current = _existing(current, tenant_id)
             new_orgs = orgs
             # An offboarded tenant's orgs keep their status unless the caller decides the tenant's (offboarding
             # itself): a verification racing the offboarding records its attempt and nothing else.
@@ -337,12 +337,10 @@ class TenantRegistry:
         TenantNotFoundError, OrgNotFoundError."""
 
         def decide(current: TenantStatus | None, orgs: tuple[OrgRecord, ...], now: str) -> _Decision:
-            if current is None:
-                raise TenantNotFoundError(f"Tenant {tenant_id[:64]} is not in the registry.")
-            if not any(org.url == org_url for org in orgs):
-                raise OrgNotFoundError(f"Tenant {tenant_id[:64]} has no organisation {org_url[:300]}.")
+            status = _existing(current, tenant_id)
+            _require_org(orgs, tenant_id, org_url)
             left = tuple(org for org in orgs if org.url != org_url)
-            return _Decision(TenantStatus(summarize(current.value, left)), left)
+            return _Decision(TenantStatus(summarize(status.value, left)), left)
 
         return self._write(tenant_id, decide, reason=reason, actor=actor)
 
@@ -422,31 +420,38 @@ class TenantRegistry:
         TenantNotFoundError, OrgNotFoundError."""
         ticket = secrets.token_urlsafe(24)
         expires = int(self._clock()) + ttl_seconds
-
-        def decide(current: TenantStatus | None, orgs: tuple[OrgRecord, ...], now: str) -> _Decision:
-            if current is None:
-                raise TenantNotFoundError(f"Tenant {tenant_id[:64]} is not in the registry.")
-            if not any(org.url == org_url for org in orgs):
-                raise OrgNotFoundError(f"Tenant {tenant_id[:64]} has no organisation {org_url[:300]}.")
-            return _Decision(current, updated(orgs, org_url, ticket_hash=_hash(ticket), ticket_expires=expires))
-
-        self._write(tenant_id, decide, reason="re-check ticket issued", actor="onboarding")
+        self._update_org(
+            tenant_id,
+            org_url,
+            reason="re-check ticket issued",
+            actor="onboarding",
+            ticket_hash=_hash(ticket),
+            ticket_expires=expires,
+        )
         return ticket
 
     def set_webhook_secret(self, tenant_id: str, org_url: str) -> str:
         """A new secret for one org's webhooks (its service endpoint sends it with the HttpHeader auth type); only
         its hash is kept. Raises TenantNotFoundError, OrgNotFoundError."""
         secret = secrets.token_urlsafe(32)
+        self._update_org(
+            tenant_id,
+            org_url,
+            reason=f"webhook secret of {org_url} rotated",
+            actor="operator",
+            webhook_secret_hash=_hash(secret),
+        )
+        return secret
+
+    def _update_org(self, tenant_id: str, org_url: str, *, reason: str, actor: str, **changes: Any) -> None:
+        """Change fields of one existing org (statuses untouched). Raises TenantNotFoundError, OrgNotFoundError."""
 
         def decide(current: TenantStatus | None, orgs: tuple[OrgRecord, ...], now: str) -> _Decision:
-            if current is None:
-                raise TenantNotFoundError(f"Tenant {tenant_id[:64]} is not in the registry.")
-            if not any(org.url == org_url for org in orgs):
-                raise OrgNotFoundError(f"Tenant {tenant_id[:64]} has no organisation {org_url[:300]}.")
-            return _Decision(current, updated(orgs, org_url, webhook_secret_hash=_hash(secret)))
+            status = _existing(current, tenant_id)
+            _require_org(orgs, tenant_id, org_url)
+            return _Decision(status, updated(orgs, org_url, **changes))
 
-        self._write(tenant_id, decide, reason=f"webhook secret of {org_url} rotated", actor="operator")
-        return secret
+        self._write(tenant_id, decide, reason=reason, actor=actor)
 
     def webhook_secret_hash(self, tenant_id: str, org_url: str) -> str | None:
         """The hash of the org's webhook secret; for a row written before per-org secrets, the tenant's."""
@@ -468,6 +473,17 @@ class TenantRegistry:
             if org.ticket_hash and org.ticket_expires > self._clock() and hmac.compare_digest(org.ticket_hash, wanted):
                 return org.url
         return None
+
+
+def _existing(current: TenantStatus | None, tenant_id: str) -> TenantStatus:
+    if current is None:
+        raise TenantNotFoundError(f"Tenant {tenant_id[:64]} is not in the registry.")
+    return current
+
+
+def _require_org(orgs: tuple[OrgRecord, ...], tenant_id: str, org_url: str) -> None:
+    if not any(org.url == org_url for org in orgs):
+        raise OrgNotFoundError(f"Tenant {tenant_id[:64]} has no organisation {org_url[:300]}.")
 
 
 @dataclass(frozen=True)
