@@ -158,8 +158,13 @@ class Services:
                 changes_table=changes,
                 impersonate_initiating_user=self.settings.webhook_impersonate_initiating_user,
                 max_dequeue_count=self.settings.webhook_max_dequeue_count,
+                org_is_active=self._org_is_active,
             )
         return self._webhook_processor
+
+    def _org_is_active(self, tenant_id: str, org_url: str) -> bool:
+        tenant = self.registry.find_tenant(tenant_id)
+        return tenant is not None and org_url in tenant.active_org_urls
 
     @property
     def sync_checkpoints(self) -> CheckpointStore:

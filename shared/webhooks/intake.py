@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 TRUNCATED_HEADER = "x-ms-dynamics-msg-size-exceeded"
 ORG_HEADER = "x-ms-dynamics-organization"
 _CACHE_SECONDS = 30.0
+# A refused delivery re-reads a cached lookup older than this (bounds the storage reads wrong secrets can cause).
+_RELOOKUP_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,15 @@ class WebhookIntake:
                 logger.exception("Webhook: organisation lookup failed for %s", host)
                 return IntakeResult(503, "storage_unavailable", "Storage is unavailable; retry later.")
         authenticated = self._secret_ok(secret_hash, headers)
+        if entry is not None and not (active and authenticated) and self._forget(host):
+            # A cached lookup may be stale (a secret just rotated, an org just activated): Dataverse does not retry
+            # a 401, so look once more before refusing.
+            try:
+                entry, active, secret_hash = self._lookup(host)
+            except Exception:
+                logger.exception("Webhook: organisation lookup failed for %s", host)
+                return IntakeResult(503, "storage_unavailable", "Storage is unavailable; retry later.")
+            authenticated = self._secret_ok(secret_hash, headers)
         if entry is None or not active or not authenticated:
             # One answer for an unknown host, an inactive org and a missing or wrong secret: a key holder learns
             # nothing about which hosts are customers.
@@ -201,6 +212,15 @@ class WebhookIntake:
                 self._cache.clear()
             self._cache[host] = (now + _CACHE_SECONDS, entry, active, secret_hash)
         return entry, active, secret_hash
+
+    def _forget(self, host: str) -> bool:
+        """Drop the host's cached lookup if it is older than _RELOOKUP_SECONDS; True when one was dropped."""
+        with self._lock:
+            cached = self._cache.get(host)
+            if cached is None or cached[0] - _CACHE_SECONDS + _RELOOKUP_SECONDS > self._clock():
+                return False
+            del self._cache[host]
+            return True
 
     def _secret_ok(self, expected: str | None, headers: Mapping[str, str]) -> bool:
         """The org's own secret, compared in constant time (also when there is none to compare with, so the time

@@ -37,6 +37,12 @@ CHANGES_TABLE = "processedchanges"
 ENTITY_SETS = {"account": "accounts", "contact": "contacts", "opportunity": "opportunities", "lead": "leads"}
 
 
+class OrgNoLongerActiveError(S2SError):
+    """The event's org was offboarded or removed after the event was accepted: it goes to poison, unprocessed."""
+
+    code = "org_not_active"
+
+
 class TransientProcessingError(S2SError):
     code = "transient_processing_error"
 
@@ -134,8 +140,12 @@ class WebhookProcessor:
         registry: HandlerRegistry = handlers,
         impersonate_initiating_user: bool = False,
         max_dequeue_count: int = 5,
+        org_is_active: Callable[[str, str], bool] | None = None,
     ) -> None:
         self._store = store
+        # (tenant id, org URL) -> still an active org of an active tenant? Asked again here because an event may
+        # wait in the queue while its org is offboarded or removed (or the receiver's lookup was cached).
+        self._org_is_active = org_is_active
         self._dataverse = dataverse
         self._changes = changes_table
         self._registry = registry
@@ -192,6 +202,10 @@ class WebhookProcessor:
             raise TransientProcessingError("Another worker is processing this event.")
         try:
             event = self._event(envelope)
+            if self._org_is_active is not None and not self._org_is_active(event.tenant_id, event.org_url):
+                raise OrgNoLongerActiveError(
+                    f"{event.org_url} is no longer an active org of tenant {event.tenant_id}: not processed."
+                )
             client = self._dataverse.for_org(event.tenant_id, event.org_url)
             # The initiating user comes from the body: believed only when the delivery was authenticated with the
             # org's own secret (shared.webhooks.intake), never on the function key alone.

@@ -326,10 +326,12 @@ class WebhookStore:
                 body.pop(field_name, None)
             key = body["key"]
             with contextlib.suppress(Exception):
-                self._table.update_entity(
-                    {"PartitionKey": key[:3], "RowKey": key, "Status": "queued", "LeaseUntil": 0},
-                    mode=UpdateMode.MERGE,
-                )
+                # A done event stays done: the replayed message is then skipped by the claim, never run twice.
+                if self._table.get_entity(key[:3], key).get("Status") != "done":
+                    self._table.update_entity(
+                        {"PartitionKey": key[:3], "RowKey": key, "Status": "queued", "LeaseUntil": 0},
+                        mode=UpdateMode.MERGE,
+                    )
             self._queue.send_message(json.dumps(body, separators=(",", ":")))
             self._poison.delete_message(item.id, item.pop_receipt)
             return _summary(body)

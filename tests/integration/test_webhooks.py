@@ -278,3 +278,43 @@ def test_rotating_an_orgs_secret_refuses_the_old_one(hook):
     hook.services.webhook_intake._cache.clear()  # the receiver caches an org's lookup for 30 s
     assert hook.deliver(hook.context(), **{"x-s2s-webhook-secret": old}).status_code == 401
     assert hook.deliver(hook.context()).status_code == 202
+
+
+def test_an_event_queued_before_its_org_was_offboarded_is_poisoned_not_processed(hook):
+    assert hook.deliver(hook.context()).status_code == 202
+    hook.services.onboarding.offboard(hook.tenant, actor="operator", reason="contract ended")
+    assert hook.drain() == ["poisoned"]
+    assert hook.changes() == []  # nothing ran with the offboarded org's token
+    poisoned = hook.services.webhook_store.list_poison()
+    assert any(
+        "org_not_active" in m.get("poison_reason", "") or "no longer an active org" in m.get("poison_reason", "")
+        for m in poisoned
+    )
+
+
+def test_a_rotated_secret_is_accepted_at_once_though_the_old_lookup_was_cached(hook, monkeypatch):
+    import time as _time
+
+    assert hook.deliver(hook.context()).status_code == 202  # the receiver now caches this org's lookup
+    old = hook.secret
+    hook.secret = hook.services.registry.set_webhook_secret(hook.tenant, hook.org_url)
+    intake = hook.services.webhook_intake
+    monkeypatch.setattr(intake, "_clock", lambda: _time.monotonic() + 5)  # the cached lookup is 5 s old
+    assert hook.deliver(hook.context()).status_code == 202  # re-read once instead of refusing with a stale secret
+    assert hook.deliver(hook.context(), **{"x-s2s-webhook-secret": old}).status_code == 401
+    assert set(hook.drain()) == {"done"}
+
+
+def test_replaying_a_poisoned_copy_of_a_done_event_does_not_run_it_again(hook):
+    body = hook.context()
+    assert hook.deliver(body).status_code == 202
+    message = hook.only_message()
+    envelope = json.loads(message.content)
+    store, processor = hook.services.webhook_store, hook.services.webhook_processor
+    assert processor.process(message.content, 1, message.id) == "done"
+    hook.services.storage.queue("webhook-events").delete_message(message)
+    store.to_poison(envelope, "a copy the host gave up on while the event was busy", 5)
+    (mine,) = [m for m in store.list_poison() if m.get("correlation_id") == body["CorrelationId"]]
+    store.replay_poison(mine["id"])
+    assert hook.drain() == ["duplicate"]
+    assert len(hook.changes()) == 1
