@@ -229,15 +229,10 @@ def _tenants(services: Any, args: argparse.Namespace) -> Any:
         tenant = registry.get_tenant(args.tenant_id)
         return {**tenant.to_dict(), "history": [vars(h) for h in registry.history(args.tenant_id)]}
     if args.tenants_command == "webhook-secret":
-        secret = registry.set_webhook_secret(args.tenant_id, args.org)
-        return {
-            "tenant_id": args.tenant_id,
-            "org_url": args.org,
-            "header": services.settings.webhook_secret_header,
-            "secret": secret,
-            "next_steps": "Put this header and value on the org's service endpoint (auth type HttpHeader, with the "
-            "function key in x-functions-key); it is shown once, and deliveries without it are refused (401).",
-        }
+        from shared.tenants.webhook_upkeep import WebhookUpkeep
+
+        rotation = WebhookUpkeep(services.settings, registry, services.dataverse).rotate(args.tenant_id, args.org)
+        return rotation.to_dict(services.settings.webhook_secret_header)
     if args.tenants_command == "verify":
         result = services.onboarding.verify(args.tenant_id, actor="operator CLI")
         return {
@@ -249,22 +244,28 @@ def _tenants(services: Any, args: argparse.Namespace) -> Any:
             "message": result.message,
         }
     if args.tenants_command == "remove-org":
+        from shared.tenants.webhook_upkeep import WebhookUpkeep
+
+        upkeep = WebhookUpkeep(services.settings, registry, services.dataverse)
+        before = registry.get_tenant(args.tenant_id)
+        removals = upkeep.remove(args.tenant_id, (args.org_url,), frozenset(before.active_org_urls))
         tenant = registry.remove_org(args.tenant_id, args.org_url, actor="operator CLI", reason=args.reason)
         return {
             "tenant_id": tenant.tenant_id,
             "status": tenant.status.value,
             "orgs": [org.to_dict() for org in tenant.orgs],
-            "next_steps": "Webhooks from that organisation are now refused and it is no longer synced. Delete its "
-            "application user there if the customer no longer wants the integration.",
+            "next_steps": "Webhooks from that organisation are now refused and it is no longer synced.",
+            "left_in_customer_environment": upkeep.left_in_orgs(removals),
         }
-    from shared.tenants.provisioning import left_in_org
+    from shared.tenants.webhook_upkeep import WebhookUpkeep
 
     result = services.onboarding.offboard(args.tenant_id, actor="operator CLI", reason=args.reason)
+    upkeep = WebhookUpkeep(services.settings, registry, services.dataverse)
     return {
         "tenant_id": result.tenant_id,
         "status": result.status.value,
         "next_steps": _REVOKE_ADVICE.format(client_id=services.settings.entra_client_id),
-        "left_in_customer_environments": left_in_org(services.settings, result.org_urls),
+        "left_in_customer_environments": upkeep.left_in_orgs(result.removals),
     }
 
 

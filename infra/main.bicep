@@ -179,6 +179,11 @@ param webhookSecretRequired bool = true
 @maxValue(100)
 param webhookMaxDequeueCount int = 5
 
+@description('Optional. WEBHOOK_SECRET_OVERLAP_SECONDS: how long an org\'s rotated-out webhook secret is still accepted.')
+@minValue(0)
+@maxValue(604800)
+param webhookSecretOverlapSeconds int = 3600
+
 @description('Optional. SYNC_SCHEDULE: NCRONTAB schedule of the incremental sync sweep.')
 param syncSchedule string = '0 */15 * * * *'
 
@@ -499,6 +504,7 @@ module functionApp 'modules/function-app.bicep' = {
     onboardingProvisioning: onboardingProvisioning
     webhookSecretRequired: webhookSecretRequired
     webhookMaxDequeueCount: webhookMaxDequeueCount
+    webhookSecretOverlapSeconds: webhookSecretOverlapSeconds
     syncSchedule: syncSchedule
     healthSchedule: healthSchedule
     certificateExpirySchedule: certificateExpirySchedule

@@ -141,7 +141,6 @@ class Services:
                 registry=self.registry,
                 max_body_bytes=self.settings.webhook_max_body_bytes,
                 header_secret_name=self.settings.webhook_secret_header,
-                header_secrets=self.registry.webhook_secret_hash,
                 secret_required=self.settings.webhook_secret_required,
             )
         return self._webhook_intake

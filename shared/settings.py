@@ -126,6 +126,7 @@ class Settings:
     webhook_impersonate_initiating_user: bool = False
     webhook_secret_required: bool = True
     webhook_max_dequeue_count: int = 5
+    webhook_secret_overlap_seconds: int = 3600  # how long a rotated-out webhook secret is still accepted
     webhook_subscriptions: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("account", ("Create", "Update", "Delete")),
         ("contact", ("Create", "Update", "Delete")),
@@ -210,6 +211,8 @@ class Settings:
             raise ConfigurationError("WEBHOOK_SECRET_HEADER", "must be a header name (letters, digits, dashes)")
         if not 1 <= self.webhook_max_dequeue_count <= 100:
             raise ConfigurationError("WEBHOOK_MAX_DEQUEUE_COUNT", "must be between 1 and 100")
+        if not 0 <= self.webhook_secret_overlap_seconds <= 7 * 24 * 3600:
+            raise ConfigurationError("WEBHOOK_SECRET_OVERLAP_SECONDS", "must be between 0 and 604800 (7 days)")
         if self.webhook_receiver_url is not None:
             _require_redirect_uri("WEBHOOK_RECEIVER_URL", self.webhook_receiver_url)
         # role.name is a string of at most 100 characters (Dataverse table reference, role table, Name column).
@@ -327,6 +330,7 @@ class Settings:
             webhook_impersonate_initiating_user=parsed("WEBHOOK_IMPERSONATE_INITIATING_USER", _parse_bool, False),
             webhook_secret_required=parsed("WEBHOOK_SECRET_REQUIRED", _parse_bool, True),
             webhook_max_dequeue_count=parsed("WEBHOOK_MAX_DEQUEUE_COUNT", int, 5),
+            webhook_secret_overlap_seconds=parsed("WEBHOOK_SECRET_OVERLAP_SECONDS", int, 3600),
             webhook_subscriptions=parsed(
                 "WEBHOOK_SUBSCRIPTIONS", _parse_webhook_subscriptions, cls.webhook_subscriptions
             ),

@@ -159,6 +159,9 @@ param onboardingProvisioning bool
 @description('Required. WEBHOOK_MAX_DEQUEUE_COUNT; also overrides the host.json queue maxDequeueCount so the two agree.')
 param webhookMaxDequeueCount int
 
+@description('Required. WEBHOOK_SECRET_OVERLAP_SECONDS.')
+param webhookSecretOverlapSeconds int
+
 @description('Required. SYNC_SCHEDULE.')
 param syncSchedule string
 
@@ -355,6 +358,7 @@ var appSettings = {
   WEBHOOK_FUNCTION_KEY: '@Microsoft.KeyVault(SecretUri=${keyVaultUrl}secrets/webhook-function-key/)'
   WEBHOOK_SECRET_REQUIRED: webhookSecretRequired ? 'true' : 'false'
   WEBHOOK_MAX_DEQUEUE_COUNT: string(webhookMaxDequeueCount)
+  WEBHOOK_SECRET_OVERLAP_SECONDS: string(webhookSecretOverlapSeconds)
   SYNC_SCHEDULE: syncSchedule
   HEALTH_SCHEDULE: healthSchedule
   CERTIFICATE_EXPIRY_SCHEDULE: certificateExpirySchedule

@@ -40,7 +40,8 @@ from shared.tenants.orgs import OrgRecord, OrgStatus, OrgVerification
 from shared.tenants.provisioning import OrgProvisioner, ProvisioningReport, ProvisioningStep, StepOutcome
 from shared.tenants.registry import OrgUpdate, TenantRegistry, TenantStatus, Verification, utc_now
 from shared.tenants.security_role import UnknownTableError, required_role
-from shared.tenants.webhook_endpoint import WebhookRegistrar, WebhookTarget, usable_key
+from shared.tenants.webhook_endpoint import WebhookRegistrar, WebhookTarget, endpoint_name, usable_key
+from shared.tenants.webhook_upkeep import EndpointRemoval, WebhookUpkeep
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ class VerificationResult:
     orgs: tuple[OrgRecord, ...] = ()
     focus: OrgRecord | None = None
     provisioning: ProvisioningReport | None = None  # what onboarding created in the org (ONBOARDING_PROVISIONING)
+    removals: tuple[EndpointRemoval, ...] = ()  # offboarding: our webhook, removed from each org or not
 
     def about(self, org_url: str, ticket: str | None = None) -> VerificationResult:
         """The same result, for the person who asked about ``org_url`` (with their re-check ticket)."""
@@ -259,7 +261,7 @@ class OnboardingService:
                 key,
                 settings.webhook_secret_header,
                 settings.webhook_subscriptions,
-                f"S2S webhook {settings.entra_client_id}",
+                endpoint_name(settings.entra_client_id),
             )
             has_secret = self._registry.webhook_secret_hash(admin.tenant_id, org_url) is not None
             registrar = WebhookRegistrar(
@@ -406,8 +408,12 @@ class OnboardingService:
         return OrgUpdate(OrgStatus.ACTIVE, OrgVerification(now, OrgStatus.ACTIVE.value))
 
     def offboard(self, tenant_id: str, *, actor: str, reason: str) -> VerificationResult:
-        """Mark the tenant offboarded (jobs skip it) and forget its tokens. Raises TenantNotFoundError."""
+        """Remove our webhook from its active orgs (while the app still has access), mark the tenant offboarded
+        (jobs skip it, its orgs' webhook secrets are dropped) and forget its tokens. Raises TenantNotFoundError."""
         tenant = self._registry.get_tenant(tenant_id)
+        removals = WebhookUpkeep(self._settings, self._registry, self._dataverse).remove(
+            tenant_id, tenant.org_urls, frozenset(tenant.active_org_urls)
+        )
         # Its orgs are disconnected: coming back through one org (its System Administrator signing in) does not bring
         # the others back, and background verification leaves them alone.
         now = utc_now()
@@ -424,7 +430,12 @@ class OnboardingService:
         )
         self._tokens.forget_tenant(tenant_id.lower())
         return VerificationResult(
-            recorded.tenant_id, recorded.status, recorded.org_urls, message=reason, orgs=recorded.orgs
+            recorded.tenant_id,
+            recorded.status,
+            recorded.org_urls,
+            message=reason,
+            orgs=recorded.orgs,
+            removals=removals,
         )
 
     # -- helpers -------------------------------------------------------------------------------------------

@@ -56,6 +56,10 @@ class OrgRecord:
     ticket_hash: str = field(default="", repr=False)
     ticket_expires: int = 0
     webhook_secret_hash: str = field(default="", repr=False)  # SHA-256 of the org's own webhook secret
+    # After a rotation the secret it replaced is still accepted until `previous_secret_until` (epoch seconds): the
+    # org's service endpoint is updated after the registry, and deliveries already sent carry the old one.
+    previous_secret_hash: str = field(default="", repr=False)
+    previous_secret_until: int = 0
     contact: str = ""  # what the administrator who connected this org typed (one printable line)
     connected_by: str = ""  # the UPN of the System Administrator who connected it
 
@@ -68,9 +72,18 @@ class OrgRecord:
             "last_verification": None if self.last_verification is None else vars(self.last_verification),
             "recheck_ticket_expires": self.ticket_expires or None,
             "webhook_secret": bool(self.webhook_secret_hash),
+            "previous_webhook_secret_until": self.previous_secret_until or None,
             "contact": self.contact or None,
             "connected_by": self.connected_by or None,
         }
+
+    def accepted_secret_hashes(self, now: float) -> tuple[str, ...]:
+        """The hashes a delivery's secret may match: the current one, and the one it replaced until its overlap
+        ends."""
+        hashes: tuple[str, ...] = (self.webhook_secret_hash,) if self.webhook_secret_hash else ()
+        if self.previous_secret_hash and self.previous_secret_until > now:
+            hashes += (self.previous_secret_hash,)
+        return hashes
 
 
 def dump_orgs(orgs: Iterable[OrgRecord]) -> str:
@@ -84,6 +97,8 @@ def dump_orgs(orgs: Iterable[OrgRecord]) -> str:
                 "ticket_hash": org.ticket_hash,
                 "ticket_expires": org.ticket_expires,
                 "webhook_secret_hash": org.webhook_secret_hash,
+                "previous_secret_hash": org.previous_secret_hash,
+                "previous_secret_until": org.previous_secret_until,
                 "contact": org.contact,
                 "connected_by": org.connected_by,
             }
@@ -108,6 +123,8 @@ def load_orgs(entity: Mapping[str, Any]) -> tuple[OrgRecord, ...]:
                 ticket_hash=item.get("ticket_hash") or "",
                 ticket_expires=int(item.get("ticket_expires") or 0),
                 webhook_secret_hash=item.get("webhook_secret_hash") or "",
+                previous_secret_hash=item.get("previous_secret_hash") or "",
+                previous_secret_until=int(item.get("previous_secret_until") or 0),
                 contact=item.get("contact") or "",
                 connected_by=item.get("connected_by") or "",
             )

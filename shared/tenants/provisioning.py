@@ -32,7 +32,6 @@ from shared.dataverse.batch import BatchOperation
 from shared.dataverse.client import DataverseClient
 from shared.dataverse.errors import DataverseError
 from shared.errors import S2SError
-from shared.settings import Settings
 from shared.telemetry import dims
 from shared.tenants.security_role import SecurityRole
 
@@ -222,25 +221,3 @@ class OrgProvisioner:
         errors = client.batch_errors(parts)
         if errors:
             raise errors[0]
-
-
-def left_in_org(settings: Settings, org_urls: tuple[str, ...]) -> str:
-    """What onboarding created in a customer's environments and offboarding leaves there, with how to remove it.
-
-    Offboarding cannot remove it: no administrator token is kept, and the application user holds only the
-    role's privileges (no prvDeleteSdkMessageProcessingStep, prvDeleteServiceEndpoint, prvDeleteRole or
-    prvWriteUser), on purpose — the app must not be able to change its own access.
-    """
-    steps = ", ".join(
-        f"{message} of {table}" for table, messages in settings.webhook_subscriptions for message in messages
-    )
-    where = ", ".join(org_urls) or "its environments"
-    return (
-        f"Left in {where} (onboarding with ONBOARDING_PROVISIONING creates them; the app cannot delete them): the "
-        f"webhook service endpoint 'S2S webhook {settings.entra_client_id}' and its steps ({steps}); the application "
-        f"user for application ID {settings.entra_client_id}; the security role '{settings.security_role_name}'. "
-        "A System Administrator of each environment removes them: delete the endpoint's "
-        "sdkmessageprocessingsteps, then the serviceendpoint (Plug-in Registration tool, or DELETE through the Web "
-        "API), deactivate the application user (Power Platform admin center > Application users, or PATCH "
-        "systemusers(<id>) isdisabled=true), then delete the security role."
-    )

@@ -313,6 +313,12 @@ class TenantRegistry:
                 keep = frozen or (record.status is OrgStatus.DISCONNECTED and tenant_status is None)
                 status = record.status if keep or update.status is None else update.status
                 new_orgs = updated(new_orgs, url, status=status, last_verification=update.verification)
+                if status is OrgStatus.DISCONNECTED:
+                    # A disconnected org's webhook secrets die with it: coming back issues a new one, so a secret
+                    # that leaked before offboarding does not work again after re-onboarding.
+                    new_orgs = updated(
+                        new_orgs, url, webhook_secret_hash="", previous_secret_hash="", previous_secret_until=0
+                    )
             target = tenant_status or TenantStatus(summarize(current.value, new_orgs))
             # An empty outcome means "the status it led to", known only here, from the row as it is now.
             outcome = verification
@@ -430,26 +436,48 @@ class TenantRegistry:
         )
         return ticket
 
-    def set_webhook_secret(self, tenant_id: str, org_url: str) -> str:
+    def set_webhook_secret(
+        self, tenant_id: str, org_url: str, *, overlap_seconds: int = 0, actor: str = "operator"
+    ) -> str:
         """A new secret for one org's webhooks (its service endpoint sends it with the HttpHeader auth type); only
-        its hash is kept. Raises TenantNotFoundError, OrgNotFoundError."""
+        its hash is kept. With ``overlap_seconds`` the secret it replaces is still accepted that long (a rotation
+        whose endpoint update follows, deliveries already on their way); without, it stops working at once.
+        Raises TenantNotFoundError, OrgNotFoundError."""
         secret = secrets.token_urlsafe(32)
+        until = int(self._clock()) + overlap_seconds
+
+        def change(org: OrgRecord) -> dict[str, Any]:
+            keep = overlap_seconds > 0 and bool(org.webhook_secret_hash)
+            return {
+                "webhook_secret_hash": _hash(secret),
+                "previous_secret_hash": org.webhook_secret_hash if keep else "",
+                "previous_secret_until": until if keep else 0,
+            }
+
         self._update_org(
-            tenant_id,
-            org_url,
-            reason=f"webhook secret of {org_url} rotated",
-            actor="operator",
-            webhook_secret_hash=_hash(secret),
+            tenant_id, org_url, reason=f"webhook secret of {org_url} rotated", actor=actor, changes_from=change
         )
         return secret
 
-    def _update_org(self, tenant_id: str, org_url: str, *, reason: str, actor: str, **changes: Any) -> None:
-        """Change fields of one existing org (statuses untouched). Raises TenantNotFoundError, OrgNotFoundError."""
+    def _update_org(
+        self,
+        tenant_id: str,
+        org_url: str,
+        *,
+        reason: str,
+        actor: str,
+        changes_from: Callable[[OrgRecord], dict[str, Any]] | None = None,
+        **changes: Any,
+    ) -> None:
+        """Change fields of one existing org (statuses untouched): ``changes``, and what ``changes_from`` derives
+        from the org as it is in the row being written. Raises TenantNotFoundError, OrgNotFoundError."""
 
         def decide(current: TenantStatus | None, orgs: tuple[OrgRecord, ...], now: str) -> _Decision:
             status = _existing(current, tenant_id)
             _require_org(orgs, tenant_id, org_url)
-            return _Decision(status, updated(orgs, org_url, **changes))
+            org = next(org for org in orgs if org.url == org_url)
+            derived = changes_from(org) if changes_from is not None else {}
+            return _Decision(status, updated(orgs, org_url, **(changes | derived)))
 
         self._write(tenant_id, decide, reason=reason, actor=actor)
 

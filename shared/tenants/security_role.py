@@ -11,6 +11,18 @@ What the app calls with its S2S token, and so what the role grants (nothing else
   `prvActOnBehalfOfAnotherUser` (protocol §4; Microsoft's "Impersonate another user using the Web API").
 WhoAmI needs no privilege of its own.
 
+When onboarding registers our webhook (ONBOARDING_PROVISIONING with WEBHOOK_RECEIVER_URL), the administrator's
+delegated token creates the service endpoint and its steps: creating them (prvCreateServiceEndpoint,
+prvCreateSdkMessageProcessingStep) stays with a person who signed in. The application user keeps what it needs to
+look after that one endpoint without an administrator, and nothing to create another:
+- `tenants webhook-secret --org` rotates the org's secret and puts it on the endpoint → `prvReadServiceEndpoint`,
+  `prvWriteServiceEndpoint`;
+- offboarding removes the steps and the endpoint → `prvReadSdkMessageProcessingStep`,
+  `prvDeleteSdkMessageProcessingStep`, `prvDeleteServiceEndpoint`.
+Both tables are organization-owned, so these are Global (privilege tables of SdkMessageProcessingStep and
+ServiceEndpoint: Global depth only). The app's code touches only the endpoint named for its own client id
+(shared.tenants.webhook_endpoint), but the privileges cover every service endpoint of the org: the README says so.
+
 Privilege names are `prv<Access><SchemaName>` (Dataverse privilege table, `name` column: e.g. prvReadAccount);
 depths are the PrivilegeDepth enum the AddPrivilegesRole / ReplacePrivilegesRole actions take in each
 RolePrivilege (`Depth`, `PrivilegeId`, `BusinessUnitId`; Web API reference, RolePrivilege complex type).
@@ -104,15 +116,30 @@ def schema_name_for_table(logical_name: str, schema_names: Mapping[str, str] | N
     )
 
 
+ENDPOINT_UPKEEP: tuple[tuple[str, str], ...] = (
+    ("prvReadServiceEndpoint", "secret rotation and offboarding find the app's webhook endpoint"),
+    ("prvWriteServiceEndpoint", "secret rotation puts the org's new secret on the app's webhook endpoint"),
+    ("prvReadSdkMessageProcessingStep", "offboarding finds the steps of the app's webhook endpoint"),
+    ("prvDeleteSdkMessageProcessingStep", "offboarding removes the steps of the app's webhook endpoint"),
+    ("prvDeleteServiceEndpoint", "offboarding removes the app's webhook endpoint"),
+)
+
+
+def registers_webhooks(settings: Settings) -> bool:
+    """Whether onboarding registers our webhook in each org (and the app then looks after it)."""
+    return settings.onboarding_provisioning and bool(settings.webhook_receiver_url)
+
+
 def impersonates(settings: Settings) -> bool:
     """Whether any part of the app calls Dataverse with `CallerObjectId`."""
     return settings.user_api_enabled or settings.webhook_impersonate_initiating_user
 
 
 def required_role(settings: Settings, schema_names: Mapping[str, str] | None = None) -> SecurityRole:
-    """The role the app needs, from SYNC_TABLES, WEBHOOK_SUBSCRIPTIONS, USER_API_ENABLED and
-    WEBHOOK_IMPERSONATE_INITIATING_USER. `schema_names` maps entity sets or logical names of custom tables to
-    their schema names. Raises UnknownTableError for a table whose schema name is unknown.
+    """The role the app needs, from SYNC_TABLES, WEBHOOK_SUBSCRIPTIONS, USER_API_ENABLED,
+    WEBHOOK_IMPERSONATE_INITIATING_USER, and whether onboarding registers webhooks. `schema_names` maps entity
+    sets or logical names of custom tables to their schema names. Raises UnknownTableError for a table whose
+    schema name is unknown.
     """
     reasons: dict[str, list[str]] = {}
 
@@ -134,5 +161,8 @@ def required_role(settings: Settings, schema_names: Mapping[str, str] | None = N
         need(ACT_ON_BEHALF, "user API reads as the signed-in user (CallerObjectId)")
     if settings.webhook_impersonate_initiating_user:
         need(ACT_ON_BEHALF, "webhook handlers act as the initiating user (WEBHOOK_IMPERSONATE_INITIATING_USER)")
+    if registers_webhooks(settings):
+        for privilege, reason in ENDPOINT_UPKEEP:
+            need(privilege, reason)
     privileges = tuple(RolePrivilege(name, GLOBAL, tuple(why)) for name, why in sorted(reasons.items()))
     return SecurityRole(settings.security_role_name, privileges)

@@ -68,6 +68,27 @@ def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def endpoint_name(client_id: str) -> str:
+    """The name of our service endpoint in every org: one per app registration, found by it."""
+    return f"S2S webhook {client_id}"
+
+
+def auth_value(function_key: str, secret_header: str, secret: str) -> str:
+    """The HttpHeader auth value: the function key in x-functions-key and the org's secret in its header."""
+    return _settings_xml({KEY_HEADER: function_key, secret_header: secret})
+
+
+def find_endpoint(client: DataverseClient, name: str) -> str | None:
+    """The id of the webhook service endpoint called `name`, or None. Raises DataverseError."""
+    for row in client.iter_rows(
+        "serviceendpoints",
+        select=["serviceendpointid"],
+        filter=f"name eq {_literal(name)} and contract eq {WEBHOOK_CONTRACT}",
+    ):
+        return str(row["serviceendpointid"])
+    return None
+
+
 class WebhookRegistrar:
     """Registers the target in one org. `issue_secret` rotates the org's secret in the registry and returns it;
     `has_secret` says whether the registry has one for the org already."""
@@ -111,7 +132,7 @@ class WebhookRegistrar:
 
     def _auth_value(self) -> str:
         secret = self._issue_secret()  # the registry knows it before any delivery can carry it
-        return _settings_xml({KEY_HEADER: self._target.function_key, self._target.secret_header: secret})
+        return auth_value(self._target.function_key, self._target.secret_header, secret)
 
     def steps(self, client: DataverseClient, endpoint_id: str) -> tuple[StepOutcome, str]:
         """Exactly one asynchronous post-operation step per subscribed (table, message). Raises DataverseError."""

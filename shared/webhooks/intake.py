@@ -53,6 +53,8 @@ class IntakeResult:
 UNAUTHENTICATED = "unauthenticated"
 _UNAUTHENTICATED_MESSAGE = "The delivery could not be authenticated."
 _NO_SECRET = hashlib.sha256(b"").hexdigest()  # compared against when there is nothing to compare with
+# Read for a host the org index does not know: no tenant id is this (tenant ids are GUIDs), so the read misses.
+_NO_TENANT = "00000000-0000-0000-0000-unknown-host"
 
 
 def event_key(org_id: str, context: ExecutionContext) -> str:
@@ -82,19 +84,19 @@ class WebhookIntake:
         registry: TenantRegistry,
         max_body_bytes: int,
         header_secret_name: str | None = None,
-        header_secrets: Callable[[str, str], str | None] | None = None,
         secret_required: bool = True,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._org_index = org_index
         self._registry = registry
         self._max_body = max_body_bytes
         self._secret_header = header_secret_name.lower() if header_secret_name else None
-        self._secrets = header_secrets
         self._secret_required = secret_required
         self._clock = clock
-        self._cache: dict[str, tuple[float, OrgEntry | None, bool, str | None]] = {}
+        self._wall_clock = wall_clock
+        self._cache: dict[str, tuple[float, OrgEntry | None, bool, tuple[str, ...]]] = {}
         self._lock = threading.Lock()
 
     def accept(self, body: bytes, headers: Mapping[str, str]) -> IntakeResult:
@@ -115,23 +117,24 @@ class WebhookIntake:
             return IntakeResult(400, exc.code, exc.message)
         host = (headers.get(ORG_HEADER) or "").strip().lower()
         entry: OrgEntry | None = None
-        active, secret_hash = False, None
+        active = False
+        secret_hashes: tuple[str, ...] = ()
         if host and is_host_name(host):  # what Dataverse sends: the org's host name; anything else is not looked up
             try:
-                entry, active, secret_hash = self._lookup(host)
+                entry, active, secret_hashes = self._lookup(host)
             except Exception:
                 logger.exception("Webhook: organisation lookup failed for %s", host)
                 return IntakeResult(503, "storage_unavailable", "Storage is unavailable; retry later.")
-        authenticated = self._secret_ok(secret_hash, headers)
+        authenticated = self._secret_ok(secret_hashes, headers)
         if entry is not None and not (active and authenticated) and self._forget(host):
             # A cached lookup may be stale (a secret just rotated, an org just activated): Dataverse does not retry
             # a 401, so look once more before refusing.
             try:
-                entry, active, secret_hash = self._lookup(host)
+                entry, active, secret_hashes = self._lookup(host)
             except Exception:
                 logger.exception("Webhook: organisation lookup failed for %s", host)
                 return IntakeResult(503, "storage_unavailable", "Storage is unavailable; retry later.")
-            authenticated = self._secret_ok(secret_hash, headers)
+            authenticated = self._secret_ok(secret_hashes, headers)
         if entry is None or not active or not authenticated:
             # One answer for an unknown host, an inactive org and a missing or wrong secret: a key holder learns
             # nothing about which hosts are customers.
@@ -173,7 +176,7 @@ class WebhookIntake:
                 "received_us": int(time.time() * 1_000_000),  # fixed here, so a rerun writes the same records
                 # Identities inside the body (the initiating user) are believed only for an org proven by its own
                 # secret; a delivery let in without one (WEBHOOK_SECRET_REQUIRED=false) is not impersonated.
-                "authenticated": secret_hash is not None,
+                "authenticated": bool(secret_hashes),
             }
             self._store.enqueue(key, envelope, body)
         except StorageUnavailableError:
@@ -190,28 +193,34 @@ class WebhookIntake:
         )
         return IntakeResult(202, "accepted", "Queued.", key=key)
 
-    def _lookup(self, host: str) -> tuple[OrgEntry | None, bool, str | None]:
-        """Org entry, whether its tenant is active, and the tenant's webhook secret hash; cached briefly so an
-        acknowledgement costs no storage read in the common case (offboarding reaches the receiver within
-        _CACHE_SECONDS)."""
+    def _lookup(self, host: str) -> tuple[OrgEntry | None, bool, tuple[str, ...]]:
+        """Org entry, whether the org is active, and the hashes its webhook secret may match (the current one,
+        and the one a rotation replaced while its overlap lasts); cached briefly so an acknowledgement costs no
+        storage read in the common case (offboarding reaches the receiver within _CACHE_SECONDS).
+
+        Always two point reads, the org index and a registry row, whether the host is a customer or not (an
+        unknown host reads a tenant row that cannot exist), so the time a refusal takes does not tell a key
+        holder which hosts are customers.
+        """
         now = self._clock()
         with self._lock:
             cached = self._cache.get(host)
         if cached is not None and cached[0] > now:
             return cached[1], cached[2], cached[3]
         entry = self._org_index.find(host)
+        tenant = self._registry.find_tenant(entry.tenant_id if entry is not None else _NO_TENANT)
         active = False
-        secret_hash = None
-        if entry is not None:
-            tenant = self._registry.find_tenant(entry.tenant_id)
-            active = tenant is not None and entry.org_url in tenant.active_org_urls
-            if active and self._secrets is not None:
-                secret_hash = self._secrets(entry.tenant_id, entry.org_url)
+        secret_hashes: tuple[str, ...] = ()
+        if entry is not None and tenant is not None:
+            active = entry.org_url in tenant.active_org_urls
+            org = tenant.org(entry.org_url)
+            if active and org is not None:
+                secret_hashes = org.accepted_secret_hashes(self._wall_clock())
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[host] = (now + _CACHE_SECONDS, entry, active, secret_hash)
-        return entry, active, secret_hash
+            self._cache[host] = (now + _CACHE_SECONDS, entry, active, secret_hashes)
+        return entry, active, secret_hashes
 
     def _forget(self, host: str) -> bool:
         """Drop the host's cached lookup if it is older than _RELOOKUP_SECONDS; True when one was dropped."""
@@ -222,15 +231,16 @@ class WebhookIntake:
             del self._cache[host]
             return True
 
-    def _secret_ok(self, expected: str | None, headers: Mapping[str, str]) -> bool:
-        """The org's own secret, compared in constant time (also when there is none to compare with, so the time
-        taken says nothing). Without a secret on record the delivery passes only when secrets are not required
-        (orgs registered by hand before per-org secrets: README, migration)."""
+    def _secret_ok(self, expected: tuple[str, ...], headers: Mapping[str, str]) -> bool:
+        """The org's own secret, compared in constant time against every accepted hash, and against a stand-in
+        when there is none, so the time taken says nothing. Without a secret on record the delivery passes only
+        when secrets are not required (orgs registered by hand before per-org secrets: README, migration)."""
         given = (headers.get(self._secret_header) or "") if self._secret_header else ""
-        matches = hmac.compare_digest(hashlib.sha256(given.encode()).hexdigest(), expected or _NO_SECRET)
-        if expected is None:
+        digest = hashlib.sha256(given.encode()).hexdigest()
+        matches = [hmac.compare_digest(digest, wanted) for wanted in (expected or (_NO_SECRET,))]
+        if not expected:
             return not self._secret_required
-        return matches
+        return any(matches)
 
 
 def envelope_from_message(text: str) -> dict[str, Any]:

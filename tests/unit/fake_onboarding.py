@@ -144,3 +144,8 @@ class FakeAppOnlyClient:
                 "No application user for this app.", org_url=self.org_url, status_code=403, error_code="0x80072560"
             )
         return WhoAmI(str(uuid.uuid4()), str(uuid.uuid4()), self.organization_id)
+
+    def iter_rows(self, table: str, **_: object) -> list[dict[str, object]]:
+        """Offboarding looks for the app's webhook endpoint: this org has none (registered by hand, or never)."""
+        assert table == "serviceendpoints", table
+        return []

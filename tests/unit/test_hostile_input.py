@@ -354,7 +354,6 @@ class World:
             registry=self.registry,
             max_body_bytes=self.settings.webhook_max_body_bytes,
             header_secret_name=self.settings.webhook_secret_header,
-            header_secrets=self.registry.webhook_secret_hash,
             # Without a secret on record the world runs in the documented migration mode (secrets not required).
             secret_required=webhook_secret,
         )

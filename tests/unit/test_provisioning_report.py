@@ -47,7 +47,7 @@ def test_a_refused_step_is_named_with_its_privilege_and_the_manual_steps_follow(
 
 def test_offboarding_names_what_is_left_in_each_environment() -> None:
     from shared.settings import Settings
-    from shared.tenants.provisioning import left_in_org
+    from shared.tenants.webhook_upkeep import EndpointRemoval, UpkeepOutcome, WebhookUpkeep
 
     settings = Settings(
         entra_client_id=CLIENT,
@@ -57,6 +57,23 @@ def test_offboarding_names_what_is_left_in_each_environment() -> None:
         security_role_name="Contoso Sync",
         webhook_subscriptions=(("account", ("Create", "Update")),),
     )
-    text = left_in_org(settings, (ORG,))
-    assert ORG in text and f"'S2S webhook {CLIENT}'" in text and "(Create of account, Update of account)" in text
-    assert f"application ID {CLIENT}" in text and "'Contoso Sync'" in text
+    other = "https://fabrikam.crm.dynamics.com"
+    removals = (
+        EndpointRemoval(ORG, UpkeepOutcome.DONE, 2),
+        EndpointRemoval(other, UpkeepOutcome.REFUSED, 1, "missing prvDeleteServiceEndpoint"),
+    )
+    removed, refused = WebhookUpkeep(settings, None, None).left_in_orgs(removals)  # type: ignore[arg-type]
+    assert (removed["org_url"], removed["webhook"], removed["steps_removed"]) == (ORG, "done", 2)
+    assert (refused["org_url"], refused["webhook"], refused["detail"]) == (
+        other,
+        "refused",
+        "missing prvDeleteServiceEndpoint",
+    )
+    # The application user and the role always stay (the app must not change its own access), named for both.
+    for report in (removed, refused):
+        assert any(f"application ID {CLIENT}" in item for item in report["left"])
+        assert any("'Contoso Sync'" in item for item in report["left"])
+    # The endpoint is named as left only where it could not be removed, with its steps.
+    assert not any("service endpoint" in item for item in removed["left"])
+    (endpoint,) = [item for item in refused["left"] if "service endpoint" in item]
+    assert f"'S2S webhook {CLIENT}'" in endpoint and "(Create of account, Update of account)" in endpoint

@@ -19,12 +19,16 @@ from sandbox.dataverse.schema import TABLES
 from shared.dataverse.errors import DataverseError
 from shared.jobs.sync import CheckpointStore, TableSync
 from shared.settings import Settings
+from shared.tenants.registry import Tenant, TenantStatus
 from shared.tenants.security_role import (
     ACT_ON_BEHALF,
+    ENDPOINT_UPKEEP,
     GLOBAL,
     UnknownTableError,
+    registers_webhooks,
     required_role,
 )
+from shared.tenants.webhook_upkeep import UpkeepOutcome, WebhookUpkeep
 from shared.webhooks.processing import HandlerTools, WebhookEvent, reread_truncated_row
 from shared.webhooks.remote_context import ExecutionContext
 from tests.unit.fake_table import FakeTable
@@ -78,6 +82,14 @@ class PrivilegedDataverse:
             return Response(403, {"Content-Type": "application/json"}, error)
         if "WhoAmI" in url:
             return Response(200, {}, {"UserId": USER, "BusinessUnitId": USER, "OrganizationId": USER})
+        if method in ("PATCH", "DELETE"):
+            return Response(204, {}, None)
+        for table, key in (
+            ("serviceendpoints", "serviceendpointid"),
+            ("sdkmessageprocessingsteps", "sdkmessageprocessingstepid"),
+        ):
+            if f"/{table}?" in url:  # our endpoint and one of its steps
+                return Response(200, {}, {"value": [{key: ROW}]})
         if re.search(r"\([0-9a-f-]{36}\)", url):
             return Response(200, {}, {"name": "row"})
         delta = f"{url.split('?', maxsplit=1)[0]}?$deltatoken=1"
@@ -115,6 +127,33 @@ def run_the_app(config: Settings, session: PrivilegedDataverse) -> None:
             reread_truncated_row(event, HandlerTools(dataverse, caller, FakeTable()))
     if config.user_api_enabled:
         next(dataverse.query("accounts", select=["accountid", "name"], page_size=10, caller_object_id=USER))
+    if registers_webhooks(config):  # looking after the endpoint onboarding registered: rotation, offboarding
+        upkeep = WebhookUpkeep(config, OneTenant(), OneOrg(dataverse))
+        # Upkeep reports a refusal instead of raising it: raise it here, as the rest of the app does.
+        rotated = upkeep.rotate(TENANT, ORG)
+        if rotated.endpoint is not UpkeepOutcome.DONE:
+            raise DataverseError(rotated.detail, org_url=ORG)
+        (removed,) = upkeep.remove(TENANT, (ORG,), frozenset({ORG}))
+        if removed.outcome is not UpkeepOutcome.DONE:
+            raise DataverseError(removed.detail, org_url=ORG)
+
+
+class OneTenant:
+    """The registry as rotation sees it: one tenant with ORG."""
+
+    def set_webhook_secret(self, tenant_id: str, org_url: str, **_: Any) -> str:
+        return "new-secret"
+
+    def get_tenant(self, tenant_id: str) -> Tenant:
+        return Tenant(tenant_id, TenantStatus.ACTIVE, (ORG,), "t", "t")
+
+
+class OneOrg:
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def for_org(self, tenant_id: str, org_url: str) -> Any:
+        return self.client
 
 
 CONFIGURATIONS = [
@@ -125,6 +164,11 @@ CONFIGURATIONS = [
         "sync_tables": (("leads", ("leadid", "subject")), ("opportunities", ("opportunityid", "name"))),
         "webhook_subscriptions": (("task", ("Create",)), ("lead", ("Update", "Delete"))),
         "user_api_enabled": False,
+    },
+    {
+        "onboarding_provisioning": True,
+        "webhook_receiver_url": "https://contoso-sync.azurewebsites.net/api/webhooks/dataverse",
+        "webhook_function_key": "fk",
     },
 ]
 
@@ -158,6 +202,16 @@ def test_act_on_behalf_only_when_something_impersonates() -> None:
     webhooks_only = required_role(settings(user_api_enabled=False, webhook_impersonate_initiating_user=True))
     (privilege,) = [p for p in webhooks_only.privileges if p.name == ACT_ON_BEHALF]
     assert privilege.reasons == ("webhook handlers act as the initiating user (WEBHOOK_IMPERSONATE_INITIATING_USER)",)
+
+
+def test_endpoint_upkeep_privileges_only_when_onboarding_registers_webhooks() -> None:
+    upkeep = {name for name, _ in ENDPOINT_UPKEEP}
+    receiver = "https://contoso-sync.azurewebsites.net/api/webhooks/dataverse"
+    assert not upkeep & required_role(settings(onboarding_provisioning=False)).privilege_names
+    assert not upkeep & required_role(settings(onboarding_provisioning=True)).privilege_names  # no receiver URL
+    registering = required_role(settings(onboarding_provisioning=True, webhook_receiver_url=receiver))
+    assert upkeep <= registering.privilege_names
+    assert not any(p.startswith("prvCreate") for p in registering.privilege_names)  # creating stays with a person
 
 
 def test_the_role_is_named_by_its_setting_and_lists_reasons_for_the_administrator() -> None:

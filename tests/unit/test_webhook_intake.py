@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from shared.tenants.org_index import OrgEntry
+from shared.tenants.orgs import OrgRecord, OrgStatus
 from shared.tenants.registry import Tenant, TenantStatus
 from shared.webhooks.intake import WebhookIntake
 from shared.webhooks.store import StorageUnavailableError
@@ -55,17 +56,26 @@ SIGNED = {**HEADERS, "x-s2s-webhook-secret": SECRET}
 
 
 class FakeRegistry:
-    def __init__(self, status=TenantStatus.ACTIVE, secret_hash=SECRET_HASH):
+    """The tenant row: ORG_URL, with its own secret hash (and, after a rotation, the previous one)."""
+
+    def __init__(self, status=TenantStatus.ACTIVE, secret_hash=SECRET_HASH, previous=("", 0)):
         self.status = status
         self.secret_hash = secret_hash
+        self.previous = previous
         self.asked = []
 
     def find_tenant(self, tenant_id):
-        return Tenant(tenant_id, self.status, (ORG_URL,), "t", "t")
-
-    def webhook_secret_hash(self, tenant_id, org_url):
-        self.asked.append((tenant_id, org_url))
-        return self.secret_hash
+        self.asked.append(tenant_id)
+        org_status = OrgStatus.ACTIVE if self.status is TenantStatus.ACTIVE else OrgStatus.AWAITING_APPLICATION_USER
+        org = OrgRecord(
+            ORG_URL,
+            org_status,
+            "t",
+            webhook_secret_hash=self.secret_hash or "",
+            previous_secret_hash=self.previous[0],
+            previous_secret_until=self.previous[1],
+        )
+        return Tenant(tenant_id, self.status, (ORG_URL,), "t", "t", orgs=(org,))
 
 
 def intake(store=None, registry=None, index=None, max_body=300_000, required=True):
@@ -79,7 +89,6 @@ def intake(store=None, registry=None, index=None, max_body=300_000, required=Tru
         registry=registry,
         max_body_bytes=max_body,
         header_secret_name="x-s2s-webhook-secret",
-        header_secrets=registry.webhook_secret_hash,
         secret_required=required,
     )
 
@@ -96,7 +105,34 @@ def test_a_good_delivery_is_stored_with_one_write_then_acknowledged():
     assert payload == BODY and len(store.messages) == 1
     assert envelope["tenant_id"] == TENANT and envelope["org_url"] == ORG_URL and envelope["authenticated"] is True
     assert envelope["message"] == "Update" and envelope["row_id"] == samples.ROW_ID and envelope["truncated"] is False
-    assert registry.asked == [(TENANT, ORG_URL)]  # the org's own secret, not a tenant-wide one
+    assert registry.asked == [TENANT]  # one registry read: the org's own secret comes from the same row
+
+
+def test_an_unknown_host_costs_the_same_reads_as_a_customer_so_timing_does_not_tell_them_apart():
+    """Review finding: a known active host took ~3 storage reads, an unknown one 1, so the 401's timing told a key
+    holder which hosts are customers. Both now make one index read and one registry read."""
+    for host in ("contoso.crm.dynamics.com", "nobody.crm.dynamics.com"):
+        index = FakeIndex(
+            {"contoso.crm.dynamics.com": OrgEntry("contoso.crm.dynamics.com", ORG_URL, TENANT, samples.ORG_ID)}
+        )
+        registry = FakeRegistry()
+        result = intake(FakeStore(), registry, index).accept(
+            BODY, {"x-ms-dynamics-organization": host, "x-s2s-webhook-secret": "wrong"}
+        )
+        assert (result.status, index.reads, len(registry.asked)) == (401, 1, 1)
+
+
+def test_after_a_rotation_the_previous_secret_works_until_its_overlap_ends():
+    import time
+
+    new_hash = hashlib.sha256(b"the-new-secret").hexdigest()
+    store = FakeStore()
+    overlapping = FakeRegistry(secret_hash=new_hash, previous=(SECRET_HASH, int(time.time()) + 600))
+    assert intake(store, overlapping).accept(BODY, SIGNED).status == 202  # the old secret, still in its overlap
+    assert intake(store, overlapping).accept(BODY, {**HEADERS, "x-s2s-webhook-secret": "the-new-secret"}).status == 202
+    ended = FakeRegistry(secret_hash=new_hash, previous=(SECRET_HASH, int(time.time()) - 1))
+    assert intake(store, ended).accept(BODY, SIGNED).status == 401
+    assert len(store.messages) == 2
 
 
 def test_a_redelivery_is_queued_again_under_the_same_identity_for_the_processor_to_skip():

@@ -1,0 +1,181 @@
+"""The app looks after the webhook onboarding registered, with its own S2S token (shared.tenants.webhook_upkeep):
+`tenants webhook-secret --org` puts the new secret on the org's service endpoint, the old one working for the
+overlap only; offboarding removes the steps and the endpoint and drops the org's secrets; a role without the
+upkeep privileges gets the secret shown once instead, with the privilege named. Against the sandbox's Dataverse
+(which delivers with the endpoint's auth values) and Azurite; assertions on the org's rows, the registry and
+what reaches the receiver.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import azure.functions as func
+import pytest
+
+from cli.main import main as cli_main
+from functions.webhooks import dataverse_webhook
+from sandbox.dataverse.provisioning.access import org_state
+from sandbox.dataverse.security import role_id
+from shared.tenants.registry import TenantStatus
+
+from .test_onboarding_flow import Flow, flow, onboard  # noqa: F401 - `flow` is the fixture
+from .test_onboarding_provisioning import delegated
+from .test_sandbox_webhooks import Received, Receiver
+
+pytestmark = pytest.mark.integration
+
+KEY = "fk-0123"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    running = Receiver()
+    yield running
+    running.stop()
+
+
+def provisioned(flow: Flow, receiver: Receiver, **settings: Any) -> None:  # noqa: F811
+    flow.use(onboarding_provisioning=True, webhook_receiver_url=receiver.url, webhook_function_key=KEY, **settings)
+    page = onboard(flow, flow.bare_org, flow.admins[flow.bare_tenant])
+    assert page.status_code == 200 and "Your environment is connected" in page.text, page.text
+
+
+def change_something(flow: Flow, receiver: Receiver, name: str) -> Received | None:  # noqa: F811
+    """Change an account in the org as its administrator; the delivery that reached the receiver, if any."""
+    st = flow.sandbox.state  # type: ignore[attr-defined]
+    before = len(receiver.received)
+    (account,) = st.seed_rows(flow.bare_org, "accounts", 1)
+    delegated(flow, flow.bare_org, flow.admins[flow.bare_tenant]).update("accounts", account, {"name": name})
+    st.wait_for_webhooks()
+    return receiver.received[-1] if len(receiver.received) > before else None
+
+
+def post(delivery: Received, **headers: str) -> int:
+    request = func.HttpRequest(
+        "POST", "/api/webhooks/dataverse", body=delivery.body, headers={**delivery.headers, **headers}
+    )
+    return dataverse_webhook(request).status_code
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
+    code = cli_main(["--json", *args])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def sent_secret(flow: Flow, delivery: Received) -> str:  # noqa: F811
+    return delivery.headers[flow.settings.webhook_secret_header]
+
+
+def test_rotation_puts_the_new_secret_on_the_endpoint_and_the_old_one_works_for_the_overlap_only(
+    flow: Flow,  # noqa: F811
+    receiver: Receiver,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    provisioned(flow, receiver)
+    first = change_something(flow, receiver, "before rotation")
+    assert first is not None
+
+    code, rotated = cli(capsys, "tenants", "webhook-secret", flow.bare_tenant, "--org", flow.bare_org)
+
+    assert code == 0 and rotated["endpoint"] == "done"
+    assert "secret" not in rotated  # on the endpoint already: not shown to anyone
+    second = change_something(flow, receiver, "after rotation")
+    assert second is not None and sent_secret(flow, second) != sent_secret(flow, first)
+    org = flow.registry.get_tenant(flow.bare_tenant).org(flow.bare_org)
+    assert hashlib.sha256(sent_secret(flow, second).encode()).hexdigest() == org.webhook_secret_hash
+    assert org.previous_secret_until == rotated["previous_secret_valid_until"]
+    assert post(second) == 202
+    assert post(first) == 202  # sent before the rotation: accepted while the overlap lasts
+    (endpoint,) = flow.sandbox.state.rows(flow.bare_org, "serviceendpoints")  # type: ignore[attr-defined]
+    assert endpoint["authtype"] == 5
+
+    # Without an overlap the old secret stops at once (fresh services: the receiver's cache starts empty).
+    flow.use(
+        onboarding_provisioning=True,
+        webhook_receiver_url=receiver.url,
+        webhook_function_key=KEY,
+        webhook_secret_overlap_seconds=0,
+    )
+    code, again = cli(capsys, "tenants", "webhook-secret", flow.bare_tenant, "--org", flow.bare_org)
+    assert code == 0 and again["endpoint"] == "done" and again["previous_secret_valid_until"] is None
+    third = change_something(flow, receiver, "after the second rotation")
+    assert third is not None
+    assert post(second) == 401 and post(third) == 202
+
+
+def test_a_role_without_the_upkeep_privileges_gets_the_secret_shown_once_with_the_privilege_named(
+    flow: Flow,  # noqa: F811
+    receiver: Receiver,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    provisioned(flow, receiver)
+    st = flow.sandbox.state  # type: ignore[attr-defined]
+    store = st.find_org_store(flow.bare_org.removeprefix("https://"))
+    privileges = org_state(store).role_privileges[role_id(store.org.org_id, flow.settings.security_role_name)]
+    privileges.pop("prvWriteServiceEndpoint")  # a role made by hand before the app looked after its endpoint
+    before = st.rows(flow.bare_org, "serviceendpoints")
+
+    code, rotated = cli(capsys, "tenants", "webhook-secret", flow.bare_tenant, "--org", flow.bare_org)
+
+    assert code == 0 and rotated["endpoint"] == "refused" and "prvWriteServiceEndpoint" in rotated["detail"]
+    assert rotated["secret"] and rotated["header"] == flow.settings.webhook_secret_header
+    assert st.rows(flow.bare_org, "serviceendpoints") == before  # nothing changed in the org
+    org = flow.registry.get_tenant(flow.bare_tenant).org(flow.bare_org)
+    assert org.webhook_secret_hash == hashlib.sha256(rotated["secret"].encode()).hexdigest()
+    # The endpoint still sends the old secret, which works until the operator has put the new one there.
+    delivery = change_something(flow, receiver, "old secret still on the endpoint")
+    assert delivery is not None and post(delivery) == 202
+    assert post(delivery, **{flow.settings.webhook_secret_header: rotated["secret"]}) == 202
+
+
+def test_offboarding_removes_the_steps_and_endpoint_and_the_orgs_secret(
+    flow: Flow,  # noqa: F811
+    receiver: Receiver,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    provisioned(flow, receiver)
+    st = flow.sandbox.state  # type: ignore[attr-defined]
+    delivery = change_something(flow, receiver, "before offboarding")
+    assert delivery is not None
+    subscribed = sum(len(messages) for _, messages in flow.settings.webhook_subscriptions)
+    assert len(st.rows(flow.bare_org, "sdkmessageprocessingsteps")) == subscribed
+
+    code, offboarded = cli(capsys, "tenants", "offboard", flow.bare_tenant, "--reason", "contract ended")
+
+    assert code == 0 and offboarded["status"] == "offboarded"
+    (left,) = offboarded["left_in_customer_environments"]
+    assert (left["org_url"], left["webhook"], left["steps_removed"]) == (flow.bare_org, "done", subscribed)
+    assert not any("service endpoint" in item for item in left["left"])  # removed: not reported as left
+    assert any(flow.client_id in item for item in left["left"])  # the application user stays, named
+    assert st.rows(flow.bare_org, "serviceendpoints") == []
+    assert st.rows(flow.bare_org, "sdkmessageprocessingsteps") == []
+    tenant = flow.registry.get_tenant(flow.bare_tenant)
+    assert tenant.status is TenantStatus.OFFBOARDED
+    assert tenant.org(flow.bare_org).webhook_secret_hash == "" and tenant.org(flow.bare_org).previous_secret_hash == ""
+    assert change_something(flow, receiver, "after offboarding") is None  # nothing is sent any more
+    assert post(delivery) == 401
+
+
+def test_offboarding_an_org_the_app_cannot_reach_names_the_endpoint_as_left(
+    flow: Flow,  # noqa: F811
+    receiver: Receiver,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    provisioned(flow, receiver)
+    st = flow.sandbox.state  # type: ignore[attr-defined]
+    store = st.find_org_store(flow.bare_org.removeprefix("https://"))
+    privileges = org_state(store).role_privileges[role_id(store.org.org_id, flow.settings.security_role_name)]
+    privileges.pop("prvDeleteSdkMessageProcessingStep")
+
+    code, offboarded = cli(capsys, "tenants", "offboard", flow.bare_tenant)
+
+    assert code == 0
+    (left,) = offboarded["left_in_customer_environments"]
+    assert left["webhook"] == "refused" and "prvDeleteSdkMessageProcessingStep" in left["detail"]
+    assert any("service endpoint" in item for item in left["left"])
+    assert len(st.rows(flow.bare_org, "serviceendpoints")) == 1  # still there, and said so
+    assert flow.registry.get_tenant(flow.bare_tenant).org(flow.bare_org).webhook_secret_hash == ""
