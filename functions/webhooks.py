@@ -30,7 +30,12 @@ def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.queue_trigger(arg_name="msg", queue_name="webhook-events", connection="AzureWebJobsStorage")
 def process_webhook_event(msg: func.QueueMessage) -> None:
-    """Raises on a transient failure so the host retries with backoff; poison goes out with its reason."""
+    """Raises on a transient failure so the host retries with backoff; poison goes out with its reason.
+
+    ``dequeue_count`` is the host's attempt count (functions-bindings-storage-queue-trigger, message metadata): the
+    processor compares it with WEBHOOK_MAX_DEQUEUE_COUNT (= host.json ``maxDequeueCount``) so that on the last
+    attempt it poisons with the reason itself and returns, instead of raising and leaving the host to poison the
+    message without one."""
     text = msg.get_body().decode("utf-8", errors="replace")
     outcome = get_services().webhook_processor.process(text, msg.dequeue_count or 1, msg.id)
     logger.info("Webhook queue message %s: %s", msg.id, outcome)

@@ -1,6 +1,11 @@
 """Processing queued webhook events: claim once, dispatch by (table, message) to handlers, retry what is
 transient, and send what cannot succeed to the poison queue with its reason.
 
+A claim whose lease ran out and was taken over settles nothing: its ``complete``/``release`` are fenced by the
+claim's ETag, and the outcome is ``superseded`` (the new holder's message settles the event). A duplicate message
+that keeps finding the event busy is retried by the host and, on its last allowed attempt, dropped when the event is
+done by then or poisoned with the reason — never left for the host to poison without one.
+
 Handlers are plain functions registered in code::
 
     @handlers.on("account", "Update")
@@ -19,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from shared.dataverse.client import DataverseClient
@@ -28,7 +34,7 @@ from shared.errors import CredentialError, S2SError, TokenAcquisitionError
 from shared.telemetry import dims
 from shared.webhooks.intake import envelope_from_message
 from shared.webhooks.remote_context import ExecutionContext, InvalidContextError, parse_context
-from shared.webhooks.store import StorageUnavailableError, WebhookStore
+from shared.webhooks.store import Claim, ClaimLostError, StorageUnavailableError, WebhookStore
 
 logger = logging.getLogger(__name__)
 
@@ -153,10 +159,13 @@ class WebhookProcessor:
         self._max_dequeue = max_dequeue_count
 
     def process(self, text: str, dequeue_count: int, message_id: str | None = None) -> str:
-        """Returns "done", "duplicate" or "poisoned"; raises TransientProcessingError to have the host retry.
+        """Returns "done", "duplicate", "poisoned" or "superseded" (this worker's claim was taken over before it
+        could settle the event: nothing written, the new holder settles it); raises TransientProcessingError to
+        have the host retry.
 
-        ``message_id`` (the queue message's id) lets a redelivery of the same message take over the lease its own
-        earlier, ended attempt left behind."""
+        ``dequeue_count`` is the queue message's (the host's count, compared with ``max_dequeue_count``, which must
+        equal host.json ``maxDequeueCount``). ``message_id`` (the queue message's id) lets a redelivery of the same
+        message take over the lease its own earlier, ended attempt left behind."""
         try:
             envelope = envelope_from_message(text)
         except ValueError:
@@ -199,7 +208,35 @@ class WebhookProcessor:
                     extra=outcome("webhook.processed", outcome="duplicate"),
                 )
                 return "duplicate"
-            raise TransientProcessingError("Another worker is processing this event.")
+            if dequeue_count < self._max_dequeue:
+                raise TransientProcessingError("Another worker is processing this event.")
+            # The last attempt the host allows: raising now would have the host poison the message without a
+            # reason. The claim just re-read the row, so the event is neither done nor free: this copy goes to
+            # poison with the reason, unprocessed. Nothing is lost — the worker holding the lease holds its own
+            # message of the same event, which settles it (done, retried, or poisoned with its own reason).
+            reason = _busy_reason(claim, dequeue_count)
+            self._store.to_poison(envelope, reason, dequeue_count)
+            logger.error(
+                "Webhook event busy in another worker at the last attempt (%d), copy poisoned: "
+                "tenant %s org %s correlation %s operation %s",
+                dequeue_count,
+                *fields,
+                extra=outcome("webhook.processed", outcome="poisoned", reason=reason, event_key=key),
+            )
+            return "poisoned"
+
+        def superseded(lost: ClaimLostError, write: str) -> str:
+            # The key and dimensions only: never the payload.
+            logger.warning(
+                "Webhook event %s taken over by another worker before this one's %s: nothing written "
+                "(tenant %s org %s correlation %s operation %s)",
+                lost.key,
+                write,
+                *fields,
+                extra=outcome("webhook.processed", outcome="superseded", lost_write=write, event_key=lost.key),
+            )
+            return "superseded"
+
         try:
             event = self._event(envelope)
             if self._org_is_active is not None and not self._org_is_active(event.tenant_id, event.org_url):
@@ -216,7 +253,11 @@ class WebhookProcessor:
                 handler(event, tools)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"[:1000]
-            self._store.release(key, reason)
+            try:
+                self._store.release(claim, reason)
+            except ClaimLostError as lost:
+                # Not this worker's failure to retry or poison any more: the holder runs the event again.
+                return superseded(lost, "release")
             if _is_transient(exc) and dequeue_count < self._max_dequeue:
                 logger.warning(
                     "Webhook event failed (attempt %d, will retry): tenant %s org %s correlation %s operation %s: %s",
@@ -235,7 +276,11 @@ class WebhookProcessor:
                 extra=outcome("webhook.processed", outcome="poisoned", reason=reason),
             )
             return "poisoned"
-        self._store.complete(key)
+        try:
+            self._store.complete(claim)
+        except ClaimLostError as lost:
+            # The handlers ran (they are idempotent), but the event is not this worker's to mark done.
+            return superseded(lost, "complete")
         logger.info(
             "Webhook event processed: tenant %s org %s correlation %s operation %s",
             *fields,
@@ -258,6 +303,18 @@ class WebhookProcessor:
             bool(envelope.get("truncated")),
             received_us=received if isinstance(received, int) and not isinstance(received, bool) else None,
         )
+
+
+def _busy_reason(claim: Claim, dequeue_count: int) -> str:
+    held = (
+        f" (its lease runs until {datetime.fromtimestamp(claim.lease_until, UTC).isoformat(timespec='seconds')})"
+        if claim.lease_until
+        else ""
+    )
+    return (
+        f"Event busy in another worker past {dequeue_count} attempts{held}: this copy was not processed; the "
+        "holder's own message settles the event. Check the event record before replaying."
+    )
 
 
 def _is_transient(exc: BaseException) -> bool:

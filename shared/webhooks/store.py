@@ -3,7 +3,9 @@ delivery idempotent, and the poison queue with each failure's reason.
 
 One row per event identity in ``webhookevents``: created ``processing`` by the processor's claim (conditional
 insert), moved to ``done`` under the row's ETag, so a duplicate message — a redelivery Dataverse made, or one an
-attempt whose answer was lost queued twice — is skipped. The receiver only writes the queue message.
+attempt whose answer was lost queued twice — is skipped. The claim keeps the ETag of its own write, and ``complete``
+and ``release`` are made only under it: a worker whose lease ran out and was taken over changes nothing. The
+receiver only writes the queue message.
 
 The receiver's calls are bounded in time. Dataverse waits 60 s for the answer and does not retry a timeout
 (protocol.md §5), while the storage SDKs' own retries wait 15 s, 18 s and 24 s between attempts on queues and blobs
@@ -58,10 +60,28 @@ class StorageUnavailableError(S2SError):
     code = "storage_unavailable"
 
 
+class ClaimLostError(S2SError):
+    """The event row changed since this claim wrote it (its lease ran out and another worker took the event, or an
+    operator replayed it): the fenced write was not made, and the event is that holder's to settle."""
+
+    code = "claim_lost"
+
+    def __init__(self, message: str, key: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 @dataclass(frozen=True)
 class Claim:
+    """The processor's hold on one event. ``etag`` is the row's ETag after the claim's own write: ``complete`` and
+    ``release`` are made only while the row still carries it. Nothing renews a lease; a renewal would have to
+    return a Claim with the ETag of its own write."""
+
     granted: bool
     reason: str  # "new", "retry", "done", "busy"
+    key: str = ""
+    etag: str | None = None  # set when granted
+    lease_until: float = 0.0  # granted: this claim's lease; busy: the holder's, when it was read
 
 
 def _now_iso() -> str:
@@ -193,39 +213,41 @@ class WebhookStore:
         from azure.data.tables import UpdateMode
 
         now = self._clock()
+        lease_until = now + PROCESSING_LEASE_SECONDS
         try:
             entity = self._table.get_entity(key[:3], key)
         except ResourceNotFoundError:
             try:
-                self._table.create_entity(
+                created = self._table.create_entity(
                     {
                         "PartitionKey": key[:3],
                         "RowKey": key,
                         "Status": "processing",
                         "ReceivedAt": _now_iso(),
                         "ExpiresAt": now + self._ttl,
-                        "LeaseUntil": now + PROCESSING_LEASE_SECONDS,
+                        "LeaseUntil": lease_until,
                         "Attempts": 1,
                         "LastError": "",
                         "Owner": owner or "",
                     }
                 )
-                return Claim(True, "new")
+                return Claim(True, "new", key, created["etag"], lease_until)
             except ResourceExistsError:
-                return Claim(False, "busy")
+                return Claim(False, "busy", key)
         status = entity.get("Status")
         if status == "done":
-            return Claim(False, "done")
+            return Claim(False, "done", key)
         own_earlier_attempt = bool(owner) and entity.get("Owner") == owner
-        if status == "processing" and float(entity.get("LeaseUntil", 0)) > now and not own_earlier_attempt:
-            return Claim(False, "busy")
+        held_until = float(entity.get("LeaseUntil") or 0)
+        if status == "processing" and held_until > now and not own_earlier_attempt:
+            return Claim(False, "busy", key, lease_until=held_until)
         try:
-            self._table.update_entity(
+            written = self._table.update_entity(
                 {
                     "PartitionKey": key[:3],
                     "RowKey": key,
                     "Status": "processing",
-                    "LeaseUntil": now + PROCESSING_LEASE_SECONDS,
+                    "LeaseUntil": lease_until,
                     "Attempts": int(entity.get("Attempts", 0)) + 1,
                     "Owner": owner or "",
                 },
@@ -234,32 +256,50 @@ class WebhookStore:
                 match_condition=MatchConditions.IfNotModified,
             )
         except ResourceModifiedError:
-            return Claim(False, "busy")
-        return Claim(True, "retry")
+            return Claim(False, "busy", key)
+        return Claim(True, "retry", key, written["etag"], lease_until)
 
-    def complete(self, key: str) -> None:
+    def complete(self, claim: Claim) -> None:
+        """Mark the claimed event done, only while the row is still this claim's.
+
+        Raises ClaimLostError when it is not (nothing written), and the SDK's error when storage fails."""
+        self._fenced(claim, {"Status": "done", "DoneAt": _now_iso(), "LeaseUntil": 0})
+
+    def release(self, claim: Claim, error: str) -> None:
+        """Processing failed: free the lease so the retry can claim it, keep the reason — only while the row is
+        still this claim's. Raises ClaimLostError when it is not (nothing written); a storage failure is not
+        raised: the lease then runs out, or the same message's redelivery takes it over."""
+        from azure.core.exceptions import AzureError
+
+        try:
+            self._fenced(claim, {"Status": "failed", "LeaseUntil": 0, "LastError": error[:1000]})
+        except (AzureError, OSError):
+            return
+
+    def _fenced(self, claim: Claim, fields: dict[str, Any]) -> None:
+        """Merge ``fields`` into the claimed row under the claim's ETag. The table service makes a Merge Entity
+        with ``If-Match: <etag>`` only when the row's ETag still matches, and answers 412 otherwise
+        (learn.microsoft.com/rest/api/storageservices/merge-entity, request headers): a worker whose lease
+        expired and was taken over, or whose row an operator reset, cannot overwrite what the new holder wrote."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import HttpResponseError, ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
-        self._table.update_entity(
-            {"PartitionKey": key[:3], "RowKey": key, "Status": "done", "DoneAt": _now_iso(), "LeaseUntil": 0},
-            mode=UpdateMode.MERGE,
-        )
-
-    def release(self, key: str, error: str) -> None:
-        """Processing failed: free the lease so the retry can claim it, keep the reason."""
-        from azure.data.tables import UpdateMode
-
-        with contextlib.suppress(Exception):
+        if not claim.granted or not claim.etag:
+            raise ValueError(f"Only a granted claim can be completed or released (this one was {claim.reason!r}).")
+        try:
             self._table.update_entity(
-                {
-                    "PartitionKey": key[:3],
-                    "RowKey": key,
-                    "Status": "failed",
-                    "LeaseUntil": 0,
-                    "LastError": error[:1000],
-                },
+                {"PartitionKey": claim.key[:3], "RowKey": claim.key, **fields},
                 mode=UpdateMode.MERGE,
+                etag=claim.etag,
+                match_condition=MatchConditions.IfNotModified,
             )
+        except (ResourceModifiedError, ResourceNotFoundError) as exc:
+            raise ClaimLostError("The event was taken over since this worker claimed it.", claim.key) from exc
+        except HttpResponseError as exc:
+            if exc.status_code == 412:
+                raise ClaimLostError("The event was taken over since this worker claimed it.", claim.key) from exc
+            raise
 
     def to_poison(self, message: dict[str, Any], reason: str, dequeue_count: int) -> None:
         poisoned = {
@@ -315,7 +355,9 @@ class WebhookStore:
         raise KeyError(message_id)
 
     def replay_poison(self, message_id: str) -> dict[str, Any]:
-        """Move one poison message back to the work queue (its event record is reset so it is processed)."""
+        """Move one poison message back to the work queue (its event record is reset so it is processed, unless it
+        is done or another worker holds it)."""
+        from azure.core import MatchConditions
         from azure.data.tables import UpdateMode
 
         for item in self._poison.receive_messages(max_messages=32, visibility_timeout=30):
@@ -326,11 +368,17 @@ class WebhookStore:
                 body.pop(field_name, None)
             key = body["key"]
             with contextlib.suppress(Exception):
-                # A done event stays done: the replayed message is then skipped by the claim, never run twice.
-                if self._table.get_entity(key[:3], key).get("Status") != "done":
+                entity = self._table.get_entity(key[:3], key)
+                # A done event stays done: the replayed message is then skipped by the claim, never run twice. One
+                # another worker holds under a live lease (a busy duplicate was poisoned) is left to that worker:
+                # freeing its lease would let the replayed copy run beside it. Either way the replay is queued.
+                held = entity.get("Status") == "processing" and float(entity.get("LeaseUntil") or 0) > self._clock()
+                if entity.get("Status") != "done" and not held:
                     self._table.update_entity(
                         {"PartitionKey": key[:3], "RowKey": key, "Status": "queued", "LeaseUntil": 0},
                         mode=UpdateMode.MERGE,
+                        etag=entity.metadata["etag"],
+                        match_condition=MatchConditions.IfNotModified,
                     )
             self._queue.send_message(json.dumps(body, separators=(",", ":")))
             self._poison.delete_message(item.id, item.pop_receipt)

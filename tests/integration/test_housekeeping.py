@@ -71,8 +71,7 @@ def test_the_timer_deletes_expired_states_old_events_and_old_history_and_nothing
     prefix = uuid.uuid4().hex
     for age, name in ((20 * DAY, "old"), (10 * DAY, "mid"), (0.0, "new")):
         store = WebhookStore(queue=None, poison_queue=None, table=events, container=None, clock=lambda a=age: now - a)
-        store.claim(f"{prefix}-{name}")
-        store.complete(f"{prefix}-{name}")
+        store.complete(store.claim(f"{prefix}-{name}"))
 
     # Tenant history: five transitions 200+ days old, then one recent (retention 90 days, keep the newest 2).
     tenant = str(uuid.uuid4())

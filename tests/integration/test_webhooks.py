@@ -221,7 +221,7 @@ def test_a_redelivery_takes_over_the_lease_its_own_ended_attempt_left(hook, monk
     store = hook.services.webhook_store
     real_complete = store.complete
 
-    def storage_gone(key):
+    def storage_gone(claim):
         raise ConnectionError("storage went away before the event was marked done")
 
     monkeypatch.setattr(store, "complete", storage_gone)

@@ -40,7 +40,7 @@ class FakeTable:
                 raise ResourceExistsError("exists")
             self.rows[key] = dict(entity)
             self.etags[key] = f'W/"{next(self._serial)}"'
-        return {}
+            return {"etag": self.etags[key]}  # the SDK returns the write's metadata, its new ETag among it
 
     def update_entity(
         self,
@@ -59,7 +59,7 @@ class FakeTable:
                 raise ResourceModifiedError("etag mismatch")
             self.rows[key] = dict(entity) if mode is UpdateMode.REPLACE else {**self.rows[key], **entity}
             self.etags[key] = f'W/"{next(self._serial)}"'
-        return {}
+            return {"etag": self.etags[key]}
 
     def delete_entity(self, partition_key: str, row_key: str, **_: Any) -> None:
         with self._lock:

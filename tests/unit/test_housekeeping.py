@@ -78,10 +78,8 @@ def webhook_store(table: FakeTable, clock: Clock) -> WebhookStore:
 def test_webhook_records_older_than_the_retention_go_and_younger_ones_stay() -> None:
     table, clock = FilteringTable(), Clock(NOW - 20 * DAY)
     store = webhook_store(table, clock)
-    store.claim("old-done")
-    store.complete("old-done")
-    store.claim("old-failed")
-    store.release("old-failed", "boom")
+    store.complete(store.claim("old-done"))
+    store.release(store.claim("old-failed"), "boom")
     clock.now = NOW - 10 * DAY
     store.claim("ten-days")  # past the 7-day dedupe window, inside a 14-day retention
     clock.now = NOW - 1 * DAY
