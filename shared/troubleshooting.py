@@ -15,7 +15,7 @@ from shared.dataverse import errors as dv
 @dataclass(frozen=True)
 class Explanation:
     code: str
-    source: str  # "Entra ID", "Key Vault", "Dataverse" or "Onboarding"
+    source: str  # "Entra ID", "Key Vault", "Dataverse", "Onboarding" or "Webhooks"
     title: str
     meaning: str
     fix: str
@@ -485,6 +485,35 @@ _WEBHOOKS = [
         "Re-verify the tenant (`python -m cli tenants verify <tenant>`) to refresh the org index; if it persists, "
         "the endpoint's secret is shared with another org: rotate it.",
     ),
+    Explanation(
+        "webhook_endpoint_not_updated",
+        "Webhooks",
+        "A rotated webhook secret could not be put on the org's service endpoint",
+        "`tenants webhook-secret --org` stored the new secret, but the app's own S2S token could not rewrite the "
+        "endpoint: `endpoint` says why — not_found (no endpoint named 'S2S webhook <client id>': registered by "
+        "hand), refused (the role lacks prvReadServiceEndpoint or prvWriteServiceEndpoint: made before the app "
+        "looked after its endpoint, or trimmed), failed (token or Dataverse trouble), not_configured (no usable "
+        "WEBHOOK_FUNCTION_KEY where the CLI ran). The answer shows the new secret once; the previous one is "
+        "accepted until previous_secret_valid_until (WEBHOOK_SECRET_OVERLAP_SECONDS).",
+        "Put the shown header and value on the endpoint (Plug-in Registration tool: the endpoint's HttpHeader "
+        "values) before the overlap ends; or fix the cause (the administrator onboards again to reset the role's "
+        "privileges, or run the CLI with WEBHOOK_FUNCTION_KEY set) and rotate again.",
+        ("prvwriteserviceendpoint", "prvreadserviceendpoint"),
+    ),
+    Explanation(
+        "webhook_left_in_org",
+        "Webhooks",
+        "Offboarding could not remove the app's webhook from an environment",
+        "Offboarding deletes each active environment's steps and then the service endpoint 'S2S webhook <client "
+        "id>' with the app's S2S token. Where the org was not active (no_access), the role lacks "
+        "prvReadSdkMessageProcessingStep, prvDeleteSdkMessageProcessingStep or prvDeleteServiceEndpoint (refused), "
+        "or the call failed, `left_in_customer_environments` names the endpoint as left. The org's webhook secret "
+        "is dropped either way, so the endpoint's deliveries are refused (401).",
+        "Send the environment's System Administrator the `left` list: delete the endpoint's steps, then the "
+        "endpoint (Plug-in Registration tool, or DELETE through the Web API), then deactivate the application user "
+        "and delete the security role.",
+        ("prvdeleteserviceendpoint", "prvdeletesdkmessageprocessingstep"),
+    ),
 ]
 
 
@@ -539,7 +568,7 @@ def render_markdown() -> str:
         "Generated from `shared/troubleshooting.py`; a test keeps this file in step.",
         "",
     ]
-    for source in ("Entra ID", "Key Vault", "Dataverse", "Onboarding"):
+    for source in ("Entra ID", "Key Vault", "Dataverse", "Onboarding", "Webhooks"):
         lines += [f"## {source}", ""]
         for entry in (e for e in catalog() if e.source == source):
             lines += [

@@ -64,6 +64,7 @@ class SecretRotation:
         }
         if self.secret is not None:
             answer |= {
+                "error_code": "webhook_endpoint_not_updated",  # python -m cli explain webhook_endpoint_not_updated
                 "header": header,
                 "secret": self.secret,
                 "next_steps": "Put this header and value on the org's service endpoint (auth type HttpHeader, with "
@@ -198,7 +199,8 @@ class WebhookUpkeep:
         report = []
         for removal in removals:
             left = list(always)
-            if removal.outcome not in (UpkeepOutcome.DONE, UpkeepOutcome.NOT_FOUND):
+            removed = removal.outcome in (UpkeepOutcome.DONE, UpkeepOutcome.NOT_FOUND)
+            if not removed:
                 left.insert(
                     0,
                     f"the webhook service endpoint '{self._name}' and its steps ({steps}): delete the steps, then the "
@@ -209,6 +211,7 @@ class WebhookUpkeep:
                 {
                     "org_url": removal.org_url,
                     "webhook": removal.outcome.value,
+                    "error_code": None if removed else "webhook_left_in_org",
                     "steps_removed": removal.steps_removed,
                     "detail": removal.detail or None,
                     "left": left,

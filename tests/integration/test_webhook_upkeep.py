@@ -123,6 +123,7 @@ def test_a_role_without_the_upkeep_privileges_gets_the_secret_shown_once_with_th
 
     assert code == 0 and rotated["endpoint"] == "refused" and "prvWriteServiceEndpoint" in rotated["detail"]
     assert rotated["secret"] and rotated["header"] == flow.settings.webhook_secret_header
+    assert rotated["error_code"] == "webhook_endpoint_not_updated"
     assert st.rows(flow.bare_org, "serviceendpoints") == before  # nothing changed in the org
     org = flow.registry.get_tenant(flow.bare_tenant).org(flow.bare_org)
     assert org.webhook_secret_hash == hashlib.sha256(rotated["secret"].encode()).hexdigest()
@@ -149,6 +150,7 @@ def test_offboarding_removes_the_steps_and_endpoint_and_the_orgs_secret(
     assert code == 0 and offboarded["status"] == "offboarded"
     (left,) = offboarded["left_in_customer_environments"]
     assert (left["org_url"], left["webhook"], left["steps_removed"]) == (flow.bare_org, "done", subscribed)
+    assert left["error_code"] is None
     assert not any("service endpoint" in item for item in left["left"])  # removed: not reported as left
     assert any(flow.client_id in item for item in left["left"])  # the application user stays, named
     assert st.rows(flow.bare_org, "serviceendpoints") == []
@@ -176,6 +178,7 @@ def test_offboarding_an_org_the_app_cannot_reach_names_the_endpoint_as_left(
     assert code == 0
     (left,) = offboarded["left_in_customer_environments"]
     assert left["webhook"] == "refused" and "prvDeleteSdkMessageProcessingStep" in left["detail"]
+    assert left["error_code"] == "webhook_left_in_org"
     assert any("service endpoint" in item for item in left["left"])
     assert len(st.rows(flow.bare_org, "serviceendpoints")) == 1  # still there, and said so
     assert flow.registry.get_tenant(flow.bare_tenant).org(flow.bare_org).webhook_secret_hash == ""
