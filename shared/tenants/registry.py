@@ -130,12 +130,20 @@ class Tenant:
             return ()
         return tuple(org.url for org in self.orgs if org.status is OrgStatus.ACTIVE)
 
+    def _sharing(self, org: OrgRecord) -> dict[str, Any]:
+        """Other orgs whose webhooks carry the same secret (rows migrated from schema 1 copy the tenant's one secret
+        to every org): each of them can pass as the other until `tenants webhook-secret --org` gives it its own."""
+        if not org.webhook_secret_hash:
+            return {}
+        same = [o.url for o in self.orgs if o.url != org.url and o.webhook_secret_hash == org.webhook_secret_hash]
+        return {"webhook_secret_shared_with": same} if same else {}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "tenant_id": self.tenant_id,
             "status": self.status.value,
             "org_urls": list(self.org_urls),
-            "orgs": [org.to_dict() for org in self.orgs],
+            "orgs": [org.to_dict() | self._sharing(org) for org in self.orgs],
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "onboarded_by": self.onboarded_by,

@@ -184,6 +184,9 @@ def test_schema_1_rows_read_as_per_org_status_without_losing_anything(status, or
     assert registry.check_recheck_ticket(tenant.tenant_id, "old-ticket") == A
     assert registry.check_recheck_ticket(tenant.tenant_id, "old-ticket", B) == B
     assert all(org.webhook_secret_hash == "whs" for org in tenant.orgs)  # the tenant's secret, on every org
+    # ... which lets each org pass as the other: the operator's view says so until each gets its own.
+    shown = {org["url"]: org.get("webhook_secret_shared_with") for org in tenant.to_dict()["orgs"]}
+    assert shown == {A: [B], B: [A]}
     # The next write stores schema 2 and keeps every other field.
     registry.record(tenant.tenant_id, TenantStatus(status), reason="touch", actor="migration test")
     stored = tickets.rows[("tenant", row["RowKey"])]
@@ -192,6 +195,12 @@ def test_schema_1_rows_read_as_per_org_status_without_losing_anything(status, or
         assert stored[kept] == row[kept], kept
     assert registry.check_recheck_ticket(tenant.tenant_id, "old-ticket") == A
     assert all(org.webhook_secret_hash == "whs" for org in load_orgs(stored))
+    registry.set_webhook_secret(tenant.tenant_id, A)
+    after = {
+        org["url"]: org.get("webhook_secret_shared_with")
+        for org in registry.get_tenant(tenant.tenant_id).to_dict()["orgs"]
+    }
+    assert after == {A: None, B: None}
 
 
 def test_a_verification_racing_an_offboarding_leaves_the_orgs_disconnected():
