@@ -70,9 +70,13 @@ def _build_parser() -> argparse.ArgumentParser:
     secret = tenant_commands.add_parser(
         "webhook-secret", help="issue a new webhook secret for one org (HttpHeader auth type); shown once"
     )
-    secret.add_argument("tenant_id")
-    secret.add_argument(
-        "--org", required=True, help="the org whose webhooks carry it, e.g. https://contoso.crm.dynamics.com"
+    secret.add_argument("tenant_id", nargs="?", help="the tenant (not with --all)")
+    which = secret.add_mutually_exclusive_group(required=True)
+    which.add_argument("--org", help="the org whose webhooks carry it, e.g. https://contoso.crm.dynamics.com")
+    which.add_argument(
+        "--all",
+        action="store_true",
+        help="every active org of every active tenant (after rotating the function key or moving the receiver)",
     )
     explain = commands.add_parser("explain", help="what an AADSTS or Dataverse error code means here, and the fix")
     explain.add_argument("code", help="e.g. 700016, AADSTS65001, 0x80072560, disabled, 'expired delta token'")
@@ -231,8 +235,15 @@ def _tenants(services: Any, args: argparse.Namespace) -> Any:
     if args.tenants_command == "webhook-secret":
         from shared.tenants.webhook_upkeep import WebhookUpkeep
 
-        rotation = WebhookUpkeep(services.settings, registry, services.dataverse).rotate(args.tenant_id, args.org)
-        return rotation.to_dict(services.settings.webhook_secret_header)
+        upkeep = WebhookUpkeep(services.settings, registry, services.dataverse)
+        header = services.settings.webhook_secret_header
+        if args.all:
+            if args.tenant_id:
+                raise ValueError("--all rotates every tenant's orgs: leave out the tenant id")
+            return {"rotations": [rotation.to_dict(header) for rotation in upkeep.rotate_all()]}
+        if not args.tenant_id:
+            raise ValueError("--org needs the tenant id: tenants webhook-secret <tenant> --org <org url>")
+        return upkeep.rotate(args.tenant_id, args.org).to_dict(header)
     if args.tenants_command == "verify":
         result = services.onboarding.verify(args.tenant_id, actor="operator CLI")
         return {

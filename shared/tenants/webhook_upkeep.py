@@ -2,9 +2,11 @@
 user holds the role's endpoint-upkeep privileges (shared.tenants.security_role.ENDPOINT_UPKEEP), so neither a
 secret rotation nor offboarding needs an administrator to sign in.
 
-- **Rotation** (`python -m cli tenants webhook-secret --org`): the registry takes the new secret first and keeps
+- **Rotation** (`python -m cli tenants webhook-secret --org`, or `--all` after the function key was rotated or the
+  receiver moved): the registry takes the new secret first and keeps
   accepting the one it replaces for WEBHOOK_SECRET_OVERLAP_SECONDS (deliveries already sent, and the moment before
-  the endpoint changes), then the endpoint's HttpHeader auth value is rewritten with the new secret. When the app
+  the endpoint changes), then the endpoint's HttpHeader auth value is rewritten with the new secret and the current
+  function key, and its URL set to WEBHOOK_RECEIVER_URL. When the app
   cannot update the endpoint (registered by hand, a privilege missing, no function key where the CLI runs), the
   operator gets the secret once, with what to do and until when the old one still works.
 - **Offboarding**: each active org's steps, then its endpoint, are deleted; what the app could not remove is
@@ -132,7 +134,10 @@ class WebhookUpkeep:
                     f"{org_url} has no service endpoint named '{self._name}' (registered by hand, or removed).",
                 )
             value = auth_value(key, settings.webhook_secret_header, secret)
-            client.update("serviceendpoints", endpoint, {"authtype": HTTP_HEADER, "authvalue": value})
+            changes: dict[str, object] = {"authtype": HTTP_HEADER, "authvalue": value}
+            if settings.webhook_receiver_url:  # re-pointed too: after a move of the app, one command per org
+                changes["url"] = settings.webhook_receiver_url
+            client.update("serviceendpoints", endpoint, changes)
         except (DataverseError, S2SError) as exc:
             return by_hand(*_failure(exc))
         logger.info(
@@ -143,6 +148,18 @@ class WebhookUpkeep:
         return SecretRotation(
             tenant_id, org_url, UpkeepOutcome.DONE, f"The endpoint '{self._name}' now sends the new secret.", until
         )
+
+    def rotate_all(self, registry_page_size: int = 500) -> list[SecretRotation]:
+        """Rotate every active org of every active tenant: after the function key was rotated (the endpoint's auth
+        value holds it beside the secret, and only the secret's hash is kept, so both are written anew) or the
+        receiver moved (WEBHOOK_RECEIVER_URL). One org's failure does not stop the others."""
+        from shared.tenants.registry import TenantStatus
+
+        rotations = []
+        for tenant in self._registry.iter_tenants(status=TenantStatus.ACTIVE, page_size=registry_page_size):
+            for org_url in tenant.active_org_urls:
+                rotations.append(self.rotate(tenant.tenant_id, org_url))
+        return rotations
 
     def remove(self, tenant_id: str, org_urls: tuple[str, ...], active: frozenset[str]) -> tuple[EndpointRemoval, ...]:
         """Delete our steps and endpoint from each org of `active` (the others are reported as left). Never raises

@@ -182,3 +182,31 @@ def test_offboarding_an_org_the_app_cannot_reach_names_the_endpoint_as_left(
     assert any("service endpoint" in item for item in left["left"])
     assert len(st.rows(flow.bare_org, "serviceendpoints")) == 1  # still there, and said so
     assert flow.registry.get_tenant(flow.bare_tenant).org(flow.bare_org).webhook_secret_hash == ""
+
+
+def test_after_the_receiver_moves_and_the_key_is_rotated_one_command_repoints_every_org(
+    flow: Flow,  # noqa: F811
+    receiver: Receiver,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    provisioned(flow, receiver)
+    moved = Receiver()
+    try:
+        flow.use(onboarding_provisioning=True, webhook_receiver_url=moved.url, webhook_function_key="fk-rotated")
+
+        code, refused = cli(capsys, "tenants", "webhook-secret", flow.bare_tenant, "--all")  # not both
+        assert (code, refused["error"]) == (2, "invalid_argument") and "--all" in refused["message"]
+        code, answer = cli(capsys, "tenants", "webhook-secret", "--all")
+
+        assert code == 0
+        mine = [r for r in answer["rotations"] if r["org_url"] == flow.bare_org]
+        assert [r["endpoint"] for r in mine] == ["done"] and "secret" not in mine[0]
+        (endpoint,) = flow.sandbox.state.rows(flow.bare_org, "serviceendpoints")  # type: ignore[attr-defined]
+        assert endpoint["url"] == moved.url
+        before = len(receiver.received)
+        delivery = change_something(flow, moved, "after the move")
+        assert delivery is not None and len(receiver.received) == before  # only the new receiver hears of it
+        assert delivery.headers["x-functions-key"] == "fk-rotated"
+        assert post(delivery) == 202
+    finally:
+        moved.stop()

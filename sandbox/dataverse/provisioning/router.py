@@ -271,7 +271,7 @@ class Provisioning:
                 value = auth_value if auth_value is not None else state.auth_values.get(record_id)
                 parse_auth_value(int(merged.get("authtype") or 0), value)
                 registrations = [
-                    step_registration(self._store, step, {**state.auth_values, record_id: str(value)})
+                    step_registration(self._store, step, {**state.auth_values, record_id: str(value)}, merged)
                     for step in steps_of(self._store, record_id)
                 ]
                 state.auth_values[record_id] = str(value)

@@ -59,9 +59,13 @@ def parse_auth_value(auth_type: int, value: Any) -> str | dict[str, str]:
     return pairs
 
 
-def step_registration(store: OrgStore, step: Row, auth_values: dict[str, str]) -> WebhookRegistration:
-    """The registration a step and its endpoint make. Raises DataverseError 400 for a step Dataverse refuses."""
-    endpoint = store.get("serviceendpoints", step.get("_eventhandler_value") or "")
+def step_registration(
+    store: OrgStore, step: Row, auth_values: dict[str, str], endpoint: Row | None = None
+) -> WebhookRegistration:
+    """The registration a step and its endpoint make (`endpoint`: the endpoint as it is being changed to, else as
+    stored). Raises DataverseError 400 for a step Dataverse refuses."""
+    if endpoint is None:
+        endpoint = store.get("serviceendpoints", step.get("_eventhandler_value") or "")
     if endpoint is None:
         raise errors.bad_payload("The step's event handler (eventhandler_serviceendpoint) is required.")
     message = store.get("sdkmessages", step.get("_sdkmessageid_value") or "")
