@@ -184,6 +184,9 @@ param webhookMaxDequeueCount int = 5
 @maxValue(604800)
 param webhookSecretOverlapSeconds int = 3600
 
+@description('Optional. WEBHOOK_FILTERING_ATTRIBUTES: columns whose change fires a table\'s Update step, table:column,column;table:column; empty: every change.')
+param webhookFilteringAttributes string = ''
+
 @description('Optional. SYNC_SCHEDULE: NCRONTAB schedule of the incremental sync sweep.')
 param syncSchedule string = '0 */15 * * * *'
 
@@ -505,6 +508,7 @@ module functionApp 'modules/function-app.bicep' = {
     webhookSecretRequired: webhookSecretRequired
     webhookMaxDequeueCount: webhookMaxDequeueCount
     webhookSecretOverlapSeconds: webhookSecretOverlapSeconds
+    webhookFilteringAttributes: webhookFilteringAttributes
     syncSchedule: syncSchedule
     healthSchedule: healthSchedule
     certificateExpirySchedule: certificateExpirySchedule

@@ -131,6 +131,9 @@ class Settings:
         ("account", ("Create", "Update", "Delete")),
         ("contact", ("Create", "Update", "Delete")),
     )
+    # Update steps of these tables fire only when one of these columns changed (sdkmessageprocessingstep
+    # filteringattributes); a table not named here fires on every update.
+    webhook_filtering_attributes: tuple[tuple[str, tuple[str, ...]], ...] = ()
     security_role_name: str = "Dataverse S2S integration"
     user_api_enabled: bool = True
     onboarding_provisioning: bool = False
@@ -211,6 +214,14 @@ class Settings:
             raise ConfigurationError("WEBHOOK_SECRET_HEADER", "must be a header name (letters, digits, dashes)")
         if not 1 <= self.webhook_max_dequeue_count <= 100:
             raise ConfigurationError("WEBHOOK_MAX_DEQUEUE_COUNT", "must be between 1 and 100")
+        updated_tables = {table for table, messages in self.webhook_subscriptions if "Update" in messages}
+        for table, _ in self.webhook_filtering_attributes:
+            if table not in updated_tables:
+                raise ConfigurationError(
+                    "WEBHOOK_FILTERING_ATTRIBUTES",
+                    f"names {table}, which WEBHOOK_SUBSCRIPTIONS does not subscribe to Update (filtering attributes "
+                    "apply to Update steps only)",
+                )
         if not 0 <= self.webhook_secret_overlap_seconds <= 7 * 24 * 3600:
             raise ConfigurationError("WEBHOOK_SECRET_OVERLAP_SECONDS", "must be between 0 and 604800 (7 days)")
         if self.webhook_receiver_url is not None:
@@ -334,6 +345,7 @@ class Settings:
             webhook_subscriptions=parsed(
                 "WEBHOOK_SUBSCRIPTIONS", _parse_webhook_subscriptions, cls.webhook_subscriptions
             ),
+            webhook_filtering_attributes=parsed("WEBHOOK_FILTERING_ATTRIBUTES", _parse_filtering_attributes, ()),
             security_role_name=get("SECURITY_ROLE_NAME") or "Dataverse S2S integration",
             user_api_enabled=parsed("USER_API_ENABLED", _parse_bool, True),
             onboarding_provisioning=parsed("ONBOARDING_PROVISIONING", _parse_bool, False),
@@ -477,6 +489,24 @@ def _parse_webhook_subscriptions(raw: str) -> tuple[tuple[str, tuple[str, ...]],
     if not subscriptions:
         raise ValueError("expected at least one table")
     return tuple(subscriptions)
+
+
+def _parse_filtering_attributes(raw: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``account:name,telephone1;contact:emailaddress1`` → ((table, column logical names), …)."""
+    tables: list[tuple[str, tuple[str, ...]]] = []
+    for part in raw.split(";"):
+        if not part.strip():
+            continue
+        name, _, columns = part.partition(":")
+        table = name.strip()
+        chosen = tuple(c.strip() for c in columns.split(",") if c.strip())
+        names = (table, *chosen)
+        if not chosen or not all(re.fullmatch(r"[a-z_][a-z0-9_]*", n) for n in names):
+            raise ValueError("expected table:column,column;table:column with lower-case logical names")
+        if any(table == seen for seen, _ in tables):
+            raise ValueError(f"table {table} is named twice")
+        tables.append((table, tuple(dict.fromkeys(chosen))))
+    return tuple(tables)
 
 
 def _parse_list(raw: str) -> tuple[str, ...]:

@@ -162,6 +162,9 @@ param webhookMaxDequeueCount int
 @description('Required. WEBHOOK_SECRET_OVERLAP_SECONDS.')
 param webhookSecretOverlapSeconds int
 
+@description('Required. WEBHOOK_FILTERING_ATTRIBUTES (may be empty).')
+param webhookFilteringAttributes string
+
 @description('Required. SYNC_SCHEDULE.')
 param syncSchedule string
 
@@ -359,6 +362,7 @@ var appSettings = {
   WEBHOOK_SECRET_REQUIRED: webhookSecretRequired ? 'true' : 'false'
   WEBHOOK_MAX_DEQUEUE_COUNT: string(webhookMaxDequeueCount)
   WEBHOOK_SECRET_OVERLAP_SECONDS: string(webhookSecretOverlapSeconds)
+  WEBHOOK_FILTERING_ATTRIBUTES: webhookFilteringAttributes
   SYNC_SCHEDULE: syncSchedule
   HEALTH_SCHEDULE: healthSchedule
   CERTIFICATE_EXPIRY_SCHEDULE: certificateExpirySchedule

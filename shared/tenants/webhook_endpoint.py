@@ -1,9 +1,12 @@
 """Registering our webhook in a customer's org with the Web API: one `serviceendpoint` (contract 8, Webhook) that
 sends to our receiver with the HttpHeader auth type — the function key in `x-functions-key`, so no key travels in
 a URL, and the org's own secret in WEBHOOK_SECRET_HEADER — and one asynchronous post-operation
-`sdkmessageprocessingstep` per (table, message) of WEBHOOK_SUBSCRIPTIONS. Find-or-create: the endpoint is found by
-its name (one per app registration), re-pointed when the receiver URL changed, and its steps made exactly the
-subscribed ones (a step no longer subscribed is deleted).
+`sdkmessageprocessingstep` per (table, message) of WEBHOOK_SUBSCRIPTIONS; an Update step carries the
+`filteringattributes` WEBHOOK_FILTERING_ATTRIBUTES gives for its table (sdkmessageprocessingstep table reference,
+FilteringAttributes: a comma-separated list of columns; the step runs only when at least one of them is modified).
+Find-or-create: the endpoint is found by its name (one per app registration), re-pointed when the receiver URL
+changed, and its steps made exactly the subscribed ones (a step no longer subscribed is deleted, one whose
+filtering attributes differ from the setting is updated).
 
 Shapes: register-web-hook ("WebHook registrations are stored in the ServiceEndpoint table with a contract value
 of 8"; auth types HttpHeader, WebhookKey, HttpQueryString; serviceendpoint.authtype 5 = HttpHeader); the
@@ -43,6 +46,14 @@ class WebhookTarget:
     secret_header: str
     subscriptions: tuple[tuple[str, tuple[str, ...]], ...]
     endpoint_name: str
+    filtering: tuple[tuple[str, tuple[str, ...]], ...] = ()  # WEBHOOK_FILTERING_ATTRIBUTES: Update steps only
+
+    def filtering_attributes(self, table: str, message: str) -> str | None:
+        """The step's `filteringattributes` (comma-separated logical names), or None: fire on every change."""
+        if message != "Update":
+            return None
+        columns = dict(self.filtering).get(table)
+        return ",".join(columns) if columns else None
 
     def __repr__(self) -> str:
         return f"WebhookTarget({self.receiver_url!r}, {self.endpoint_name!r})"
@@ -66,6 +77,13 @@ def _settings_xml(pairs: dict[str, str]) -> str:
 
 def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def _normalized(attributes: object) -> frozenset[str]:
+    """A step's filteringattributes as a set (Dataverse keeps them comma-separated; order and case carry nothing)."""
+    if not isinstance(attributes, str):
+        return frozenset()
+    return frozenset(a.strip().lower() for a in attributes.split(",") if a.strip())
 
 
 def endpoint_name(client_id: str) -> str:
@@ -137,10 +155,13 @@ class WebhookRegistrar:
     def steps(self, client: DataverseClient, endpoint_id: str) -> tuple[StepOutcome, str]:
         """Exactly one asynchronous post-operation step per subscribed (table, message). Raises DataverseError."""
         existing = {
-            str(row["_sdkmessagefilterid_value"]): str(row["sdkmessageprocessingstepid"])
+            str(row["_sdkmessagefilterid_value"]): (
+                str(row["sdkmessageprocessingstepid"]),
+                _normalized(row.get("filteringattributes")),
+            )
             for row in client.iter_rows(
                 "sdkmessageprocessingsteps",
-                select=["sdkmessageprocessingstepid", "_sdkmessagefilterid_value"],
+                select=["sdkmessageprocessingstepid", "_sdkmessagefilterid_value", "filteringattributes"],
                 filter=f"_eventhandler_value eq {endpoint_id}",
             )
         }
@@ -150,9 +171,14 @@ class WebhookRegistrar:
             for message in messages:
                 message_id, filter_id = self._filter(client, table, message)
                 wanted.add(filter_id)
+                attributes = self._target.filtering_attributes(table, message)
                 if filter_id in existing:
+                    step_id, current = existing[filter_id]
+                    if current != _normalized(attributes):  # the setting changed: the step follows it
+                        client.update("sdkmessageprocessingsteps", step_id, {"filteringattributes": attributes})
+                        changed = True
                     continue
-                body = {
+                body: dict[str, object] = {
                     "name": f"{self._target.endpoint_name}: {message} of {table}",
                     "mode": ASYNCHRONOUS,
                     "stage": POST_OPERATION,
@@ -163,9 +189,11 @@ class WebhookRegistrar:
                     "sdkmessagefilterid@odata.bind": f"/sdkmessagefilters({filter_id})",
                     "eventhandler_serviceendpoint@odata.bind": f"/serviceendpoints({endpoint_id})",
                 }
+                if attributes:
+                    body["filteringattributes"] = attributes
                 client.create("sdkmessageprocessingsteps", body)
                 changed = True
-        for filter_id, step_id in existing.items():
+        for filter_id, (step_id, _) in existing.items():
             if filter_id not in wanted:
                 client.delete("sdkmessageprocessingsteps", step_id)
                 changed = True

@@ -210,3 +210,51 @@ def test_after_the_receiver_moves_and_the_key_is_rotated_one_command_repoints_ev
         assert post(delivery) == 202
     finally:
         moved.stop()
+
+
+def test_update_steps_carry_the_filtering_attributes_the_setting_gives_and_follow_it_when_it_changes(
+    flow: Flow,  # noqa: F811
+    receiver: Receiver,
+) -> None:
+    from shared.tenants.webhook_endpoint import WebhookRegistrar, WebhookTarget, endpoint_name
+
+    st = flow.sandbox.state  # type: ignore[attr-defined]
+    admin = flow.admins[flow.bare_tenant]
+    st.grant_consent(flow.bare_tenant, flow.client_id)
+    client = delegated(flow, flow.bare_org, admin)
+
+    def register(filtering: tuple[tuple[str, tuple[str, ...]], ...]) -> str:
+        target = WebhookTarget(
+            receiver.url,
+            KEY,
+            flow.settings.webhook_secret_header,
+            (("account", ("Create", "Update")),),
+            endpoint_name(flow.client_id),
+            filtering,
+        )
+        registrar = WebhookRegistrar(target, lambda: "a-secret", has_secret=False)
+        _, endpoint = registrar.endpoint(client)
+        outcome, _ = registrar.steps(client, endpoint)
+        return outcome.value
+
+    def filtering_of_steps() -> set[object]:
+        return {s.get("filteringattributes") for s in st.rows(flow.bare_org, "sdkmessageprocessingsteps")}
+
+    assert register((("account", ("name", "telephone1")),)) == "updated"
+    assert filtering_of_steps() == {None, "name,telephone1"}  # Create fires always; Update on those columns only
+    assert register((("account", ("telephone1", "name")),)) == "unchanged"  # the same set: nothing to change
+
+    (account,) = st.seed_rows(flow.bare_org, "accounts", 1)
+    before = len(receiver.received)
+    client.update("accounts", account, {"accountnumber": "A-1"})  # not a filtered column
+    st.wait_for_webhooks()
+    assert len(receiver.received) == before
+    client.update("accounts", account, {"name": "Renamed"})
+    st.wait_for_webhooks()
+    assert len(receiver.received) == before + 1
+
+    assert register(()) == "updated"  # the setting dropped: the Update step fires on every change again
+    assert filtering_of_steps() == {None}
+    client.update("accounts", account, {"accountnumber": "A-2"})
+    st.wait_for_webhooks()
+    assert len(receiver.received) == before + 2

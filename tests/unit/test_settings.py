@@ -156,3 +156,39 @@ def test_storage_clients_bound_connect_and_read_waits():
         transport = getattr(transport, "_transport", transport)  # a table client wraps its service's transport
         assert transport.connection_config.timeout == 5
         assert transport.connection_config.read_timeout == 20
+
+
+_FILTERING_BASE = {
+    "ENTRA_CLIENT_ID": "11111111-2222-3333-4444-555555555555",
+    "ENTRA_HOME_TENANT_ID": "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+    "CREDENTIAL_SOURCE": "certificate_file",
+    "CERTIFICATE_PATH": "/tmp/none.pem",
+    "WEBHOOK_SUBSCRIPTIONS": "account:Create,Update;contact:Delete",
+}
+
+
+def test_webhook_filtering_attributes_are_parsed_per_table() -> None:
+    from shared.settings import Settings
+
+    parsed = Settings.from_env({**_FILTERING_BASE, "WEBHOOK_FILTERING_ATTRIBUTES": "account: name, telephone1,name"})
+    assert parsed.webhook_filtering_attributes == (("account", ("name", "telephone1")),)
+    assert Settings.from_env(_FILTERING_BASE).webhook_filtering_attributes == ()
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ("contact:emailaddress1", "does not subscribe to Update"),  # contact is subscribed to Delete only
+        ("lead:subject", "does not subscribe to Update"),  # not subscribed at all
+        ("account:", "lower-case"),
+        ("account:Name", "lower-case"),
+        ("account:name;account:telephone1", "named twice"),
+    ],
+)
+def test_bad_webhook_filtering_attributes_name_the_setting_and_the_problem(raw: str, problem: str) -> None:
+    from shared.errors import ConfigurationError
+    from shared.settings import Settings
+
+    with pytest.raises(ConfigurationError, match="WEBHOOK_FILTERING_ATTRIBUTES") as caught:
+        Settings.from_env({**_FILTERING_BASE, "WEBHOOK_FILTERING_ATTRIBUTES": raw})
+    assert problem in str(caught.value)
