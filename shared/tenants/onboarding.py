@@ -262,6 +262,7 @@ class OnboardingService:
                 settings.webhook_secret_header,
                 settings.webhook_subscriptions,
                 endpoint_name(settings.entra_client_id),
+                settings.webhook_filtering_attributes,
             )
             has_secret = self._registry.webhook_secret_hash(admin.tenant_id, org_url) is not None
             registrar = WebhookRegistrar(

@@ -258,3 +258,14 @@ def test_update_steps_carry_the_filtering_attributes_the_setting_gives_and_follo
     client.update("accounts", account, {"accountnumber": "A-2"})
     st.wait_for_webhooks()
     assert len(receiver.received) == before + 2
+
+
+def test_onboarding_registers_update_steps_with_the_filtering_attributes_setting(
+    flow: Flow,  # noqa: F811
+    receiver: Receiver,
+) -> None:
+    provisioned(flow, receiver, webhook_filtering_attributes=(("account", ("name",)),))
+    steps = flow.sandbox.state.rows(flow.bare_org, "sdkmessageprocessingsteps")  # type: ignore[attr-defined]
+    filtered = {s["name"].rsplit(": ", 1)[1]: s.get("filteringattributes") for s in steps}
+    assert filtered["Update of account"] == "name"
+    assert filtered["Create of account"] is None and filtered["Update of contact"] is None
