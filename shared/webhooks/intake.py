@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 TRUNCATED_HEADER = "x-ms-dynamics-msg-size-exceeded"
 ORG_HEADER = "x-ms-dynamics-organization"
 _CACHE_SECONDS = 30.0
-# A refused delivery re-reads a cached lookup older than this (bounds the storage reads wrong secrets can cause).
+# A delivery refused on a cached lookup re-reads it, at most once per host in this many seconds (bounds the storage
+# reads wrong secrets can cause).
 _RELOOKUP_SECONDS = 2.0
 
 
@@ -97,6 +98,7 @@ class WebhookIntake:
         self._clock = clock
         self._wall_clock = wall_clock
         self._cache: dict[str, tuple[float, OrgEntry | None, bool, tuple[str, ...]]] = {}
+        self._relooked: dict[str, float] = {}  # host -> when a refusal last re-read its lookup
         self._lock = threading.Lock()
 
     def accept(self, body: bytes, headers: Mapping[str, str]) -> IntakeResult:
@@ -117,20 +119,21 @@ class WebhookIntake:
             return IntakeResult(400, exc.code, exc.message)
         host = (headers.get(ORG_HEADER) or "").strip().lower()
         entry: OrgEntry | None = None
-        active = False
+        active, fresh = False, True
         secret_hashes: tuple[str, ...] = ()
-        if host and is_host_name(host):  # what Dataverse sends: the org's host name; anything else is not looked up
+        looked_up = bool(host) and is_host_name(host)  # what Dataverse sends; anything else is not looked up
+        if looked_up:
             try:
-                entry, active, secret_hashes = self._lookup(host)
+                entry, active, secret_hashes, fresh = self._lookup(host)
             except Exception:
                 logger.exception("Webhook: organisation lookup failed for %s", host)
                 return IntakeResult(503, "storage_unavailable", "Storage is unavailable; retry later.")
         authenticated = self._secret_ok(secret_hashes, headers)
-        if entry is not None and not (active and authenticated) and self._forget(host):
+        if looked_up and not fresh and not (entry is not None and active and authenticated) and self._relook(host):
             # A cached lookup may be stale (a secret just rotated, an org just activated): Dataverse does not retry
-            # a 401, so look once more before refusing.
+            # a 401, so look once more before refusing — for a known host or not alike, so that costs no tell.
             try:
-                entry, active, secret_hashes = self._lookup(host)
+                entry, active, secret_hashes, _ = self._lookup(host)
             except Exception:
                 logger.exception("Webhook: organisation lookup failed for %s", host)
                 return IntakeResult(503, "storage_unavailable", "Storage is unavailable; retry later.")
@@ -193,10 +196,11 @@ class WebhookIntake:
         )
         return IntakeResult(202, "accepted", "Queued.", key=key)
 
-    def _lookup(self, host: str) -> tuple[OrgEntry | None, bool, tuple[str, ...]]:
+    def _lookup(self, host: str) -> tuple[OrgEntry | None, bool, tuple[str, ...], bool]:
         """Org entry, whether the org is active, and the hashes its webhook secret may match (the current one,
         and the one a rotation replaced while its overlap lasts); cached briefly so an acknowledgement costs no
-        storage read in the common case (offboarding reaches the receiver within _CACHE_SECONDS).
+        storage read in the common case (offboarding reaches the receiver within _CACHE_SECONDS). The last value
+        says whether this call read storage (False: from the cache).
 
         Always two point reads, the org index and a registry row, whether the host is a customer or not (an
         unknown host reads a tenant row that cannot exist), so the time a refusal takes does not tell a key
@@ -206,7 +210,7 @@ class WebhookIntake:
         with self._lock:
             cached = self._cache.get(host)
         if cached is not None and cached[0] > now:
-            return cached[1], cached[2], cached[3]
+            return cached[1], cached[2], cached[3], False
         entry = self._org_index.find(host)
         tenant = self._registry.find_tenant(entry.tenant_id if entry is not None else _NO_TENANT)
         active = False
@@ -220,15 +224,19 @@ class WebhookIntake:
             if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[host] = (now + _CACHE_SECONDS, entry, active, secret_hashes)
-        return entry, active, secret_hashes
+        return entry, active, secret_hashes, True
 
-    def _forget(self, host: str) -> bool:
-        """Drop the host's cached lookup if it is older than _RELOOKUP_SECONDS; True when one was dropped."""
+    def _relook(self, host: str) -> bool:
+        """Drop the host's cached lookup so the next one reads storage, at most once per host per
+        _RELOOKUP_SECONDS (what bounds the reads wrong secrets can cause); True when it was dropped."""
+        now = self._clock()
         with self._lock:
-            cached = self._cache.get(host)
-            if cached is None or cached[0] - _CACHE_SECONDS + _RELOOKUP_SECONDS > self._clock():
+            if now - self._relooked.get(host, float("-inf")) < _RELOOKUP_SECONDS:
                 return False
-            del self._cache[host]
+            if len(self._relooked) > 10_000:
+                self._relooked.clear()
+            self._relooked[host] = now
+            self._cache.pop(host, None)
             return True
 
     def _secret_ok(self, expected: tuple[str, ...], headers: Mapping[str, str]) -> bool:

@@ -261,3 +261,55 @@ def test_an_organization_header_that_is_no_host_name_is_refused_without_a_lookup
     )
     assert (result.status, result.code) == (401, "unauthenticated")
     assert index.reads == 0 and store.messages == []
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def timed_intake(store, registry, index, clock):
+    return WebhookIntake(
+        store=store,
+        org_index=index,
+        registry=registry,
+        max_body_bytes=300_000,
+        header_secret_name="x-s2s-webhook-secret",
+        clock=clock,
+    )
+
+
+def contoso_index():
+    return FakeIndex(
+        {"contoso.crm.dynamics.com": OrgEntry("contoso.crm.dynamics.com", ORG_URL, TENANT, samples.ORG_ID)}
+    )
+
+
+def test_a_secret_rotated_right_after_the_lookup_was_cached_is_accepted_not_lost():
+    """Dataverse does not retry a 401: a delivery with the new secret, half a second after an earlier delivery
+    cached the old one, re-reads instead of being refused."""
+    clock, store, registry = Clock(), FakeStore(), FakeRegistry()
+    receiver = timed_intake(store, registry, contoso_index(), clock)
+    assert receiver.accept(BODY, SIGNED).status == 202  # caches the org with SECRET
+    registry.secret_hash = hashlib.sha256(b"rotated").hexdigest()
+    clock.now += 0.5
+    rotated = {**HEADERS, "x-s2s-webhook-secret": "rotated"}
+    assert receiver.accept(BODY, rotated).status == 202
+    assert len(store.messages) == 2
+
+
+def test_refusals_on_a_cached_lookup_re_read_at_most_once_per_host_every_two_seconds_known_or_not():
+    for host in ("contoso.crm.dynamics.com", "nobody.crm.dynamics.com"):
+        clock, index, registry = Clock(), contoso_index(), FakeRegistry()
+        receiver = timed_intake(FakeStore(), registry, index, clock)
+        wrong = {"x-ms-dynamics-organization": host, "x-s2s-webhook-secret": "wrong"}
+        for _ in range(5):  # the first looks up; the second re-reads; the rest are inside the two seconds
+            assert receiver.accept(BODY, wrong).status == 401
+            clock.now += 0.1
+        assert (index.reads, len(registry.asked)) == (2, 2), host
+        clock.now += 2
+        assert receiver.accept(BODY, wrong).status == 401
+        assert (index.reads, len(registry.asked)) == (3, 3), host
