@@ -358,6 +358,9 @@ def onboarding_part(sb: Sandbox, seed: object, app_settings: dict[str, str]) -> 
                 "ONBOARDING_REDIRECT_URI": redirect_uri,
                 "APP_DISPLAY_NAME": "Contoso Sync",
                 "CREDENTIAL_SOURCE": "key_vault",
+                # The manual path first (the fallback): Woodgrove's administrator creates the application user.
+                # one_click_part shows the default, where the sign-in creates it.
+                "ONBOARDING_PROVISIONING": "false",
             }
         )
         services = build_services(settings)

@@ -24,6 +24,7 @@ from shared.telemetry import dims
 if TYPE_CHECKING:
     from shared.settings import Settings
     from shared.tenants.onboarding import VerificationResult
+    from shared.tenants.orgs import OrgRecord
 
 
 logger = logging.getLogger(__name__)
@@ -221,12 +222,14 @@ def _result_page(settings: Settings, result: VerificationResult) -> func.HttpRes
 
     app_name = settings.app_display_name
     focus = result.focus
-    provisioned = result.provisioning.summary() if result.provisioning is not None else None
+    report = result.provisioning
+    provisioned = report.summary() if report is not None else None
     if result.status is TenantStatus.PENDING_CONSENT:
         return pages.pending_page(result.message or "")
     if focus is not None:
+        retry = _retry(settings, focus, unfinished=report is not None and not report.complete)
         if focus.status is OrgStatus.ACTIVE and result.status is TenantStatus.ACTIVE:
-            return pages.active_page(app_name, result.tenant_id, (focus.url,), provisioned=provisioned)
+            return pages.active_page(app_name, result.tenant_id, (focus.url,), provisioned=provisioned, retry=retry)
         if focus.status is OrgStatus.AWAITING_APPLICATION_USER:
             verification = focus.last_verification
             return pages.awaiting_page(
@@ -238,9 +241,14 @@ def _result_page(settings: Settings, result: VerificationResult) -> func.HttpRes
                 ticket=result.recheck_ticket,
                 ticket_expires=focus.ticket_expires,
                 provisioned=provisioned,
+                retry=retry,
             )
         verification = focus.last_verification
-        return pages.failed_page((verification.message if verification else None) or result.message or "")
+        return pages.failed_page(
+            (verification.message if verification else None) or result.message or "",
+            provisioned=provisioned,
+            retry=retry,
+        )
     if result.status is TenantStatus.ACTIVE:
         return pages.active_page(app_name, result.tenant_id, result.org_urls)
     if result.status is TenantStatus.AWAITING_APPLICATION_USER and result.org_urls:
@@ -253,6 +261,20 @@ def _result_page(settings: Settings, result: VerificationResult) -> func.HttpRes
             ticket=result.recheck_ticket,
         )
     return pages.failed_page(result.message or "")
+
+
+def _retry(settings: Settings, focus: OrgRecord, *, unfinished: bool) -> pages.Retry | None:
+    """The "sign in again" offer for the org a person asked about, when onboarding provisions and the set-up there
+    stopped (``unfinished``) or its application user is still missing (a re-check finds the org still waiting: the
+    re-check keeps no administrator token, a new sign-in does the set-up). Its form carries the org URL and the
+    contact the org has, and goes through the start route's own origin check."""
+    from shared.tenants.orgs import OrgStatus
+
+    if not settings.onboarding_provisioning:
+        return None
+    if not unfinished and focus.status is not OrgStatus.AWAITING_APPLICATION_USER:
+        return None
+    return pages.Retry(focus.url, focus.contact, settings.entra_authority_host)
 
 
 @bp.route(route="onboard/recheck", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)

@@ -6,6 +6,7 @@ request is ever written unescaped, and nothing but our own pages and the authori
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 
@@ -133,16 +134,73 @@ def onboard_form(
     )
 
 
-def active_page(
-    app_name: str, tenant_id: str, org_urls: tuple[str, ...], *, provisioned: str | None = None
+@dataclass(frozen=True)
+class Retry:
+    """Offer the administrator to sign in again for the same org: a same-origin POST of the onboarding form
+    (`org_url`, and the `contact` the org has) to our own start route, which checks it as it checks the form."""
+
+    org_url: str
+    contact: str
+    authority_host: str  # the form's answer redirects there: the page's CSP form-action must allow it
+
+
+# A page with a retry form must let the browser send our Origin with its POST (the start route refuses a post
+# without it): under "no-referrer" a form post carries `Origin: null` (Fetch standard, "serialize a request
+# origin"). "strict-origin" sends the Origin, and as Referer only the origin (never the page's URL, which on the
+# callback page holds the spent code and state), and nothing to a less secure destination (W3C Referrer Policy).
+_RETRY_REFERRER_POLICY = "strict-origin"
+
+
+def retry_form(retry: Retry, intro: str) -> str:
+    """The "Sign in again to finish setting up" button, after `intro` (already escaped HTML)."""
+    return f"""
+<h2>Finish setting up</h2>
+<p>{intro} Every step first looks for what an earlier attempt made, so a new sign-in as a System Administrator
+of the environment continues where the last one stopped. We keep no token of yours between sign-ins, so this takes
+your sign-in again.</p>
+<form method="post" action="/api/onboard" class="retry">
+  <input type="hidden" name="org_url" value="{e(retry.org_url)}">
+  <input type="hidden" name="contact" value="{e(retry.contact)}">
+  <button type="submit">Sign in again to finish setting up</button>
+</form>"""
+
+
+def _page_with_retry(
+    title: str, body: str, retry: Retry | None, *, status: int = 200, error_code: str | None = None
 ) -> func.HttpResponse:
+    if retry is None:
+        return page(title, body, status, error_code=error_code)
+    return page(
+        title,
+        body,
+        status,
+        headers={"Referrer-Policy": _RETRY_REFERRER_POLICY},
+        form_target=retry.authority_host,
+        error_code=error_code,
+    )
+
+
+def active_page(
+    app_name: str,
+    tenant_id: str,
+    org_urls: tuple[str, ...],
+    *,
+    provisioned: str | None = None,
+    retry: Retry | None = None,
+) -> func.HttpResponse:
+    """`retry`: the set-up in the org did not finish (`provisioned` says where it stopped) though the org works."""
     orgs = "".join(f"<li><code>{e(o)}</code></li>" for o in org_urls)
-    made = f"<p>{e(provisioned)}</p>" if provisioned else ""
+    made = f"<p>{e(provisioned)}</p>" if provisioned and retry is None else ""
+    unfinished = (
+        retry_form(retry, f"The set-up in <code>{e(retry.org_url)}</code> did not finish: {e(provisioned or '')}")
+        if retry is not None
+        else ""
+    )
     body = f"""
 <p class="ok" role="status">Your environment is connected. {e(app_name)} can now reach:</p>
-<ul>{orgs}</ul>{made}
-<p>Tenant <code>{e(tenant_id)}</code>. You can close this page.</p>"""
-    return page("Connected", body)
+<ul>{orgs}</ul>{made}{unfinished}
+<p>Tenant <code>{e(tenant_id)}</code>. {"" if retry else "You can close this page."}</p>"""
+    return _page_with_retry("Connected", body, retry)
 
 
 def awaiting_page(
@@ -155,8 +213,10 @@ def awaiting_page(
     ticket: str | None,
     ticket_expires: int = 0,
     provisioned: str | None = None,
+    retry: Retry | None = None,
 ) -> func.HttpResponse:
-    """`provisioned`: where the app's own attempt to create its role and application user stopped, and why."""
+    """`provisioned`: where the app's own attempt to create its role and application user stopped, and why.
+    `retry`: onboarding provisions, so signing in again can finish it; the manual steps stay as the fallback."""
     recheck = ""
     if ticket:
         until = (
@@ -172,18 +232,24 @@ def awaiting_page(
 <p>To check later from another page, keep this re-check code (valid until {e(until)}) and paste it at
 <a href="/api/onboard/recheck">/api/onboard/recheck</a>: tenant <code>{e(tenant_id)}</code>, code
 <code>{e(ticket)}</code>.</p>"""
-    attempt = (
-        f"""
+    attempt = ""
+    if provisioned and retry is None:
+        attempt = f"""
 <p class="error">The app tried to set this up with your sign-in and could not finish: {e(provisioned)} Do the
 rest by hand as below, or ask a System Administrator of the environment to onboard it.</p>"""
-        if provisioned
-        else ""
-    )
+    elif retry is not None:
+        said = (
+            f"The app tried to set this up with your sign-in and could not finish: {e(provisioned)}"
+            if provisioned
+            else f"{e(app_name)} can create its security role, application user and webhook in <code>{e(org)}</code>"
+            " with your sign-in."
+        )
+        attempt = retry_form(retry, said) + "\n<p>Or do it by hand as below.</p>"
     body = f"""
 <p class="ok" role="status">You are signed in and the app is approved. One step is left: {e(app_name)} has no
 application user in <code>{e(org)}</code> yet. Your other environments already connected keep working.</p>
 <p class="error" role="alert">Dataverse said: {e(detail)}</p>{attempt}
-<h2>Create the application user</h2>
+<h2>{"Or create" if retry else "Create"} the application user{" by hand" if retry else ""}</h2>
 <ol>
   <li>Open the <strong>Power Platform admin center</strong> → Environments → your environment → Settings →
       Users + permissions → <strong>Application users</strong> → <strong>New app user</strong>.</li>
@@ -199,7 +265,7 @@ POST {e(org)}/api/data/v9.2/systemusers
 POST {e(org)}/api/data/v9.2/systemusers(&lt;new user id&gt;)/systemuserroles_association/$ref
 {{"@odata.id": "{e(org)}/api/data/v9.2/roles(&lt;your custom role id&gt;)"}}</pre>
 {recheck}"""
-    return page("Almost there: create the application user", body)
+    return _page_with_retry("Almost there: create the application user", body, retry)
 
 
 def pending_page(detail: str) -> func.HttpResponse:
@@ -265,13 +331,24 @@ def refused_page(message: str, *, error_code: str = "tenant_not_allowed", status
     return page("This environment cannot be connected", body, status=status, error_code=error_code)
 
 
-def failed_page(detail: str, *, error_code: str = "verification_failed") -> func.HttpResponse:
+def failed_page(
+    detail: str,
+    *,
+    error_code: str = "verification_failed",
+    provisioned: str | None = None,
+    retry: Retry | None = None,
+) -> func.HttpResponse:
     """A verification that ended in a recorded failure: an outcome to read (200 with its code), not a fault of
-    this service (no 5xx)."""
+    this service (no 5xx). `retry`: the set-up in the org stopped (`provisioned` says where)."""
+    unfinished = (
+        retry_form(retry, f"The set-up in <code>{e(retry.org_url)}</code> did not finish: {e(provisioned or '')}")
+        if retry is not None
+        else ""
+    )
     body = f"""
-<p class="error" role="alert">The connection could not be verified: {e(detail)}</p>
+<p class="error" role="alert">The connection could not be verified: {e(detail)}</p>{unfinished}
 <p><a href="/api/onboard">Start again</a>, or contact us with the time of this attempt.</p>"""
-    return page("The connection could not be verified", body, status=200, error_code=error_code)
+    return _page_with_retry("The connection could not be verified", body, retry, status=200, error_code=error_code)
 
 
 def unavailable_page(detail: str, *, error_code: str = "storage_unavailable") -> func.HttpResponse:

@@ -168,8 +168,8 @@ param securityRoleName string = 'Dataverse S2S integration'
 @description('Optional. USER_API_ENABLED: serve the API of the signed-in users (me/*), which reads Dataverse impersonating the user.')
 param userApiEnabled bool = true
 
-@description('Optional. ONBOARDING_PROVISIONING: onboarding creates the security role and application user in the org with the signed-in administrator token.')
-param onboardingProvisioning bool = false
+@description('Optional. ONBOARDING_PROVISIONING: onboarding creates the security role, application user and webhook in the org with the signed-in administrator token (false: the administrator does it by hand).')
+param onboardingProvisioning bool = true
 
 @description('Optional. WEBHOOK_SECRET_REQUIRED: refuse deliveries without their org\'s own secret; false only while orgs registered by hand get theirs.')
 param webhookSecretRequired bool = true

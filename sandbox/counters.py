@@ -30,8 +30,8 @@ Events the stand-ins record (labels in brackets):
 - webhook_event [org, entity, message]      webhook events sent (one per matching webhook and change, retries
                                             not counted)
 - fault_injected [service, endpoint, tenant, status]  requests an injected fault hit (sandbox.faults); service
-                                            entra|keyvault, endpoint token|discovery|other and tenant for Entra
-                                            only, status the injected status or "delay"
+                                            entra|keyvault|dataverse, endpoint token|discovery|other and tenant
+                                            for Entra only, status the injected status or "delay"
 - webhook_delivery [org, status]            every webhook HTTP attempt; status is the HTTP status, or
                                             "timeout" / "connection_error" when no response came
 Peak Dataverse concurrency is a maximum, not a count: `SandboxState.dataverse_peak_concurrency(org_url)`.

@@ -136,7 +136,7 @@ class Settings:
     webhook_filtering_attributes: tuple[tuple[str, tuple[str, ...]], ...] = ()
     security_role_name: str = "Dataverse S2S integration"
     user_api_enabled: bool = True
-    onboarding_provisioning: bool = False
+    onboarding_provisioning: bool = True
     webhook_receiver_url: str | None = None  # where provisioned service endpoints send (…/api/webhooks/dataverse)
     webhook_function_key: str | None = field(default=None, repr=False)  # sent in x-functions-key
     sync_schedule: str = "0 */15 * * * *"
@@ -348,7 +348,7 @@ class Settings:
             webhook_filtering_attributes=parsed("WEBHOOK_FILTERING_ATTRIBUTES", _parse_filtering_attributes, ()),
             security_role_name=get("SECURITY_ROLE_NAME") or "Dataverse S2S integration",
             user_api_enabled=parsed("USER_API_ENABLED", _parse_bool, True),
-            onboarding_provisioning=parsed("ONBOARDING_PROVISIONING", _parse_bool, False),
+            onboarding_provisioning=parsed("ONBOARDING_PROVISIONING", _parse_bool, True),
             webhook_receiver_url=get("WEBHOOK_RECEIVER_URL"),
             webhook_function_key=get("WEBHOOK_FUNCTION_KEY"),
             sync_schedule=get("SYNC_SCHEDULE") or "0 */15 * * * *",

@@ -433,14 +433,15 @@ _ONBOARDING = [
         "provisioning_refused",
         "Onboarding",
         "The app could not create its role, application user or webhook with your sign-in",
-        "With ONBOARDING_PROVISIONING the app creates its security role, application user and webhook in the "
-        "environment with the signed-in administrator's token. A step Dataverse refused (403 0x80040220 'is "
-        "missing prv… privilege') stops the run; the page names the step and the privilege, says what was done "
-        "before it, and shows the manual steps. Nothing is left half-done unexplained: each step finds before it "
-        "creates, so the next run finishes it.",
-        "Sign in as a System Administrator of the environment, or give the person the named privilege, and start "
-        "again from the form (the run picks up where it stopped); or do the shown steps by hand and press *check "
-        "again*.",
+        "With ONBOARDING_PROVISIONING (the default) the app creates its security role, application user and "
+        "webhook in the environment with the signed-in administrator's token. A step Dataverse refused (403 "
+        "0x80040220 'is missing prv… privilege') or that failed (an error answer, the environment unreachable) "
+        "stops the run; the page names the step and the privilege or the answer, says what was done before it, "
+        "offers *Sign in again to finish setting up* and shows the manual steps. Nothing is left half-done "
+        "unexplained: each step finds before it creates, so the next run finishes it.",
+        "Press *Sign in again to finish setting up* and sign in as a System Administrator of the environment (after "
+        "giving the person the named privilege, or once the environment answers again): the run picks up where it "
+        "stopped. Or do the shown steps by hand and press *check again*.",
         ("provisioning", "prvcreaterole", "prvcreateuser", "prvassignrole", "prvcreateserviceendpoint"),
     ),
     Explanation(

@@ -5,10 +5,12 @@ What is saved, and nothing else: the home tenant and every tenant with its users
 redirect URIs, enabled, optional claims) and its service principal in each tenant (object id and consent kept);
 the managed identity and Key Vault's latest version of each secret (certificates with their keys — development
 material, written with mode 0600); every org of the world with its identity, application and licensed users
-(systemuser ids kept) and rows. Rows come back with their ids, values and owners; `createdon`, `modifiedon` and
-version numbers are those of the restore, and delta tokens from before are unknown (a sync then starts over, as
-after Dataverse's own token expiry). Signing keys, the CA, counters, faults, limits and webhook deliveries are
-new each run; webhooks to the app are registered again by sandbox.admin.world.connect_app.
+(systemuser ids kept) and rows, and what the Web API provisioned there (roles' privileges, webhook endpoints'
+authentication; their steps deliver again). Rows come back with their ids, values and owners; `createdon`,
+`modifiedon` and version numbers are those of the restore, and delta tokens from before are unknown (a sync then
+starts over, as after Dataverse's own token expiry). Signing keys, the CA, counters, faults, limits and webhook
+deliveries are new each run; webhooks the world registers by hand are registered again by
+sandbox.admin.world.connect_app.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from sandbox.admin.world import DevWorld, managed_identity
 from sandbox.dataverse.org import Actor, SystemUser
+from sandbox.dataverse.provisioning.access import OrgProvisioning, existing_state, restore_state
+from sandbox.dataverse.provisioning.webhook_steps import step_registration
 from sandbox.dataverse.schema import TABLES
 from sandbox.entra.directory import ServicePrincipal
 from sandbox.net.pki import CertificateBundle
@@ -96,7 +100,17 @@ def _capture_org(state: SandboxState, world: DevWorld, url: str) -> dict[str, An
     # The root business unit and the users' systemusers rows are written by the org itself (sandbox.dataverse.org):
     # restoring the org and its users brings them back, so they are not saved as rows.
     rows = {name: [dict(row) for row in store.rows(name)] for name in TABLES if name not in _MANAGED_BY_THE_ORG}
-    return {**asdict(org), "system_user_id": store.system_user_id, "users": users, "rows": rows}
+    saved = {**asdict(org), "system_user_id": store.system_user_id, "users": users, "rows": rows}
+    provisioning = existing_state(store)
+    if provisioning is not None and provisioning.seeded:
+        # What the Web API made (onboarding's role, application user and webhook): the roles' privileges and the
+        # endpoints' authentication (the app's function key and the org's secret: development material).
+        saved["provisioning"] = {
+            "role_privileges": provisioning.role_privileges,
+            "auth_values": provisioning.auth_values,
+            "provisioned_users": sorted(provisioning.provisioned_users),
+        }
+    return saved
 
 
 def restore(state: SandboxState, saved: dict[str, Any]) -> DevWorld:
@@ -175,6 +189,19 @@ def _restore_org(state: SandboxState, saved: dict[str, Any]) -> None:
             by_owner.setdefault(store.system_user_id if owner == old_system else owner, []).append(row)
         for owner, owned in by_owner.items():
             store.bulk_insert(table, owned, Actor(owner))
+    provisioning = saved.get("provisioning")
+    if provisioning is not None:
+        restored = OrgProvisioning(
+            seeded=True,  # its reference rows are among the rows just restored
+            role_privileges={role: dict(p) for role, p in provisioning["role_privileges"].items()},
+            auth_values=dict(provisioning["auth_values"]),
+            provisioned_users=set(provisioning["provisioned_users"]),
+        )
+        restore_state(store, restored)
+        # Webhooks registered through the Web API deliver again, as Dataverse keeps its steps.
+        for step in store.rows("sdkmessageprocessingsteps"):
+            if step.get("_eventhandler_value") in restored.auth_values:
+                state.webhooks.register(step_registration(store, step, restored.auth_values))
 
 
 def write(path: Path, document: dict[str, Any]) -> str:

@@ -2,12 +2,14 @@
 identity that is also its federated credential), and two customer tenants — Fabrikam, whose org has our
 application user, and Northwind, whose org does not yet — each with a Global Administrator who is System
 Administrator of its org, Fabrikam with a clerk too, and rows in their tables. `connect_app` points the world at
-the running function app (redirect URIs, and webhooks on every org that deliver to it).
+the running function app (redirect URIs; and, only when the app does not provision its own at onboarding,
+webhooks on every org that deliver to it).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -133,10 +135,17 @@ def connect_app(state: SandboxState, world: DevWorld, app_url: str, webhook_key:
         register_app_webhooks(state, world, org_url)
 
 
+def app_provisions() -> bool:
+    """Whether the app onboards with ONBOARDING_PROVISIONING (its default; `make start` passes this process's
+    environment to the app too, so `ONBOARDING_PROVISIONING=false make start` turns it off for both)."""
+    return os.environ.get("ONBOARDING_PROVISIONING", "true").strip().lower() not in ("false", "0", "no", "off")
+
+
 def register_app_webhooks(state: SandboxState, world: DevWorld, org_url: str) -> None:
     """Webhooks on `org_url` that deliver account and contact changes to the connected app (none before
-    connect_app)."""
-    if world.app_url is None or world.webhook_key is None:
+    connect_app). None when the app provisions: onboarding an org registers the app's own webhook there (with the
+    org's secret), as in a real environment, and the snapshot keeps it."""
+    if world.app_url is None or world.webhook_key is None or app_provisions():
         return
     for entity in WEBHOOK_ENTITIES:
         webhook_id = state.register_webhook(
@@ -165,7 +174,14 @@ def app_settings(sandbox: Sandbox, world: DevWorld) -> dict[str, str]:
     }
     if world.app_url:
         settings["ONBOARDING_REDIRECT_URI"] = f"{world.app_url}/api/consent/callback"
-    # The dev world registers its webhooks by hand, with no per-org secret (the app does not register its own yet):
-    # the documented migration mode. Such deliveries are accepted but not trusted for impersonation.
-    settings["WEBHOOK_SECRET_REQUIRED"] = "false"
+    if app_provisions():
+        # Onboarding registers the app's own webhook in the org: it sends to the app's receiver with the key the
+        # development host serves (a host key is valid for every function) and the org's own secret.
+        if world.app_url and world.webhook_key:
+            settings["WEBHOOK_RECEIVER_URL"] = f"{world.app_url}/api/webhooks/dataverse"
+            settings["WEBHOOK_FUNCTION_KEY"] = world.webhook_key
+    else:
+        # The dev world registers its webhooks by hand, with no per-org secret: the documented migration mode.
+        # Such deliveries are accepted but not trusted for impersonation.
+        settings["WEBHOOK_SECRET_REQUIRED"] = "false"
     return settings

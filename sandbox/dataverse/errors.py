@@ -22,6 +22,7 @@ DELTA_TOKEN_EXPIRED = "0x80044352"
 RATE_LIMIT = "0x80072322"
 EXECUTION_TIME_LIMIT = "0x80072321"
 CONCURRENCY_LIMIT = "0x80072326"
+UNEXPECTED = "0x80040216"  # "An unexpected error occurred." (Dataverse's generic failure; used for injected faults)
 
 
 class DataverseError(Exception):

@@ -80,6 +80,9 @@ class DataverseService:
             return self._reply(json_body(404, payload), headers)
         limits = store.protection.limits
         headers["x-ms-dop-hint"] = str(limits.dop_hint or DEFAULT_DOP_HINT)
+        injected = self._injected_fault(request, store)
+        if injected is not None:
+            return self._reply(error_response(injected), headers)
         after_sent: list[Callable[[], None]] = []
         try:
             response = self._handle(request, store, headers, after_sent)
@@ -92,6 +95,26 @@ class DataverseService:
         self._state.counters.bump("dataverse_request", org=store.org.url, status=response.status, method=request.method)
         logger.debug("dataverse %s %s %s -> %s", store.org.host, request.method, request.path, response.status)
         return self._reply(response, headers, after_sent[0] if after_sent else None)
+
+    def _injected_fault(self, request: HttpRequest, store: OrgStore) -> DataverseError | None:
+        """An armed Dataverse fault for this request (sandbox.faults): sleep, then its error; None to go on. It
+        answers before anything is done, as a front end refusing the request would."""
+        if not self._state.faults.has("dataverse"):
+            return None
+        resource = unquote(request.path).removeprefix(API_PREFIX).partition("/")[2]
+        fault = self._state.faults.take("dataverse", org=store.org.host, endpoint=f"{request.method} {resource}")
+        if fault is None:
+            return None
+        self._state.counters.bump("fault_injected", service="dataverse", status=fault.status or "delay")
+        if fault.delay:
+            time.sleep(fault.delay)
+        if fault.status is None:
+            return None  # a slow org: now answer normally
+        extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
+        # The Web API's error shape (protocol §4); 0x80040216 is Dataverse's "An unexpected error occurred."
+        return DataverseError(
+            fault.status, errors.UNEXPECTED, f"Injected fault: the service answered {fault.status}.", extra
+        )
 
     @staticmethod
     def _reply(

@@ -75,6 +75,25 @@ def _says_nothing_about_the_tenant(error: S2SError) -> bool:
     return False
 
 
+def _webhook_skipped(receiver_url: str | None, key: str | None) -> str | None:
+    """Why onboarding registers no webhook in the org (for the administrator's page), or None when it does. The
+    names are of settings, never their values."""
+    if not receiver_url:
+        why = "this app has no webhook receiver configured (WEBHOOK_RECEIVER_URL)"
+    elif not key:
+        why = (
+            "this app has no usable function key for its receiver (WEBHOOK_FUNCTION_KEY is unset or an unresolved "
+            "Key Vault reference)"
+        )
+    else:
+        return None
+    return (
+        f"No webhook was registered: {why}. Changes in the environment are not pushed to the app; once its operator "
+        "sets that, signing in here again registers the webhook."
+    )
+    return None
+
+
 # The built-in System Administrator role has this roletemplateid in every environment (the `role` table's
 # roletemplateid; Microsoft's own clients recognise the role by it, e.g. Business Central's Dataverse setup).
 SYSTEM_ADMINISTRATOR_ROLE_TEMPLATE = "627090ff-40a3-4053-8790-584edc5be201"
@@ -255,6 +274,7 @@ class OnboardingService:
         settings = self._settings
         key = usable_key(settings.webhook_function_key)
         registrar = None
+        skipped = _webhook_skipped(settings.webhook_receiver_url, key)
         if settings.webhook_receiver_url and key:
             target = WebhookTarget(
                 settings.webhook_receiver_url,
@@ -268,7 +288,8 @@ class OnboardingService:
             registrar = WebhookRegistrar(
                 target, lambda: self._registry.set_webhook_secret(admin.tenant_id, org_url), has_secret=has_secret
             )
-        return OrgProvisioner(role, settings.entra_client_id, registrar).provision(client)
+        report = OrgProvisioner(role, settings.entra_client_id, registrar).provision(client)
+        return replace(report, notes=(skipped,)) if skipped else report
 
     def recheck(self, tenant_id: str, ticket: str, org_url: str | None = None) -> VerificationResult | None:
         """The customer's re-check with their ticket (from a POST body): verifies that org only; None when the

@@ -61,8 +61,12 @@ class ProvisioningStep:
 
 @dataclass(frozen=True)
 class ProvisioningReport:
+    """What a run did in `org_url`, step by step; `notes` say what it left out on purpose and why (e.g. no webhook
+    without a receiver URL), which no retry changes."""
+
     org_url: str
     steps: tuple[ProvisioningStep, ...]
+    notes: tuple[str, ...] = ()
 
     @property
     def stopped_at(self) -> ProvisioningStep | None:
@@ -77,10 +81,13 @@ class ProvisioningReport:
         """One line for the administrator's page and the tenant's history."""
         done = ", ".join(f"{s.name} {s.outcome.value}" for s in self.steps if s is not self.stopped_at)
         stop = self.stopped_at
+        notes = "".join(f" {note}" for note in self.notes)
         if stop is None:
-            return f"Provisioned in {self.org_url}: {done}."
-        return f"Provisioning in {self.org_url} stopped at {stop.name} ({stop.outcome.value}): {stop.detail}" + (
-            f" Done before that: {done}." if done else ""
+            return f"Provisioned in {self.org_url}: {done}.{notes}"
+        return (
+            f"Provisioning in {self.org_url} stopped at {stop.name} ({stop.outcome.value}): {stop.detail}"
+            + (f" Done before that: {done}." if done else "")
+            + notes
         )
 
 

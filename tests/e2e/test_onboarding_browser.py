@@ -80,6 +80,7 @@ def test_cancel_shows_the_failure_page(browser, flow):
 
 
 def test_missing_application_user_then_recheck(browser, flow):
+    flow.use(onboarding_provisioning=False)  # the manual path: the administrator creates the application user
     onboard(browser, flow, flow.bare_org)
     pick(browser, flow.admins[flow.bare_tenant])
     browser.get_by_role("button", name="Sign in").click()

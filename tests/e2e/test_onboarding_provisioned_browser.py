@@ -1,6 +1,7 @@
 """One-click onboarding in headless Chromium (ONBOARDING_PROVISIONING): an administrator onboards an environment
 that has nothing of ours — no application user, no role, no webhook — and ends on *Connected* with no manual step;
-a change made in that environment then reaches the webhook receiver with the function key and the org's secret."""
+a change made in that environment then reaches the webhook receiver with the function key and the org's secret.
+A run that Dataverse cut short is finished from the page's "Sign in again to finish setting up" button."""
 
 from __future__ import annotations
 
@@ -52,3 +53,37 @@ def test_an_administrator_onboards_an_empty_environment_to_active_and_its_change
         flow.bare_tenant, flow.bare_org
     )
     assert delivery.json()["PrimaryEntityId"] == account
+
+
+def test_a_set_up_cut_short_is_finished_with_the_pages_sign_in_again_button(
+    browser,  # noqa: F811
+    flow,
+    receiver: Receiver,
+) -> None:
+    flow.use(onboarding_provisioning=True, webhook_receiver_url=receiver.url, webhook_function_key="fk-e2e")
+    st = flow.sandbox.state
+    admin = flow.admins[flow.bare_tenant]
+    st.inject_fault("dataverse", status=503, org=flow.bare_org, endpoint="POST serviceendpoints")
+    onboard(browser, flow, flow.bare_org)
+    pick(browser, admin)
+    browser.get_by_role("button", name="Sign in").click()
+    browser.wait_for_url(f"{flow.host.url}/api/consent/callback**")
+    assert browser.get_by_text("stopped at webhook_endpoint (failed)").is_visible()
+    assert st.rows(flow.bare_org, "serviceendpoints") == []
+    st.clear_faults("dataverse")
+
+    # Chromium posts the button's form with our Origin (the page's referrer policy allows it) and follows the
+    # start route's redirect to the authority (the page's CSP form-action allows it).
+    browser.get_by_role("button", name="Sign in again to finish setting up").click()
+    browser.wait_for_url(f"{flow.sandbox.authority_host}/**")
+    pick(browser, admin)
+    browser.get_by_role("button", name="Sign in").click()
+    browser.wait_for_url(f"{flow.host.url}/api/consent/callback**")
+
+    assert browser.get_by_role("heading", name="Connected").is_visible()
+    assert browser.get_by_text("webhook_endpoint created").is_visible()
+    assert browser.get_by_role("button", name="Sign in again to finish setting up").count() == 0
+    assert flow.registry.get_tenant(flow.bare_tenant).org(flow.bare_org).status is OrgStatus.ACTIVE
+    assert [e["url"] for e in st.rows(flow.bare_org, "serviceendpoints")] == [receiver.url]
+    subscribed = sum(len(messages) for _, messages in flow.settings.webhook_subscriptions)
+    assert len(st.rows(flow.bare_org, "sdkmessageprocessingsteps")) == subscribed

@@ -251,6 +251,34 @@ def test_injected_faults_answer_in_each_services_documented_error_shape(sandbox,
         st.clear_faults()
 
 
+def test_an_injected_dataverse_fault_hits_one_kind_of_request_of_one_org_after_letting_some_through(sandbox, new_org):
+    import requests
+
+    st = sandbox.state
+    org, other = new_org(), new_org()
+    create = {"name": "Fault test"}
+    try:
+        st.inject_fault("dataverse", status=503, org=org.url, endpoint="POST accounts", after=1)
+        first = requests.post(f"{org.api}/accounts", json=create, headers=org.headers(), timeout=10)
+        assert first.status_code == 204  # `after=1`: the first matching request goes through
+        assert requests.get(f"{org.api}/WhoAmI", headers=org.headers(), timeout=10).status_code == 200  # a GET
+        elsewhere = requests.post(f"{other.api}/accounts", json=create, headers=other.headers(), timeout=10)
+        assert elsewhere.status_code == 204  # another org
+        for _ in range(2):  # count=None: armed until cleared
+            hit = requests.post(f"{org.api}/accounts", json=create, headers=org.headers(), timeout=10)
+            assert hit.status_code == 503 and hit.json()["error"]["code"] == "0x80040216"
+        assert len(st.rows(org.url, "accounts")) == 1  # the refused creates changed nothing
+        assert st.clear_faults("dataverse") == 1
+        assert requests.post(f"{org.api}/accounts", json=create, headers=org.headers(), timeout=10).status_code == 204
+        for wrong in ({"tenant": org.app.tenant_id}, {"endpoint": "token"}, {"after": -1}):
+            with pytest.raises(ValueError):
+                st.inject_fault("dataverse", **wrong)
+        with pytest.raises(ValueError):
+            st.inject_fault("entra", org=org.url)
+    finally:
+        st.clear_faults()
+
+
 # -- 1. the token endpoint answers 5xx, or too late --------------------------------------------------------------
 
 

@@ -177,6 +177,7 @@ def test_form_then_administrator_sign_in_then_active(flow):
 
 
 def test_missing_application_user_gets_instructions_then_recheck(flow):
+    flow.use(onboarding_provisioning=False)  # the manual path: the administrator creates the application user
     page = onboard(flow, flow.bare_org, flow.admins[flow.bare_tenant])
     assert page.status_code == 200 and "create the application user" in page.text
     assert flow.client_id in page.text
@@ -281,6 +282,7 @@ def test_a_second_org_without_our_application_user_waits_and_the_working_one_sta
     from shared.bootstrap import get_services
     from tests.unit import webhook_samples as samples
 
+    flow.use(onboarding_provisioning=False)  # the manual path: the administrator creates the application user
     admin = flow.admins[flow.ready_tenant]
     onboard(flow, flow.ready_org, admin)
     page = onboard(flow, flow.second_org, admin)
@@ -323,6 +325,7 @@ def test_a_second_org_without_our_application_user_waits_and_the_working_one_sta
 def test_background_verification_never_replaces_the_customers_ticket(flow):
     from shared.bootstrap import get_services
 
+    flow.use(onboarding_provisioning=False)  # the manual path: the administrator creates the application user
     page = onboard(flow, flow.bare_org, flow.admins[flow.bare_tenant])
     fields = {k: unescape(v) for k, v in re.findall(r'name="(tenant|org|ticket)" value="([^"]+)"', page.text)}
     services = get_services()

@@ -7,9 +7,11 @@ against the sandbox: run twice, interrupted and finished, refused with the privi
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 import uuid
 from collections.abc import Iterator
+from html import unescape
 from typing import Any
 
 import pytest
@@ -23,8 +25,9 @@ from shared.tenants.orgs import OrgStatus
 from shared.tenants.provisioning import OrgProvisioner, StepOutcome
 from shared.tenants.registry import TenantStatus
 from shared.tenants.security_role import required_role
+from tests.unit.test_onboarding_functions import retry_fields
 
-from .test_onboarding_flow import Flow, flow, onboard  # noqa: F401 - `flow` is the fixture
+from .test_onboarding_flow import Flow, back, flow, onboard, sign_in  # noqa: F401 - `flow` is the fixture
 from .test_sandbox_webhooks import Receiver
 
 pytestmark = pytest.mark.integration
@@ -67,6 +70,9 @@ def test_a_bare_org_goes_from_nothing_to_active_with_no_manual_step(flow: Flow) 
 
     assert page.status_code == 200 and "Your environment is connected" in page.text
     assert "Provisioned in" in page.text and "application_user created" in page.text
+    # Without WEBHOOK_RECEIVER_URL the page says that no webhook was registered, and why.
+    assert "No webhook was registered" in page.text and "WEBHOOK_RECEIVER_URL" in page.text
+    assert flow.sandbox.state.rows(flow.bare_org, "serviceendpoints") == []  # type: ignore[attr-defined]
     tenant = flow.registry.get_tenant(flow.bare_tenant)
     assert tenant.status is TenantStatus.ACTIVE and tenant.org(flow.bare_org).status is OrgStatus.ACTIVE
     facts = org_facts(flow, flow.bare_org)
@@ -93,6 +99,7 @@ def test_onboarding_twice_leaves_the_org_as_once(flow: Flow) -> None:  # noqa: F
 
 
 def test_without_the_setting_onboarding_still_waits_for_the_manual_step(flow: Flow) -> None:  # noqa: F811
+    flow.use(onboarding_provisioning=False)
     page = onboard(flow, flow.bare_org, flow.admins[flow.bare_tenant])
     assert page.status_code == 200 and "Create the application user" in page.text
     assert org_facts(flow, flow.bare_org)["app_users"] == []
@@ -256,11 +263,18 @@ def test_the_webhook_is_skipped_without_a_usable_function_key(flow: Flow, receiv
     unresolved = "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/webhook-function-key/)"
     flow.use(onboarding_provisioning=True, webhook_receiver_url=receiver.url, webhook_function_key=unresolved)
     page = onboard(flow, flow.bare_org, flow.admins[flow.bare_tenant])
-    assert page.status_code == 200 and "Your environment is connected" in page.text and "webhook" not in page.text
+    assert page.status_code == 200 and "Your environment is connected" in page.text
+    # The role and application user are made; the page says that no webhook was registered, and why.
+    assert "application_user created" in page.text and "webhook_endpoint" not in page.text
+    assert "No webhook was registered" in page.text and "WEBHOOK_FUNCTION_KEY" in page.text
+    assert "kv.vault.azure.net" not in page.text  # the setting is named, its value never shown
+    assert 'class="retry"' not in page.text  # a new sign-in would not change that: the operator's setting does
     assert flow.sandbox.state.rows(flow.bare_org, "serviceendpoints") == []  # type: ignore[attr-defined]
+    assert flow.registry.webhook_secret_hash(flow.bare_tenant, flow.bare_org) is None
 
 
 def test_the_form_shows_the_role_and_its_privileges_before_sign_in(flow: Flow) -> None:  # noqa: F811
+    flow.use(onboarding_provisioning=False)
     plain = requests.get(f"{flow.host.url}/api/onboard", timeout=30).text
     flow.use(onboarding_provisioning=True)
     shown = requests.get(f"{flow.host.url}/api/onboard", timeout=30).text
@@ -269,3 +283,119 @@ def test_the_form_shows_the_role_and_its_privileges_before_sign_in(flow: Flow) -
     for privilege in required_role(flow.settings).privileges:
         assert f"<code>{privilege.name}</code> ({privilege.depth})" in shown
     assert "sync reads accounts" in shown
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        # the role is made, its privileges are not set, there is no application user yet
+        ("POST $batch", 0, "privileges", OrgStatus.AWAITING_APPLICATION_USER),
+        ("POST systemusers", 0, "application_user", OrgStatus.AWAITING_APPLICATION_USER),
+        # the application user works (the org is active) but no webhook is registered yet
+        ("POST serviceendpoints", 0, "webhook_endpoint", OrgStatus.ACTIVE),
+        # the endpoint and two of its steps are made: cut half-way through the steps
+        ("POST sdkmessageprocessingsteps", 2, "webhook_steps", OrgStatus.ACTIVE),
+    ],
+)
+def test_an_interrupted_set_up_is_finished_by_signing_in_again_from_the_page(
+    flow: Flow,  # noqa: F811
+    receiver: Receiver,
+    case: tuple[str, int, str, OrgStatus],
+) -> None:
+    import azure.functions as func
+
+    from functions.webhooks import dataverse_webhook
+
+    request_line, after, stopped_at, first_status = case
+    st = flow.sandbox.state  # type: ignore[attr-defined]
+    org, admin, contact = flow.bare_org, flow.admins[flow.bare_tenant], "ops@northwind.example"
+    flow.use(onboarding_provisioning=True, webhook_receiver_url=receiver.url, webhook_function_key="fk-0123")
+    # Dataverse answers 503 to that request (after letting `after` of them through) until it recovers. A POST
+    # that creates a row is not retried by the client (it may have been done), so the run stops there.
+    st.inject_fault("dataverse", status=503, org=org, endpoint=request_line, after=after)
+
+    first = onboard(flow, org, admin, contact)
+
+    assert first.status_code == 200 and f"stopped at {stopped_at} (failed)" in first.text
+    assert flow.registry.get_tenant(flow.bare_tenant).org(org).status is first_status
+    fields = retry_fields(first.text)
+    assert fields == {"org_url": org, "contact": contact}
+    st.clear_faults("dataverse")
+
+    # The page's button: its form posted from the page's origin to the start route, then the same administrator's
+    # new sign-in. No token was kept in between; the new one does the rest.
+    started = requests.post(
+        f"{flow.host.url}/api/onboard",
+        data=fields,
+        headers={"Origin": flow.host.url},
+        allow_redirects=False,
+        timeout=30,
+    )
+    assert started.status_code == 302, started.text
+    cookie = re.match(r"s2s_onboarding=([^;]+);", started.headers["Set-Cookie"]).group(1)  # type: ignore[union-attr]
+    second = back(flow, sign_in(started.headers["Location"], admin), cookie)
+
+    assert second.status_code == 200 and "Your environment is connected" in second.text, second.text
+    assert "Provisioned in" in second.text and 'class="retry"' not in second.text
+    tenant = flow.registry.get_tenant(flow.bare_tenant)
+    assert tenant.status is TenantStatus.ACTIVE and tenant.org(org).status is OrgStatus.ACTIVE
+    assert tenant.org(org).contact == contact
+    # Exactly one of everything in the org: role (with exactly its privileges), application user, association,
+    # service endpoint, and one step per subscribed (table, message).
+    facts = org_facts(flow, org)
+    assert len(facts["roles"]) == 1 and facts["privileges"] == expected_privileges(flow)
+    assert len(facts["app_users"]) == 1 and facts["enabled"]
+    assert facts["user_roles"] == (flow.settings.security_role_name,)
+    endpoints = st.rows(org, "serviceendpoints")
+    assert [(e["url"], e["authtype"], e["contract"]) for e in endpoints] == [(receiver.url, 5, 8)]
+    steps = st.rows(org, "sdkmessageprocessingsteps")
+    wanted = sorted(
+        f"S2S webhook {flow.client_id}: {message} of {table}"
+        for table, messages in flow.settings.webhook_subscriptions
+        for message in messages
+    )
+    assert sorted(str(step["name"]) for step in steps) == wanted
+    assert {step["_eventhandler_value"] for step in steps} == {endpoints[0]["serviceendpointid"]}
+    # The endpoint sends the secret whose hash the registry holds: a change reaches the receiver once, accepted.
+    (account,) = st.seed_rows(org, "accounts", 1)
+    delegated(flow, org, admin).update("accounts", account, {"name": "Changed after the retry"})
+    st.wait_for_webhooks()
+    (delivery,) = receiver.received
+    secret = delivery.headers[flow.settings.webhook_secret_header]
+    assert hashlib.sha256(secret.encode()).hexdigest() == flow.registry.webhook_secret_hash(flow.bare_tenant, org)
+    hook = dataverse_webhook(
+        func.HttpRequest("POST", "/api/webhooks/dataverse", body=delivery.body, headers=delivery.headers)
+    )
+    assert hook.status_code == 202, hook.get_body()
+
+
+def test_a_recheck_of_an_org_still_waiting_offers_the_sign_in_that_sets_it_up(flow: Flow) -> None:  # noqa: F811
+    """The org was onboarded while provisioning was off (the manual path); the app now provisions. The awaiting
+    page's re-check cannot set it up (no administrator token is kept) and offers the sign-in that does."""
+    org, admin = flow.bare_org, flow.admins[flow.bare_tenant]
+    flow.use(onboarding_provisioning=False)
+    waiting = onboard(flow, org, admin)
+    assert 'class="retry"' not in waiting.text
+    recheck = {k: unescape(v) for k, v in re.findall(r'name="(tenant|org|ticket)" value="([^"]+)"', waiting.text)}
+
+    flow.use(onboarding_provisioning=True)
+    again = requests.post(f"{flow.host.url}/api/onboard/recheck", data=recheck, timeout=30)
+
+    assert again.status_code == 200 and "Almost there" in again.text
+    assert org_facts(flow, org)["app_users"] == []  # a re-check changes nothing in the org
+    fields = retry_fields(again.text)
+    assert fields == {"org_url": org, "contact": ""}
+    started = requests.post(
+        f"{flow.host.url}/api/onboard",
+        data=fields,
+        headers={"Origin": flow.host.url},
+        allow_redirects=False,
+        timeout=30,
+    )
+    assert started.status_code == 302
+    cookie = re.match(r"s2s_onboarding=([^;]+);", started.headers["Set-Cookie"]).group(1)  # type: ignore[union-attr]
+    done = back(flow, sign_in(started.headers["Location"], admin), cookie)
+    assert "Your environment is connected" in done.text
+    assert flow.registry.get_tenant(flow.bare_tenant).org(org).status is OrgStatus.ACTIVE
+    facts = org_facts(flow, org)
+    assert len(facts["app_users"]) == 1 and facts["user_roles"] == (flow.settings.security_role_name,)

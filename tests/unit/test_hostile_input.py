@@ -154,6 +154,7 @@ def make_settings(mode: AppMode) -> Settings:
         app_display_name="Contoso <Sync> & 'Co'",
         onboarding_redirect_uri="https://app.example/api/consent/callback",
         webhook_max_body_bytes=64 * 1024,
+        onboarding_provisioning=False,  # the manual path: the fake orgs answer only the role check
     )
 
 

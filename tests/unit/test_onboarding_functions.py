@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import re
 from dataclasses import dataclass, field
@@ -335,3 +336,104 @@ def test_admin_verify_is_admin_level_and_validates_the_id(fake):
         func.HttpRequest("POST", "/api/tenants/x/verify", body=b"", route_params={"tenant_id": "x"})
     )
     assert resp.status_code == 400 and json.loads(resp.get_body())["error"]["code"] == "invalid_tenant"
+
+
+# -- "Sign in again to finish setting up" (ONBOARDING_PROVISIONING) -------------------------------------------
+
+ORG = "https://fab-test.crm4.dynamics.com"
+CONTACT = "ops+<fab>@fabrikam.example"
+
+
+def _report(*steps):
+    from shared.tenants.provisioning import ProvisioningReport, ProvisioningStep, StepOutcome
+
+    return ProvisioningReport(ORG, tuple(ProvisioningStep(n, StepOutcome(o), d) for n, o, d in steps))
+
+
+def _about(status, org_status, *, report=None, ticket=None, contact=CONTACT):
+    verification = OrgVerification("t", org_status.value, "0x80072560", "no application user")
+    orgs = (OrgRecord(ORG, org_status, "t", verification, ticket_expires=2_000_000_000, contact=contact),)
+    result = VerificationResult(TENANT, status, (ORG,), orgs=orgs).about(ORG, ticket)
+    return dataclasses.replace(result, provisioning=report)
+
+
+def retry_fields(body: str) -> dict[str, str]:
+    """The hidden fields of the page's retry form (the one that posts to the start route), unescaped."""
+    match = re.search(r'<form method="post" action="/api/onboard" class="retry">(.*?)</form>', body, re.S)
+    assert match, "the page has no retry form"
+    assert "Sign in again to finish setting up" in match.group(1)
+    return {
+        k: html.unescape(v) for k, v in re.findall(r'type="hidden" name="([a-z_]+)" value="([^"]*)"', match.group(1))
+    }
+
+
+def test_a_stopped_set_up_offers_to_sign_in_again_for_the_same_org_through_the_form_checks(fake):
+    fake.complete_result = _about(
+        TenantStatus.AWAITING_APPLICATION_USER,
+        OrgStatus.AWAITING_APPLICATION_USER,
+        report=_report(("role", "created", ""), ("application_user", "failed", "Dataverse answered 0x80040216: x")),
+        ticket="ticket-3",
+    )
+    resp = fn.consent_callback(request("GET", "consent/callback", params={"code": "c", "state": "s"}))
+    body = text(resp)
+    assert resp.status_code == 200 and "stopped at application_user (failed)" in body
+    # Only the org and its contact travel in the retry form: no ticket, no token, no state.
+    assert retry_fields(body) == {"org_url": ORG, "contact": CONTACT}
+    # The fallbacks stay: the manual steps and the re-check with the ticket.
+    assert "Or create the application user by hand" in body and "/api/data/v9.2/systemusers" in body
+    assert 'action="/api/onboard/recheck"' in body and "ticket-3" in body
+    # The browser must send our Origin with the post (not "null", as under no-referrer), and the CSP must let the
+    # start route's answer redirect to the authority, as on the form page.
+    assert resp.headers["Referrer-Policy"] == "strict-origin"
+    assert "form-action 'self' https://login.microsoftonline.com;" in resp.headers["Content-Security-Policy"]
+
+    fields = retry_fields(body)
+    posted = "&".join(f"{k}={v}" for k, v in fields.items()).replace("+", "%2B").encode()
+    started = post_form(posted)  # from our own page: Origin is ours
+    assert started.status_code == 302 and started.headers["Location"] == AUTHORITY_REDIRECT
+    assert fake.calls[-1] == ("start", ORG, CONTACT)
+    calls = len(fake.calls)
+    for headers in ({"origin": "https://evil.example"}, {"origin": "null"}):
+        refused = fn.onboard_start(request("POST", "onboard", body=posted, headers=headers))
+        assert refused.status_code == 403 and 'data-error-code="cross_site_request"' in text(refused)
+    assert len(fake.calls) == calls  # the cross-site copies never reached the service
+
+
+def test_a_connected_org_whose_set_up_did_not_finish_offers_the_retry_and_a_finished_one_does_not(fake):
+    fake.complete_result = _about(
+        TenantStatus.ACTIVE,
+        OrgStatus.ACTIVE,
+        report=_report(
+            ("role_assignment", "created", ""), ("webhook_endpoint", "failed", "Dataverse answered 503: busy")
+        ),
+    )
+    resp = fn.consent_callback(request("GET", "consent/callback", params={"code": "c", "state": "s"}))
+    body = text(resp)
+    assert "Your environment is connected" in body and "stopped at webhook_endpoint (failed)" in body
+    assert retry_fields(body) == {"org_url": ORG, "contact": CONTACT}
+
+    fake.complete_result = _about(
+        TenantStatus.ACTIVE, OrgStatus.ACTIVE, report=_report(("webhook_steps", "updated", ""))
+    )
+    done = fn.consent_callback(request("GET", "consent/callback", params={"code": "c", "state": "s"}))
+    assert "Provisioned in" in text(done) and 'action="/api/onboard"' not in text(done)
+    assert done.headers["Referrer-Policy"] == "no-referrer"
+    assert "login.microsoftonline.com" not in done.headers["Content-Security-Policy"]
+
+
+def test_a_recheck_that_finds_the_org_still_waiting_offers_the_sign_in_only_when_onboarding_provisions(fake):
+    fake.complete_result = _about(
+        TenantStatus.AWAITING_APPLICATION_USER, OrgStatus.AWAITING_APPLICATION_USER, ticket="good", contact=""
+    )
+    body = f"tenant={TENANT}&ticket=good&org={ORG}".encode()
+    waiting = text(fn.recheck(request("POST", "onboard/recheck", body=body)))
+    assert retry_fields(waiting) == {"org_url": ORG, "contact": ""}
+    assert "can create its security role, application user and webhook" in waiting
+    assert "Or create the application user by hand" in waiting
+
+    services = FakeServices(fake)
+    services.settings = dataclasses.replace(services.settings, onboarding_provisioning=False)
+    use_services(services)
+    manual = text(fn.recheck(request("POST", "onboard/recheck", body=body)))
+    assert 'action="/api/onboard"' not in manual and "Sign in again" not in manual
+    assert "Create the application user" in manual and 'action="/api/onboard/recheck"' in manual

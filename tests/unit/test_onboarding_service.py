@@ -65,6 +65,9 @@ class World:
             key_vault_certificate_name="c",
             onboarding_redirect_uri="https://app.example/api/consent/callback",
             app_mode=mode,
+            # The manual path (the fallback): the org waits for an application user its administrator creates.
+            # Provisioning is proved against the sandbox (tests/integration/test_onboarding_provisioning.py).
+            onboarding_provisioning=False,
         )
         self.tenants, self.history, self.state_rows = FakeTable(), FakeTable(), FakeTable()
         self.registry = TenantRegistry(self.tenants, self.history)

@@ -40,6 +40,18 @@ _STATES: weakref.WeakKeyDictionary[OrgStore, OrgProvisioning] = weakref.WeakKeyD
 _STATES_LOCK = threading.Lock()
 
 
+def existing_state(store: OrgStore) -> OrgProvisioning | None:
+    """The org's provisioning state if anything used it yet (seeds nothing): for the development snapshot."""
+    with _STATES_LOCK:
+        return _STATES.get(store)
+
+
+def restore_state(store: OrgStore, state: OrgProvisioning) -> None:
+    """Put back a saved provisioning state (its reference rows came back with the org's rows)."""
+    with _STATES_LOCK:
+        _STATES[store] = state
+
+
 def org_state(store: OrgStore) -> OrgProvisioning:
     """The org's provisioning state, its reference rows seeded on first use."""
     with _STATES_LOCK:
