@@ -1,5 +1,6 @@
 """`make demo`, one-click onboarding: with ONBOARDING_PROVISIONING the administrator's sign-in creates our security
-role, application user and webhook in an environment that has none of them, and a change there reaches the app."""
+role, application user and webhook in an environment that has none of them, and a change there reaches the app;
+then the app rotates that org's webhook secret onto the endpoint, and offboarding removes the webhook."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def one_click_part(
     role = required_role(one_click)
     step(f"One-click onboarding: the form shows the role it will create, '{role.name}'")
     for privilege in role.privileges:
-        print(f"   {privilege.name:<30} {privilege.depth:<7} {'; '.join(privilege.reasons)}")
+        print(f"   {privilege.name:<34} {privilege.depth:<7} {'; '.join(privilege.reasons)}")
     org = "https://fourthcoffee.crm4.dynamics.com"
     tenant = st.add_tenant(display_name="Fourth Coffee")
     st.add_org(tenant, org, name="Fourth Coffee")
@@ -55,4 +56,44 @@ def one_click_part(
     st.wait_for_webhooks()
     statuses = [d.status for d in st.webhook_deliveries(org)]
     print(f"   Dataverse -> Create account answered {statuses} (function key and the org's secret in headers)")
-    return title == "Connected" and statuses == [202] and len(endpoints) == 1
+    upkept = _upkeep_part(
+        sb, one_click, services, tenant=tenant, org=org, step=step, change=lambda row: as_admin.create("accounts", row)
+    )
+    return title == "Connected" and statuses == [202] and len(endpoints) == 1 and upkept
+
+
+def _upkeep_part(
+    sb: Sandbox,
+    settings: Settings,
+    services: Any,
+    *,
+    tenant: str,
+    org: str,
+    step: Callable[[str], None],
+    change: Callable[[dict[str, str]], object],
+) -> bool:
+    """The app looks after that webhook with its own token: a secret rotation, then offboarding."""
+    from shared.tenants.webhook_upkeep import WebhookUpkeep
+
+    st = sb.state
+    upkeep = WebhookUpkeep(settings, services.registry, services.dataverse)
+    step("Fourth Coffee: the operator rotates the org's webhook secret; the app puts it on the endpoint itself")
+    rotation = upkeep.rotate(tenant, org, actor="demo operator")
+    print(f"   endpoint: {rotation.endpoint.value}; secret shown to anyone: {rotation.secret is not None}")
+    change({"name": "Fourth Coffee (after the rotation)"})
+    st.wait_for_webhooks()
+    after_rotation = st.webhook_deliveries(org)[-1].status
+    print(f"   the next change is delivered with the new secret -> {after_rotation}")
+    step("Fourth Coffee offboarded: the app removes its webhook and names what stays in the org")
+    result = services.onboarding.offboard(tenant, actor="demo operator", reason="contract ended")
+    (report,) = upkeep.left_in_orgs(result.removals)
+    print(f"   webhook: {report['webhook']}, {report['steps_removed']} steps removed; left for their administrator:")
+    for item in report["left"]:
+        print(f"     - {item[:100]}")
+    before = len(st.webhook_deliveries(org))
+    change({"name": "Fourth Coffee (after offboarding)"})
+    st.wait_for_webhooks()
+    sent = len(st.webhook_deliveries(org)) - before
+    left_endpoints = len(st.rows(org, "serviceendpoints"))
+    print(f"   a change after offboarding: {sent} deliveries; service endpoints left in the org: {left_endpoints}")
+    return rotation.secret is None and after_rotation == 202 and report["webhook"] == "done" and sent == 0
