@@ -184,6 +184,10 @@ param webhookMaxDequeueCount int = 5
 @maxValue(604800)
 param webhookSecretOverlapSeconds int = 3600
 
+@description('Optional. The function key webhooks send in x-functions-key (azd env WEBHOOK_FUNCTION_KEY, from the deployed app): stored as the vault secret webhook-function-key, which the app setting WEBHOOK_FUNCTION_KEY references. Empty: the secret is not written.')
+@secure()
+param webhookFunctionKey string = ''
+
 @description('Optional. WEBHOOK_FILTERING_ATTRIBUTES: columns whose change fires a table\'s Update step, table:column,column;table:column; empty: every change.')
 param webhookFilteringAttributes string = ''
 
@@ -436,8 +440,10 @@ module keyVault 'modules/key-vault.bicep' = {
     location: location
     tags: tags
     softDeleteRetentionInDays: keyVaultSoftDeleteRetentionInDays
-    // Least privilege: in the secretless mode the app never reads the vault.
-    secretsUserPrincipalId: useFederation ? '' : identity.outputs.principalId
+    // The app reads the vault in both modes: the certificate (key_vault), and the webhook function key
+    // (WEBHOOK_FUNCTION_KEY is a Key Vault reference, resolved with this identity).
+    secretsUserPrincipalId: identity.outputs.principalId
+    webhookFunctionKey: webhookFunctionKey
     certificatesOfficerPrincipalId: deployerPrincipalId
     workspaceResourceId: monitoring.outputs.workspaceResourceId
   }

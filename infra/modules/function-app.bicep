@@ -356,8 +356,8 @@ var appSettings = {
   USER_API_ENABLED: userApiEnabled ? 'true' : 'false'
   ONBOARDING_PROVISIONING: onboardingProvisioning ? 'true' : 'false'
   WEBHOOK_RECEIVER_URL: 'https://${functionApp.properties.defaultHostName}/api/webhooks/dataverse'
-  // A Key Vault reference (app-service-key-vault-references: @Microsoft.KeyVault(SecretUri=…)): the operator stores
-  // the function key of webhooks/dataverse as the vault's secret webhook-function-key (README, onboarding).
+  // A Key Vault reference (app-service-key-vault-references: @Microsoft.KeyVault(SecretUri=…)) to the secret the
+  // key-vault module writes from the azd environment's WEBHOOK_FUNCTION_KEY (infra/README.md, Deploy step 7).
   WEBHOOK_FUNCTION_KEY: '@Microsoft.KeyVault(SecretUri=${keyVaultUrl}secrets/webhook-function-key/)'
   WEBHOOK_SECRET_REQUIRED: webhookSecretRequired ? 'true' : 'false'
   WEBHOOK_MAX_DEQUEUE_COUNT: string(webhookMaxDequeueCount)

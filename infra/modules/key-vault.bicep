@@ -24,6 +24,10 @@ param secretsUserPrincipalId string = ''
 @description('Optional. Principal (object) id of the operator who creates or imports the certificate, granted Key Vault Certificates Officer on the vault. Empty: no assignment.')
 param certificatesOfficerPrincipalId string = ''
 
+@description('Optional. The webhooks\' function key, stored as the secret webhook-function-key. Empty: not written.')
+@secure()
+param webhookFunctionKey string = ''
+
 @description('Optional. Log Analytics workspace receiving the vault audit log. Empty: no diagnostic setting.')
 param workspaceResourceId string = ''
 
@@ -79,6 +83,22 @@ resource certificatesOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.keyVaultCertificatesOfficer)
     principalId: certificatesOfficerPrincipalId
+  }
+}
+
+// The function key every customer org's webhook service endpoint sends in x-functions-key; the app reads it through
+// the Key Vault reference of its setting WEBHOOK_FUNCTION_KEY (app-service-key-vault-references) to register those
+// endpoints. Written through Resource Manager (Microsoft.KeyVault/vaults/secrets, "Manage secrets by using
+// Bicep"), a management-plane write the deployer's Contributor or Owner role allows, so nobody needs a data-plane
+// role that would also read the certificate's private key.
+resource webhookKey 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(webhookFunctionKey)) {
+  // checkov:skip=CKV_AZURE_41: a function key has no expiry; it is rotated by the runbook (infra/README.md, Deploy step 7)
+  // checkov:skip=CKV_AZURE_114: contentType is set below; checkov reads no properties of a conditional resource (the same resource without `if` passes)
+  parent: vault
+  name: 'webhook-function-key'
+  properties: {
+    value: webhookFunctionKey
+    contentType: 'text/plain'
   }
 }
 

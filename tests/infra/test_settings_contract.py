@@ -278,3 +278,28 @@ def test_trigger_connections_are_identity_based() -> None:
     for connection in connections:
         for suffix in ("credential", "clientId", "queueServiceUri", "blobServiceUri"):
             assert f"{connection}__{suffix}" in bicep_settings(), f"{connection}__{suffix} is not set"
+
+
+def test_the_webhook_function_key_reaches_the_app_through_the_vault_secret_the_deployment_writes() -> None:
+    """WEBHOOK_FUNCTION_KEY is a Key Vault reference to `webhook-function-key`; the key-vault module writes that
+    secret from a @secure() parameter the azd environment fills; the app identity reads the vault in every mode
+    (the secretless mode too: the reference resolves with it)."""
+    import json
+
+    from tests.infra.bicep_source import MODULES, params
+
+    app = FUNCTION_APP.read_text()
+    reference = re.search(
+        r"WEBHOOK_FUNCTION_KEY: '@Microsoft.KeyVault\(SecretUri=\$\{keyVaultUrl\}secrets/([\w-]+)/\)'", app
+    )
+    assert reference is not None
+    vault = (MODULES / "key-vault.bicep").read_text()
+    written = re.search(r"name: '([\w-]+)'\n  properties: \{\n    value: webhookFunctionKey", vault)
+    assert written is not None and written.group(1) == reference.group(1)
+    for path in (MAIN, MODULES / "key-vault.bicep"):
+        assert "secure" in params(path)["webhookFunctionKey"].decorators, path
+    main = MAIN.read_text()
+    assert "secretsUserPrincipalId: identity.outputs.principalId\n" in main  # not only in key_vault mode
+    assert "webhookFunctionKey: webhookFunctionKey" in main
+    mapping = json.loads((ROOT / "infra" / "main.parameters.json").read_text())["parameters"]["webhookFunctionKey"]
+    assert mapping == {"value": "${WEBHOOK_FUNCTION_KEY=}"}
