@@ -59,7 +59,8 @@ def delegated(world: Flow, org: str, user: Any) -> Any:
 
 
 def expected_privileges(world: Flow) -> dict[str, str]:
-    return {p.name: p.depth for p in required_role(world.settings).privileges}
+    """The role the settings in use call for (with WEBHOOK_RECEIVER_URL it holds the endpoint-upkeep privileges)."""
+    return {p.name: p.depth for p in required_role(get_services().settings).privileges}
 
 
 def test_a_bare_org_goes_from_nothing_to_active_with_no_manual_step(flow: Flow) -> None:  # noqa: F811
