@@ -116,3 +116,35 @@ def test_every_endpoint_of_ours_is_rotated_and_removed_when_an_org_has_two(
     (left,) = offboarded["left_in_customer_environments"]
     assert st.rows(flow.bare_org, "serviceendpoints") == [] or left["error_code"] == "webhook_left_in_org"
     assert st.rows(flow.bare_org, "sdkmessageprocessingsteps") == [] or left["error_code"] == "webhook_left_in_org"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not fixed (review of issue 17): a second rotation drops the secret the endpoint still sends; the registry "
+    "keeps one previous secret only",
+)
+def test_a_retried_rotation_that_again_cannot_reach_the_endpoint_keeps_the_endpoints_secret_working(
+    flow: Flow,  # noqa: F811
+    receiver: Receiver,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A rotation refused by the org (a role made before the upkeep privileges) is naturally run again; if that one
+    is refused too, the endpoint still sends the secret from before both, which must still work until the overlap
+    the answers name ends (Dataverse does not retry a 401: a refused delivery is an event lost)."""
+    from sandbox.dataverse.provisioning.access import org_state
+    from sandbox.dataverse.security import role_id
+
+    provisioned(flow, receiver)
+    st = flow.sandbox.state  # type: ignore[attr-defined]
+    store = st.find_org_store(flow.bare_org.removeprefix("https://"))
+    privileges = org_state(store).role_privileges[role_id(store.org.org_id, flow.settings.security_role_name)]
+    privileges.pop("prvWriteServiceEndpoint")
+
+    _, first = cli(capsys, "tenants", "webhook-secret", flow.bare_tenant, "--org", flow.bare_org)
+    _, second = cli(capsys, "tenants", "webhook-secret", flow.bare_tenant, "--org", flow.bare_org)
+
+    assert first["endpoint"] == second["endpoint"] == "refused"
+    assert second["previous_secret_valid_until"] is not None  # the answer says the old secret still works
+    flow.use(onboarding_provisioning=True, webhook_receiver_url=receiver.url, webhook_function_key="fk-0123")
+    delivery = change_something(flow, receiver, "the endpoint still sends the secret from before both rotations")
+    assert delivery is not None and post(delivery) == 202
