@@ -86,6 +86,12 @@ class OrgNotFoundError(S2SError):
     code = "org_not_found"
 
 
+class OrgDisconnectedError(OrgNotFoundError):
+    """The org was disconnected (offboarded): it gets no webhook secret until an administrator connects it again."""
+
+    code = "org_disconnected"
+
+
 class RegistryConflictError(S2SError):
     """Too many concurrent writers on one tenant; nothing was written by this call."""
 
@@ -450,11 +456,18 @@ class TenantRegistry:
         """A new secret for one org's webhooks (its service endpoint sends it with the HttpHeader auth type); only
         its hash is kept. With ``overlap_seconds`` the secret it replaces is still accepted that long (a rotation
         whose endpoint update follows, deliveries already on their way); without, it stops working at once.
-        Raises TenantNotFoundError, OrgNotFoundError."""
+        Raises TenantNotFoundError, OrgNotFoundError, OrgDisconnectedError (decided on the row being written: a
+        rotation that read the org before offboarding disconnected it gives it no secret that a later
+        re-onboarding would inherit)."""
         secret = secrets.token_urlsafe(32)
         until = int(self._clock()) + overlap_seconds
 
         def change(org: OrgRecord) -> dict[str, Any]:
+            if org.status is OrgStatus.DISCONNECTED:
+                raise OrgDisconnectedError(
+                    f"{org_url[:300]} is disconnected (its tenant was offboarded): it gets a webhook secret again "
+                    "only when a System Administrator of it onboards it again."
+                )
             keep = overlap_seconds > 0 and bool(org.webhook_secret_hash)
             return {
                 "webhook_secret_hash": _hash(secret),

@@ -96,15 +96,17 @@ def auth_value(function_key: str, secret_header: str, secret: str) -> str:
     return _settings_xml({KEY_HEADER: function_key, secret_header: secret})
 
 
-def find_endpoint(client: DataverseClient, name: str) -> str | None:
-    """The id of the webhook service endpoint called `name`, or None. Raises DataverseError."""
-    for row in client.iter_rows(
-        "serviceendpoints",
-        select=["serviceendpointid"],
-        filter=f"name eq {_literal(name)} and contract eq {WEBHOOK_CONTRACT}",
-    ):
-        return str(row["serviceendpointid"])
-    return None
+def find_endpoints(client: DataverseClient, name: str) -> list[str]:
+    """The ids of every webhook service endpoint called `name`: normally one, but two onboardings of one org at once
+    each find none and create one, and upkeep must reach both. Raises DataverseError."""
+    return [
+        str(row["serviceendpointid"])
+        for row in client.iter_rows(
+            "serviceendpoints",
+            select=["serviceendpointid"],
+            filter=f"name eq {_literal(name)} and contract eq {WEBHOOK_CONTRACT}",
+        )
+    ]
 
 
 class WebhookRegistrar:

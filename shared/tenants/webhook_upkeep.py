@@ -21,6 +21,8 @@ and the endpoint (a service endpoint with steps cannot be deleted; register-web-
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,9 +33,13 @@ from shared.errors import S2SError
 from shared.settings import Settings
 from shared.telemetry import dims
 from shared.tenants.registry import TenantRegistry
-from shared.tenants.webhook_endpoint import HTTP_HEADER, auth_value, endpoint_name, find_endpoint, usable_key
+from shared.tenants.webhook_endpoint import HTTP_HEADER, auth_value, endpoint_name, find_endpoints, usable_key
 
 logger = logging.getLogger(__name__)
+
+# A rotation whose secret another rotation (or onboarding) replaced while it was writing the endpoint issues a new one
+# and writes again, at most this many times in all.
+_ROTATION_ATTEMPTS = 3
 
 
 class UpkeepOutcome(enum.StrEnum):
@@ -55,6 +61,7 @@ class SecretRotation:
     detail: str
     previous_valid_until: int | None
     secret: str | None = field(default=None, repr=False)
+    current_hash: str | None = field(default=None, repr=False, compare=False)  # what the endpoint was given
 
     def to_dict(self, header: str) -> dict[str, Any]:
         answer: dict[str, Any] = {
@@ -102,7 +109,37 @@ class WebhookUpkeep:
 
     def rotate(self, tenant_id: str, org_url: str, *, actor: str = "operator CLI") -> SecretRotation:
         """A new secret for the org, on its endpoint when the app can put it there. Raises TenantNotFoundError,
-        OrgNotFoundError (nothing changed then)."""
+        OrgNotFoundError, OrgDisconnectedError (nothing changed then).
+
+        Two writers of one org's secret at once (two operators, `--all` beside `--org`, onboarding's own issue) can
+        each write the registry and then the endpoint in the other order, leaving the endpoint with the secret the
+        registry keeps only as the previous one: it would stop working when the overlap ends. So after writing the
+        endpoint the rotation checks that its secret is still the registry's current one, and otherwise rotates
+        again (bounded), or says it did not finish."""
+        for _ in range(_ROTATION_ATTEMPTS):
+            rotation = self._rotate_once(tenant_id, org_url, actor)
+            if rotation.endpoint is not UpkeepOutcome.DONE or self._still_current(tenant_id, org_url, rotation):
+                return rotation
+        logger.warning(
+            "Webhook secret of %s: other rotations kept replacing this one",
+            org_url,
+            extra=dims("webhooks.secret_rotated", tenant_id=tenant_id, org=org_url, outcome="superseded"),
+        )
+        return SecretRotation(
+            tenant_id,
+            org_url,
+            UpkeepOutcome.FAILED,
+            "Other rotations of this org's secret ran at the same time and kept replacing this one; the endpoint may "
+            "send a secret that stops working when the overlap ends. Run this command again once they are done.",
+            rotation.previous_valid_until,
+        )
+
+    def _still_current(self, tenant_id: str, org_url: str, rotation: SecretRotation) -> bool:
+        assert rotation.current_hash is not None
+        current = self._registry.webhook_secret_hash(tenant_id, org_url) or ""
+        return hmac.compare_digest(current, rotation.current_hash)
+
+    def _rotate_once(self, tenant_id: str, org_url: str, actor: str) -> SecretRotation:
         settings = self._settings
         overlap = settings.webhook_secret_overlap_seconds
         secret = self._registry.set_webhook_secret(tenant_id, org_url, overlap_seconds=overlap, actor=actor)
@@ -127,8 +164,8 @@ class WebhookUpkeep:
             )
         try:
             client = self._clients.for_org(tenant_id, org_url)
-            endpoint = find_endpoint(client, self._name)
-            if endpoint is None:
+            endpoints = find_endpoints(client, self._name)
+            if not endpoints:
                 return by_hand(
                     UpkeepOutcome.NOT_FOUND,
                     f"{org_url} has no service endpoint named '{self._name}' (registered by hand, or removed).",
@@ -137,7 +174,8 @@ class WebhookUpkeep:
             changes: dict[str, object] = {"authtype": HTTP_HEADER, "authvalue": value}
             if settings.webhook_receiver_url:  # re-pointed too: after a move of the app, one command per org
                 changes["url"] = settings.webhook_receiver_url
-            client.update("serviceendpoints", endpoint, changes)
+            for endpoint in endpoints:  # every one of ours (two onboardings at once each create one)
+                client.update("serviceendpoints", endpoint, changes)
         except (DataverseError, S2SError) as exc:
             return by_hand(*_failure(exc))
         logger.info(
@@ -146,19 +184,29 @@ class WebhookUpkeep:
             extra=dims("webhooks.secret_rotated", tenant_id=tenant_id, org=org_url, outcome="done"),
         )
         return SecretRotation(
-            tenant_id, org_url, UpkeepOutcome.DONE, f"The endpoint '{self._name}' now sends the new secret.", until
+            tenant_id,
+            org_url,
+            UpkeepOutcome.DONE,
+            f"The endpoint '{self._name}' now sends the new secret.",
+            until,
+            current_hash=hashlib.sha256(secret.encode("utf-8")).hexdigest(),
         )
 
     def rotate_all(self, registry_page_size: int = 500) -> list[SecretRotation]:
         """Rotate every active org of every active tenant: after the function key was rotated (the endpoint's auth
         value holds it beside the secret, and only the secret's hash is kept, so both are written anew) or the
         receiver moved (WEBHOOK_RECEIVER_URL). One org's failure does not stop the others."""
-        from shared.tenants.registry import TenantStatus
+        from shared.tenants.registry import OrgNotFoundError, TenantNotFoundError, TenantStatus
 
         rotations = []
         for tenant in self._registry.iter_tenants(status=TenantStatus.ACTIVE, page_size=registry_page_size):
             for org_url in tenant.active_org_urls:
-                rotations.append(self.rotate(tenant.tenant_id, org_url))
+                try:
+                    rotations.append(self.rotate(tenant.tenant_id, org_url))
+                except (TenantNotFoundError, OrgNotFoundError) as exc:  # offboarded or removed since it was listed
+                    rotations.append(
+                        SecretRotation(tenant.tenant_id, org_url, UpkeepOutcome.NO_ACCESS, exc.message[:400], None)
+                    )
         return rotations
 
     def remove(self, tenant_id: str, org_urls: tuple[str, ...], active: frozenset[str]) -> tuple[EndpointRemoval, ...]:
@@ -176,21 +224,22 @@ class WebhookUpkeep:
         removed = 0
         try:
             client = self._clients.for_org(tenant_id, org_url)
-            endpoint = find_endpoint(client, self._name)
-            if endpoint is None:
+            endpoints = find_endpoints(client, self._name)
+            if not endpoints:
                 return EndpointRemoval(org_url, UpkeepOutcome.NOT_FOUND)
-            steps = [
-                str(row["sdkmessageprocessingstepid"])
-                for row in client.iter_rows(
-                    "sdkmessageprocessingsteps",
-                    select=["sdkmessageprocessingstepid"],
-                    filter=f"_eventhandler_value eq {endpoint}",
-                )
-            ]
-            for step in steps:
-                client.delete("sdkmessageprocessingsteps", step)
-                removed += 1
-            client.delete("serviceendpoints", endpoint)
+            for endpoint in endpoints:  # every one of ours (two onboardings at once each create one)
+                steps = [
+                    str(row["sdkmessageprocessingstepid"])
+                    for row in client.iter_rows(
+                        "sdkmessageprocessingsteps",
+                        select=["sdkmessageprocessingstepid"],
+                        filter=f"_eventhandler_value eq {endpoint}",
+                    )
+                ]
+                for step in steps:
+                    client.delete("sdkmessageprocessingsteps", step)
+                    removed += 1
+                client.delete("serviceendpoints", endpoint)
         except (DataverseError, S2SError) as exc:
             outcome, detail = _failure(exc)
             return EndpointRemoval(org_url, outcome, removed, detail)

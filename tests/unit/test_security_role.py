@@ -147,6 +147,11 @@ class OneTenant:
     def get_tenant(self, tenant_id: str) -> Tenant:
         return Tenant(tenant_id, TenantStatus.ACTIVE, (ORG,), "t", "t")
 
+    def webhook_secret_hash(self, tenant_id: str, org_url: str) -> str:
+        import hashlib
+
+        return hashlib.sha256(b"new-secret").hexdigest()  # rotation checks its secret is still the current one
+
 
 class OneOrg:
     def __init__(self, client: Any) -> None:
