@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 SCHEMA_VERSION = 2
+MAX_PREVIOUS_SECRETS = 4  # rotations of one org inside one overlap whose replaced secrets all keep working
 
 
 class OrgStatus(enum.StrEnum):
@@ -56,10 +57,10 @@ class OrgRecord:
     ticket_hash: str = field(default="", repr=False)
     ticket_expires: int = 0
     webhook_secret_hash: str = field(default="", repr=False)  # SHA-256 of the org's own webhook secret
-    # After a rotation the secret it replaced is still accepted until `previous_secret_until` (epoch seconds): the
-    # org's service endpoint is updated after the registry, and deliveries already sent carry the old one.
-    previous_secret_hash: str = field(default="", repr=False)
-    previous_secret_until: int = 0
+    # After a rotation the secrets it replaced are still accepted, each until its own deadline (epoch seconds): the
+    # org's service endpoint is updated after the registry, deliveries already sent carry the old one, and a rotation
+    # that could not reach the endpoint may be run again before anyone put a new secret there. Newest first.
+    previous_secrets: tuple[tuple[str, int], ...] = field(default=(), repr=False)
     contact: str = ""  # what the administrator who connected this org typed (one printable line)
     connected_by: str = ""  # the UPN of the System Administrator who connected it
 
@@ -72,18 +73,36 @@ class OrgRecord:
             "last_verification": None if self.last_verification is None else vars(self.last_verification),
             "recheck_ticket_expires": self.ticket_expires or None,
             "webhook_secret": bool(self.webhook_secret_hash),
-            "previous_webhook_secret_until": self.previous_secret_until or None,
+            "previous_webhook_secrets_until": sorted(until for _, until in self.previous_secrets) or None,
             "contact": self.contact or None,
             "connected_by": self.connected_by or None,
         }
 
+    @property
+    def previous_secret_hash(self) -> str:
+        """The secret the current one replaced (its hash), or ""."""
+        return self.previous_secrets[0][0] if self.previous_secrets else ""
+
+    @property
+    def previous_secret_until(self) -> int:
+        """When the first of the replaced secrets stops being accepted (0: none is): what an operator must beat."""
+        return min((until for _, until in self.previous_secrets), default=0)
+
     def accepted_secret_hashes(self, now: float) -> tuple[str, ...]:
-        """The hashes a delivery's secret may match: the current one, and the one it replaced until its overlap
+        """The hashes a delivery's secret may match: the current one, and those it replaced until their overlap
         ends."""
         hashes: tuple[str, ...] = (self.webhook_secret_hash,) if self.webhook_secret_hash else ()
-        if self.previous_secret_hash and self.previous_secret_until > now:
-            hashes += (self.previous_secret_hash,)
-        return hashes
+        return hashes + tuple(digest for digest, until in self.previous_secrets if until > now)
+
+    def rotated(self, new_hash: str, *, now: int, overlap_seconds: int) -> dict[str, Any]:
+        """The fields after a rotation to `new_hash`: with an overlap, the current secret and those still in their
+        own overlap stay accepted (at most MAX_PREVIOUS_SECRETS, newest first); without, none does."""
+        if overlap_seconds <= 0:
+            return {"webhook_secret_hash": new_hash, "previous_secrets": ()}
+        kept = tuple((digest, until) for digest, until in self.previous_secrets if until > now)
+        if self.webhook_secret_hash:
+            kept = ((self.webhook_secret_hash, now + overlap_seconds), *kept)
+        return {"webhook_secret_hash": new_hash, "previous_secrets": kept[:MAX_PREVIOUS_SECRETS]}
 
 
 def dump_orgs(orgs: Iterable[OrgRecord]) -> str:
@@ -97,8 +116,7 @@ def dump_orgs(orgs: Iterable[OrgRecord]) -> str:
                 "ticket_hash": org.ticket_hash,
                 "ticket_expires": org.ticket_expires,
                 "webhook_secret_hash": org.webhook_secret_hash,
-                "previous_secret_hash": org.previous_secret_hash,
-                "previous_secret_until": org.previous_secret_until,
+                "previous_secrets": [list(item) for item in org.previous_secrets],
                 "contact": org.contact,
                 "connected_by": org.connected_by,
             }
@@ -123,8 +141,9 @@ def load_orgs(entity: Mapping[str, Any]) -> tuple[OrgRecord, ...]:
                 ticket_hash=item.get("ticket_hash") or "",
                 ticket_expires=int(item.get("ticket_expires") or 0),
                 webhook_secret_hash=item.get("webhook_secret_hash") or "",
-                previous_secret_hash=item.get("previous_secret_hash") or "",
-                previous_secret_until=int(item.get("previous_secret_until") or 0),
+                previous_secrets=tuple(
+                    (str(digest), int(until)) for digest, until in item.get("previous_secrets") or ()
+                ),
                 contact=item.get("contact") or "",
                 connected_by=item.get("connected_by") or "",
             )

@@ -330,9 +330,7 @@ class TenantRegistry:
                 if status is OrgStatus.DISCONNECTED:
                     # A disconnected org's webhook secrets die with it: coming back issues a new one, so a secret
                     # that leaked before offboarding does not work again after re-onboarding.
-                    new_orgs = updated(
-                        new_orgs, url, webhook_secret_hash="", previous_secret_hash="", previous_secret_until=0
-                    )
+                    new_orgs = updated(new_orgs, url, webhook_secret_hash="", previous_secrets=())
             target = tenant_status or TenantStatus(summarize(current.value, new_orgs))
             # An empty outcome means "the status it led to", known only here, from the row as it is now.
             outcome = verification
@@ -455,12 +453,14 @@ class TenantRegistry:
     ) -> str:
         """A new secret for one org's webhooks (its service endpoint sends it with the HttpHeader auth type); only
         its hash is kept. With ``overlap_seconds`` the secret it replaces is still accepted that long (a rotation
-        whose endpoint update follows, deliveries already on their way); without, it stops working at once.
+        whose endpoint update follows, deliveries already on their way), and so are earlier ones still inside
+        their own overlap (a rotation run again before the endpoint got the previous one); without, every earlier
+        secret stops working at once.
         Raises TenantNotFoundError, OrgNotFoundError, OrgDisconnectedError (decided on the row being written: a
         rotation that read the org before offboarding disconnected it gives it no secret that a later
         re-onboarding would inherit)."""
         secret = secrets.token_urlsafe(32)
-        until = int(self._clock()) + overlap_seconds
+        now = int(self._clock())
 
         def change(org: OrgRecord) -> dict[str, Any]:
             if org.status is OrgStatus.DISCONNECTED:
@@ -468,12 +468,7 @@ class TenantRegistry:
                     f"{org_url[:300]} is disconnected (its tenant was offboarded): it gets a webhook secret again "
                     "only when a System Administrator of it onboards it again."
                 )
-            keep = overlap_seconds > 0 and bool(org.webhook_secret_hash)
-            return {
-                "webhook_secret_hash": _hash(secret),
-                "previous_secret_hash": org.webhook_secret_hash if keep else "",
-                "previous_secret_until": until if keep else 0,
-            }
+            return org.rotated(_hash(secret), now=now, overlap_seconds=overlap_seconds)
 
         self._update_org(
             tenant_id, org_url, reason=f"webhook secret of {org_url} rotated", actor=actor, changes_from=change

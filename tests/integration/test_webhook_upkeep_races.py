@@ -118,11 +118,6 @@ def test_every_endpoint_of_ours_is_rotated_and_removed_when_an_org_has_two(
     assert st.rows(flow.bare_org, "sdkmessageprocessingsteps") == [] or left["error_code"] == "webhook_left_in_org"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed (review of issue 17): a second rotation drops the secret the endpoint still sends; the registry "
-    "keeps one previous secret only",
-)
 def test_a_retried_rotation_that_again_cannot_reach_the_endpoint_keeps_the_endpoints_secret_working(
     flow: Flow,  # noqa: F811
     receiver: Receiver,  # noqa: F811
@@ -145,6 +140,8 @@ def test_a_retried_rotation_that_again_cannot_reach_the_endpoint_keeps_the_endpo
 
     assert first["endpoint"] == second["endpoint"] == "refused"
     assert second["previous_secret_valid_until"] is not None  # the answer says the old secret still works
+    # ... and names the first rotation's deadline, the one that ends the secret the endpoint really sends.
+    assert second["previous_secret_valid_until"] == first["previous_secret_valid_until"]
     flow.use(onboarding_provisioning=True, webhook_receiver_url=receiver.url, webhook_function_key="fk-0123")
     delivery = change_something(flow, receiver, "the endpoint still sends the secret from before both rotations")
     assert delivery is not None and post(delivery) == 202

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 
 import pytest
 
-from shared.tenants.orgs import OrgRecord, OrgStatus, OrgVerification, load_orgs, summarize
+from shared.tenants.orgs import OrgRecord, OrgStatus, OrgVerification, dump_orgs, load_orgs, summarize
 from shared.tenants.registry import (
     OrgNotFoundError,
     OrgUpdate,
@@ -221,3 +222,22 @@ def test_a_verification_racing_an_offboarding_leaves_the_orgs_disconnected():
     )
     assert late.status is TenantStatus.OFFBOARDED and late.org(A).status is OrgStatus.DISCONNECTED
     assert late.org(A).last_verification == OrgVerification("t2", "active")  # the attempt is still on record
+
+
+def test_rotations_keep_every_replaced_secret_inside_its_own_overlap_and_no_more():
+    from shared.tenants.orgs import MAX_PREVIOUS_SECRETS, OrgRecord
+
+    org = OrgRecord(A, OrgStatus.ACTIVE, "t", webhook_secret_hash="h0")
+    org = replace(org, **org.rotated("h1", now=1000, overlap_seconds=3600))
+    org = replace(org, **org.rotated("h2", now=1100, overlap_seconds=3600))
+    # h0 keeps its first deadline (a retry does not extend it); the earliest deadline is the one to beat.
+    assert org.previous_secrets == (("h1", 4700), ("h0", 4600)) and org.previous_secret_until == 4600
+    assert org.accepted_secret_hashes(4650) == ("h2", "h1")  # h0's overlap is over
+    org = replace(org, **org.rotated("h3", now=4650, overlap_seconds=3600))
+    assert [digest for digest, _ in org.previous_secrets] == ["h2", "h1"]  # the expired one is not carried on
+    for n in range(4, 10):
+        org = replace(org, **org.rotated(f"h{n}", now=5000 + n, overlap_seconds=3600))
+    assert len(org.previous_secrets) == MAX_PREVIOUS_SECRETS
+    assert replace(org, **org.rotated("h10", now=6000, overlap_seconds=0)).accepted_secret_hashes(6000) == ("h10",)
+    stored = load_orgs({"SchemaVersion": 2, "Orgs": dump_orgs((org,))})
+    assert stored[0].previous_secrets == org.previous_secrets

@@ -72,8 +72,7 @@ class FakeRegistry:
             org_status,
             "t",
             webhook_secret_hash=self.secret_hash or "",
-            previous_secret_hash=self.previous[0],
-            previous_secret_until=self.previous[1],
+            previous_secrets=(self.previous,) if self.previous[0] else (),
         )
         return Tenant(tenant_id, self.status, (ORG_URL,), "t", "t", orgs=(org,))
 
