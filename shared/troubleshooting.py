@@ -502,6 +502,16 @@ _WEBHOOKS = [
         ("prvwriteserviceendpoint", "prvreadserviceendpoint"),
     ),
     Explanation(
+        "org_disconnected",
+        "Webhooks",
+        "The org is disconnected: it gets no webhook secret",
+        "`tenants webhook-secret` was asked for an org whose tenant was offboarded (or that was disconnected). A "
+        "disconnected org's webhook secrets were dropped with it, so that a secret from before cannot work again "
+        "after a re-onboarding; nothing was changed.",
+        "Nothing to rotate. If the customer comes back, a System Administrator of the org onboards it again, which "
+        "issues a new secret and registers the webhook.",
+    ),
+    Explanation(
         "webhook_left_in_org",
         "Webhooks",
         "Offboarding could not remove the app's webhook from an environment",

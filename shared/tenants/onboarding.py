@@ -286,7 +286,12 @@ class OnboardingService:
             )
             has_secret = self._registry.webhook_secret_hash(admin.tenant_id, org_url) is not None
             registrar = WebhookRegistrar(
-                target, lambda: self._registry.set_webhook_secret(admin.tenant_id, org_url), has_secret=has_secret
+                target,
+                # With the overlap: a rotation racing this issue keeps working until the next one sets it right.
+                lambda: self._registry.set_webhook_secret(
+                    admin.tenant_id, org_url, overlap_seconds=settings.webhook_secret_overlap_seconds, actor=admin.actor
+                ),
+                has_secret=has_secret,
             )
         report = OrgProvisioner(role, settings.entra_client_id, registrar).provision(client)
         return replace(report, notes=(skipped,)) if skipped else report

@@ -29,7 +29,7 @@ from typing import Any
 
 from shared.dataverse.clients import DataverseClients
 from shared.dataverse.errors import DataverseError
-from shared.errors import S2SError
+from shared.errors import ConfigurationError, S2SError
 from shared.settings import Settings
 from shared.telemetry import dims
 from shared.tenants.registry import TenantRegistry
@@ -195,9 +195,16 @@ class WebhookUpkeep:
     def rotate_all(self, registry_page_size: int = 500) -> list[SecretRotation]:
         """Rotate every active org of every active tenant: after the function key was rotated (the endpoint's auth
         value holds it beside the secret, and only the secret's hash is kept, so both are written anew) or the
-        receiver moved (WEBHOOK_RECEIVER_URL). One org's failure does not stop the others."""
+        receiver moved (WEBHOOK_RECEIVER_URL). One org's failure does not stop the others. Raises
+        ConfigurationError, before touching anything, without a usable WEBHOOK_FUNCTION_KEY."""
         from shared.tenants.registry import OrgNotFoundError, TenantNotFoundError, TenantStatus
 
+        if usable_key(self._settings.webhook_function_key) is None:
+            # Rotating every org without being able to write any endpoint would print every org's new secret.
+            raise ConfigurationError(
+                "WEBHOOK_FUNCTION_KEY",
+                "is needed to rewrite every org's endpoint (unset or unresolved); nothing was rotated",
+            )
         rotations = []
         for tenant in self._registry.iter_tenants(status=TenantStatus.ACTIVE, page_size=registry_page_size):
             for org_url in tenant.active_org_urls:

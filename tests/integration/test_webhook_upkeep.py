@@ -269,3 +269,19 @@ def test_onboarding_registers_update_steps_with_the_filtering_attributes_setting
     filtered = {s["name"].rsplit(": ", 1)[1]: s.get("filteringattributes") for s in steps}
     assert filtered["Update of account"] == "name"
     assert filtered["Create of account"] is None and filtered["Update of contact"] is None
+
+
+def test_rotating_every_org_without_a_function_key_rotates_nothing_and_prints_no_secret(
+    flow: Flow,  # noqa: F811
+    receiver: Receiver,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    provisioned(flow, receiver)
+    before = flow.registry.get_tenant(flow.bare_tenant).org(flow.bare_org).webhook_secret_hash
+    flow.use(onboarding_provisioning=True, webhook_receiver_url=receiver.url, webhook_function_key=None)
+
+    code, answer = cli(capsys, "tenants", "webhook-secret", "--all")
+
+    assert code == 2 and answer["error"] == "configuration_error" and "WEBHOOK_FUNCTION_KEY" in answer["message"]
+    assert "secret" not in json.dumps(answer).replace("webhook-secret", "")
+    assert flow.registry.get_tenant(flow.bare_tenant).org(flow.bare_org).webhook_secret_hash == before

@@ -312,3 +312,18 @@ def test_refusals_on_a_cached_lookup_re_read_at_most_once_per_host_every_two_sec
         clock.now += 2
         assert receiver.accept(BODY, wrong).status == 401
         assert (index.reads, len(registry.asked)) == (3, 3), host
+
+
+def test_a_flood_of_made_up_hosts_pushes_out_the_oldest_lookups_not_every_customers():
+    clock, index, registry = Clock(), contoso_index(), FakeRegistry()
+    receiver = timed_intake(FakeStore(), registry, index, clock)
+    assert receiver.accept(BODY, SIGNED).status == 202  # contoso's lookup is cached
+    for n in range(10_500):
+        receiver._lookup(f"made-up-{n}.crm.dynamics.com")
+    assert len(receiver._cache) <= 10_000
+    # contoso was the oldest entry, so the first trim dropped it; but the table was not emptied wholesale.
+    assert len(receiver._cache) > 9_000
+    reads = index.reads
+    receiver.accept(BODY, SIGNED)
+    receiver.accept(BODY, SIGNED)
+    assert index.reads == reads + 1  # looked up once again, then cached as the newest entry
