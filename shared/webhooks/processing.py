@@ -1,8 +1,10 @@
 """Processing queued webhook events: claim once, dispatch by (table, message) to handlers, retry what is
 transient, and send what cannot succeed to the poison queue with its reason.
 
-A claim whose lease ran out and was taken over settles nothing: its ``complete``/``release`` are fenced by the
-claim's ETag, and the outcome is ``superseded`` (the new holder's message settles the event). A duplicate message
+While the handlers run, the claim's lease is renewed (shared.webhooks.lease), so a second worker finds the event
+busy rather than running it again. A claim whose lease was lost anyway (renewal failing, a run past
+MAX_HOLD_SECONDS, an operator's replay) settles nothing: its ``complete``/``release`` are fenced by the latest ETag,
+and the outcome is ``superseded`` (the new holder's message settles the event). A duplicate message
 that keeps finding the event busy is retried by the host and, on its last allowed attempt, dropped when the event is
 done by then or poisoned with the reason — never left for the host to poison without one.
 
@@ -33,6 +35,7 @@ from shared.dataverse.errors import DataverseError
 from shared.errors import CredentialError, S2SError, TokenAcquisitionError
 from shared.telemetry import dims
 from shared.webhooks.intake import envelope_from_message
+from shared.webhooks.lease import MAX_HOLD_SECONDS, RENEW_EVERY_SECONDS, LeaseRenewal, Schedule, timer_schedule
 from shared.webhooks.remote_context import ExecutionContext, InvalidContextError, parse_context
 from shared.webhooks.store import Claim, ClaimLostError, StorageUnavailableError, WebhookStore
 
@@ -147,8 +150,16 @@ class WebhookProcessor:
         impersonate_initiating_user: bool = False,
         max_dequeue_count: int = 5,
         org_is_active: Callable[[str, str], bool] | None = None,
+        renew_every: float = RENEW_EVERY_SECONDS,
+        max_hold: float = MAX_HOLD_SECONDS,
+        schedule: Schedule = timer_schedule,
     ) -> None:
         self._store = store
+        # The lease renewal while handlers run: every ``renew_every`` seconds, for at most ``max_hold`` after the
+        # claim, on ticks from ``schedule`` (daemon timers; tests pass ticks driven by a fake clock).
+        self._renew_every = renew_every
+        self._max_hold = max_hold
+        self._schedule = schedule
         # (tenant id, org URL) -> still an active org of an active tenant? Asked again here because an event may
         # wait in the queue while its org is offboarded or removed (or the receiver's lookup was cached).
         self._org_is_active = org_is_active
@@ -237,24 +248,17 @@ class WebhookProcessor:
             )
             return "superseded"
 
+        # Renewed until the handlers are done, whichever way they end; ``renewal.claim`` is then the latest hold.
+        renewal = LeaseRenewal(
+            self._store, claim, every=self._renew_every, max_hold=self._max_hold, schedule=self._schedule
+        )
         try:
-            event = self._event(envelope)
-            if self._org_is_active is not None and not self._org_is_active(event.tenant_id, event.org_url):
-                raise OrgNoLongerActiveError(
-                    f"{event.org_url} is no longer an active org of tenant {event.tenant_id}: not processed."
-                )
-            client = self._dataverse.for_org(event.tenant_id, event.org_url)
-            # The initiating user comes from the body: believed only when the delivery was authenticated with the
-            # org's own secret (shared.webhooks.intake), never on the function key alone.
-            trusted = envelope.get("authenticated") is True
-            caller = event.context.initiating_user_object_id if self._impersonate and trusted else None
-            tools = HandlerTools(client, caller, self._changes)
-            for handler in self._registry.for_event(event.context.primary_entity_name, event.context.message_name):
-                handler(event, tools)
+            with renewal:
+                self._run_handlers(envelope)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"[:1000]
             try:
-                self._store.release(claim, reason)
+                self._store.release(renewal.claim, reason)
             except ClaimLostError as lost:
                 # Not this worker's failure to retry or poison any more: the holder runs the event again.
                 return superseded(lost, "release")
@@ -277,7 +281,7 @@ class WebhookProcessor:
             )
             return "poisoned"
         try:
-            self._store.complete(claim)
+            self._store.complete(renewal.claim)
         except ClaimLostError as lost:
             # The handlers ran (they are idempotent), but the event is not this worker's to mark done.
             return superseded(lost, "complete")
@@ -287,6 +291,22 @@ class WebhookProcessor:
             extra=outcome("webhook.processed", outcome="done"),
         )
         return "done"
+
+    def _run_handlers(self, envelope: dict[str, Any]) -> None:
+        """Build the event, check its org, and run its handlers in registration order; raises what they raise."""
+        event = self._event(envelope)
+        if self._org_is_active is not None and not self._org_is_active(event.tenant_id, event.org_url):
+            raise OrgNoLongerActiveError(
+                f"{event.org_url} is no longer an active org of tenant {event.tenant_id}: not processed."
+            )
+        client = self._dataverse.for_org(event.tenant_id, event.org_url)
+        # The initiating user comes from the body: believed only when the delivery was authenticated with the
+        # org's own secret (shared.webhooks.intake), never on the function key alone.
+        trusted = envelope.get("authenticated") is True
+        caller = event.context.initiating_user_object_id if self._impersonate and trusted else None
+        tools = HandlerTools(client, caller, self._changes)
+        for handler in self._registry.for_event(event.context.primary_entity_name, event.context.message_name):
+            handler(event, tools)
 
     def _event(self, envelope: dict[str, Any]) -> WebhookEvent:
         payload = self._store.load_payload(envelope)

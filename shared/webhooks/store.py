@@ -3,9 +3,9 @@ delivery idempotent, and the poison queue with each failure's reason.
 
 One row per event identity in ``webhookevents``: created ``processing`` by the processor's claim (conditional
 insert), moved to ``done`` under the row's ETag, so a duplicate message — a redelivery Dataverse made, or one an
-attempt whose answer was lost queued twice — is skipped. The claim keeps the ETag of its own write, and ``complete``
-and ``release`` are made only under it: a worker whose lease ran out and was taken over changes nothing. The
-receiver only writes the queue message.
+attempt whose answer was lost queued twice — is skipped. The claim keeps the ETag of its own write (``renew``
+returns one with the ETag of the renewal's write), and ``complete`` and ``release`` are made only under it: a
+worker whose lease ran out and was taken over changes nothing. The receiver only writes the queue message.
 
 The receiver's calls are bounded in time. Dataverse waits 60 s for the answer and does not retry a timeout
 (protocol.md §5), while the storage SDKs' own retries wait 15 s, 18 s and 24 s between attempts on queues and blobs
@@ -21,7 +21,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -38,6 +38,10 @@ PAYLOAD_CONTAINER = "webhook-payloads"
 QUEUE_MESSAGE_LIMIT = 64 * 1024
 INLINE_LIMIT = QUEUE_MESSAGE_LIMIT // 4 * 3
 PROCESSING_LEASE_SECONDS = 300
+# One attempt of a lease renewal (shared.webhooks.lease) may take this long: a renewal that fails is tried again at
+# the next tick, a third of the lease later, so it must not hold the renewal (and the processor's completion, which
+# waits for it) for the SDK's own retries.
+RENEWAL_TIMEOUT_SECONDS = 10.0
 # How long an event's identity makes a duplicate delivery a no-op (shared.settings.WEBHOOK_DEDUPE_DAYS says the
 # same in days: WEBHOOK_EVENT_RETENTION_DAYS may not be shorter). Queue messages live 7 days unless sent with
 # another time-to-live (Queue service REST API, Put Message: "the default time-to-live is 7 days").
@@ -73,9 +77,13 @@ class ClaimLostError(S2SError):
 
 @dataclass(frozen=True)
 class Claim:
-    """The processor's hold on one event. ``etag`` is the row's ETag after the claim's own write: ``complete`` and
-    ``release`` are made only while the row still carries it. Nothing renews a lease; a renewal would have to
-    return a Claim with the ETag of its own write."""
+    """The processor's hold on one event. ``etag`` is the row's ETag after the holder's latest write: ``complete``
+    and ``release`` are made only while the row still carries it.
+
+    A Claim never changes: ``WebhookStore.renew`` returns a new one with the ETag and lease of its own write, and
+    the processor's renewal (shared.webhooks.lease.LeaseRenewal) is the one owner that replaces its claim with it,
+    under its lock, so the final ``complete``/``release`` fence on the latest ETag. A renewal refused because the
+    row changed leaves the claim as it was: the final write is then refused too (ClaimLostError)."""
 
     granted: bool
     reason: str  # "new", "retry", "done", "busy"
@@ -259,6 +267,37 @@ class WebhookStore:
             return Claim(False, "busy", key)
         return Claim(True, "retry", key, written["etag"], lease_until)
 
+    def now(self) -> float:
+        """The store's clock (epoch seconds): the one leases are written and compared on."""
+        return self._clock()
+
+    def renew(self, claim: Claim, until: float) -> Claim:
+        """Extend the claimed event's lease to ``until`` (epoch seconds), only while the row is still this claim's;
+        returns the claim with the ETag of this write, the one later fenced writes must use.
+
+        One attempt with short timeouts (the caller tries again at its next tick). Raises ClaimLostError when the
+        row changed since the claim's last write (nothing written), and the SDK's error when storage fails — the
+        write may then have been made or not: ``confirm_renewal`` tells which."""
+        written = self._fenced(claim, {"LeaseUntil": until}, **self._call_options(RENEWAL_TIMEOUT_SECONDS))
+        return replace(claim, etag=written["etag"], lease_until=until)
+
+    def confirm_renewal(self, claim: Claim, until: float) -> Claim:
+        """After a renewal to ``until`` that failed without a clear answer: the claim with the row's ETag when the
+        row shows that write, otherwise the claim unchanged (its next fenced write then tells whether the row is
+        still its own). Every write to an event row sets ``LeaseUntil`` (claim, renewal, complete, release, replay),
+        so a processing row whose lease is exactly ``until`` was last written by this renewal.
+
+        Raises the SDK's error when storage fails."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            entity = self._table.get_entity(claim.key[:3], claim.key, **self._call_options(RENEWAL_TIMEOUT_SECONDS))
+        except ResourceNotFoundError:
+            return claim
+        if entity.get("Status") == "processing" and float(entity.get("LeaseUntil") or 0) == until:
+            return replace(claim, etag=entity.metadata["etag"], lease_until=until)
+        return claim
+
     def complete(self, claim: Claim) -> None:
         """Mark the claimed event done, only while the row is still this claim's.
 
@@ -276,7 +315,7 @@ class WebhookStore:
         except (AzureError, OSError):
             return
 
-    def _fenced(self, claim: Claim, fields: dict[str, Any]) -> None:
+    def _fenced(self, claim: Claim, fields: dict[str, Any], **options: Any) -> dict[str, Any]:
         """Merge ``fields`` into the claimed row under the claim's ETag. The table service makes a Merge Entity
         with ``If-Match: <etag>`` only when the row's ETag still matches, and answers 412 otherwise
         (learn.microsoft.com/rest/api/storageservices/merge-entity, request headers): a worker whose lease
@@ -288,11 +327,12 @@ class WebhookStore:
         if not claim.granted or not claim.etag:
             raise ValueError(f"Only a granted claim can be completed or released (this one was {claim.reason!r}).")
         try:
-            self._table.update_entity(
+            written: dict[str, Any] = self._table.update_entity(
                 {"PartitionKey": claim.key[:3], "RowKey": claim.key, **fields},
                 mode=UpdateMode.MERGE,
                 etag=claim.etag,
                 match_condition=MatchConditions.IfNotModified,
+                **options,
             )
         except (ResourceModifiedError, ResourceNotFoundError) as exc:
             raise ClaimLostError("The event was taken over since this worker claimed it.", claim.key) from exc
@@ -300,6 +340,7 @@ class WebhookStore:
             if exc.status_code == 412:
                 raise ClaimLostError("The event was taken over since this worker claimed it.", claim.key) from exc
             raise
+        return written
 
     def to_poison(self, message: dict[str, Any], reason: str, dequeue_count: int) -> None:
         poisoned = {

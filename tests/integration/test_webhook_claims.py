@@ -1,10 +1,12 @@
 """Webhook claims on Azurite with the real table and queue clients: a worker that outlasts its lease and was taken
-over leaves the event row as the new holder wrote it, and a duplicate message that keeps finding its event busy goes
-to the poison queue with the reason on its last attempt (and its replay does not disturb the holder)."""
+over leaves the event row as the new holder wrote it, a worker whose handlers run past the lease keeps it by renewal
+(a second worker finds the event busy, and it is done once), and a duplicate message that keeps finding its event
+busy goes to the poison queue with the reason on its last attempt (and its replay does not disturb the holder)."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ import pytest
 
 from shared.bootstrap import use_services
 from shared.dataverse.errors import DataverseUnreachableError
+from shared.webhooks.lease import THREAD_NAME
 from shared.webhooks.processing import HandlerRegistry, TransientProcessingError, WebhookProcessor
 from shared.webhooks.store import (
     EVENTS_QUEUE,
@@ -48,7 +51,7 @@ class Workers:
         self.text = self.message.content
         self.key = json.loads(self.text)["key"]
 
-    def _worker(self, clock: Any) -> WebhookProcessor:
+    def _worker(self, clock: Any, renew_every: float | None = None) -> WebhookProcessor:
         storage = self.hook.services.storage
         store = WebhookStore(
             queue=storage.queue(EVENTS_QUEUE),
@@ -63,6 +66,7 @@ class Workers:
             changes_table=None,
             registry=self.registry,
             max_dequeue_count=MAX_DEQUEUE,
+            **({"renew_every": renew_every} if renew_every is not None else {}),
         )
 
     def store(self, worker: WebhookProcessor) -> WebhookStore:
@@ -202,3 +206,48 @@ def test_the_queue_function_poisons_a_busy_duplicate_with_the_reason_on_the_host
     assert workers.row()["Owner"] == "holder-message" and workers.row()["Status"] == "processing"
     workers.store(workers.a).complete(holder)
     assert workers.row()["Status"] == "done"
+
+
+class MovableClock:
+    """The real time plus an offset a test moves forward (the worker's view of a long handler run)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+def test_a_handler_running_past_the_lease_keeps_the_event_by_renewal_and_it_is_done_once(workers: Workers) -> None:
+    """Worker A renews on real daemon timers (every 50 ms here, on a clock the handler moves past the lease); worker
+    B, whose clock is a lease past A's claim, finds the event busy while A runs, and A's completion goes through."""
+    a_clock = MovableClock()
+    a = workers._worker(a_clock, renew_every=0.05)
+    seen_by_b: list[Claim] = []
+
+    @workers.registry.on("*", "*")
+    def slow(event: Any, tools: Any) -> None:
+        workers.runs.append(event.key)
+        first_lease = float(workers.row()["LeaseUntil"])
+        a_clock.offset = PROCESSING_LEASE_SECONDS + 1  # A's handler is now past the lease its claim wrote ...
+        deadline = time.monotonic() + 10
+        while float(workers.row()["LeaseUntil"]) <= first_lease + PROCESSING_LEASE_SECONDS:
+            assert time.monotonic() < deadline, "the lease was not renewed"
+            time.sleep(0.05)
+        # ... and B, a lease after A's claim, finds the event busy: its message is retried, not run.
+        seen_by_b.append(workers.store(workers.b).claim(workers.key, owner="message-b"))
+        with pytest.raises(TransientProcessingError, match="Another worker"):
+            workers.b.process(workers.text, 1, "message-b")
+
+    assert a.process(workers.text, 1, "message-a") == "done"
+
+    assert not [t for t in threading.enumerate() if t.name == THREAD_NAME]  # renewal ended with the call
+    (busy,) = seen_by_b
+    assert not busy.granted and busy.reason == "busy"
+    row = workers.row()
+    assert row["Status"] == "done" and row["Owner"] == "message-a" and row["Attempts"] == 1
+    assert row["LeaseUntil"] == 0 and row["LastError"] == ""
+    assert workers.runs == [workers.key]  # the handlers ran once
+    assert workers.b.process(workers.text, 2, "message-b") == "duplicate"
+    assert workers.poisoned() == []
+    assert workers.row()["Attempts"] == 1

@@ -1,17 +1,24 @@
 """The webhook processor and store on fakes: a worker whose lease ran out and was taken over settles nothing
-(its complete/release are fenced by its claim's ETag), and a duplicate message that keeps finding its event busy is
-dropped once the event is done or poisoned with the reason on its last attempt — asserted on the event row and the
-poison queue."""
+(its complete/release are fenced by its claim's ETag), a duplicate message that keeps finding its event busy is
+dropped once the event is done or poisoned with the reason on its last attempt, and the lease is renewed while the
+handlers run (stopping on every exit, on a lost renewal and at MAX_HOLD_SECONDS) — asserted on the event row, the
+table's conditional writes and the poison queue."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 
+from shared.webhooks.lease import MAX_HOLD_SECONDS, RENEW_EVERY_SECONDS, THREAD_NAME, LeaseRenewal
 from shared.webhooks.processing import HandlerRegistry, TransientProcessingError, WebhookProcessor
 from shared.webhooks.store import PROCESSING_LEASE_SECONDS, Claim, ClaimLostError, WebhookStore
 from tests.unit import webhook_samples as samples
@@ -30,6 +37,74 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class Tick:
+    """One pending timer of the fake schedule."""
+
+    def __init__(self, at: float, action: Callable[[], None]) -> None:
+        self.at = at
+        self.action = action
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def join(self, timeout: float | None = None) -> None:
+        return None
+
+
+class Ticks:
+    """The renewal's schedule on the fake clock: a timer fires, in the thread that moves the clock, when
+    ``advance`` passes its time (the clock then reads that time while it runs)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.pending: list[Tick] = []
+
+    def __call__(self, delay: float, action: Callable[[], None]) -> Tick:
+        tick = Tick(self.clock.now + delay, action)
+        self.pending.append(tick)
+        return tick
+
+    def advance(self, seconds: float) -> None:
+        end = self.clock.now + seconds
+        while due := sorted((t for t in self.pending if not t.cancelled and t.at <= end), key=lambda t: t.at):
+            self.pending.remove(due[0])
+            self.clock.now = due[0].at
+            due[0].action()
+        self.clock.now = end
+
+    def live(self) -> list[Tick]:
+        return [t for t in self.pending if not t.cancelled]
+
+
+class RecordingTable(FakeTable):
+    """FakeTable that records every conditional update — the ETag it was made under, the fields, and whether the
+    table accepted it — and can be told to fail the next lease-only writes the way storage fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.updates: list[dict[str, Any]] = []
+        self.fail_renewals: list[Exception] = []  # raised by the next lease-only updates, before writing
+        self.lose_answers: list[Exception] = []  # raised by the next lease-only updates, after writing
+
+    def update_entity(self, entity: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        fields = {k: v for k, v in entity.items() if k not in ("PartitionKey", "RowKey")}
+        record = {"etag": kwargs.get("etag"), "fields": fields, "accepted": False}
+        self.updates.append(record)
+        renewal = set(fields) == {"LeaseUntil"}
+        if renewal and self.fail_renewals:
+            raise self.fail_renewals.pop(0)
+        written = super().update_entity(entity, *args, **kwargs)
+        record["accepted"] = True
+        record["written"] = written["etag"]
+        if renewal and self.lose_answers:
+            raise self.lose_answers.pop(0)
+        return written
+
+    def renewals(self) -> list[dict[str, Any]]:
+        return [u for u in self.updates if set(u["fields"]) == {"LeaseUntil"}]
 
 
 class PoisonQueue:
@@ -57,7 +132,8 @@ class Clients:
 class World:
     def __init__(self, max_dequeue: int = MAX_DEQUEUE) -> None:
         self.clock = Clock(NOW)
-        self.table = FakeTable()
+        self.ticks = Ticks(self.clock)
+        self.table = RecordingTable()
         self.poison = PoisonQueue()
         self.store = WebhookStore(
             queue=NoQueue(), poison_queue=self.poison, table=self.table, container=None, clock=self.clock
@@ -69,6 +145,7 @@ class World:
             changes_table=None,
             registry=self.registry,
             max_dequeue_count=max_dequeue,
+            schedule=self.ticks,
         )
         body = samples.update_contact(CorrelationId="c0ffee00-0000-4000-8000-000000000001")
         self.key = hashlib.sha256(b"one event").hexdigest()
@@ -255,3 +332,192 @@ def test_the_last_attempt_follows_the_configured_dequeue_count_and_a_count_past_
     assert [m["dequeue_count"] for m in world.poison.messages] == [2, 7]
     assert all("busy in another worker" in m["poison_reason"] for m in world.poison.messages)
     assert world.row()["Owner"] == "holder-message"
+
+
+# -- the lease is renewed while the handlers run ---------------------------------------------------------------
+
+
+def test_the_lease_is_renewed_while_a_slow_handler_runs_so_a_second_worker_finds_the_event_busy() -> None:
+    world = World()
+    seen_by_b: list[Claim] = []
+
+    @world.registry.on("*", "*")
+    def slow(event: Any, tools: Any) -> None:
+        world.runs.append("a")
+        world.ticks.advance(PROCESSING_LEASE_SECONDS + 1)  # past the lease the claim wrote
+        seen_by_b.append(world.store.claim(world.key, owner="message-b"))
+        with pytest.raises(TransientProcessingError, match="Another worker"):
+            world.processor.process(world.text, 1, "message-b")  # B's own message: retried, not run
+
+    assert world.processor.process(world.text, 1, "message-a") == "done"
+
+    assert world.runs == ["a"]  # the handlers ran once
+    (busy,) = seen_by_b
+    assert not busy.granted and busy.reason == "busy" and busy.lease_until > NOW + PROCESSING_LEASE_SECONDS + 1
+    row = world.row()
+    assert row["Status"] == "done" and row["Owner"] == "message-a" and row["Attempts"] == 1
+    renewals = world.table.renewals()
+    assert len(renewals) == int((PROCESSING_LEASE_SECONDS + 1) // RENEW_EVERY_SECONDS)
+    assert all(r["accepted"] for r in renewals)
+    # Each renewal was made under the ETag of the write before it, and the completion under the last renewal's.
+    complete = world.table.updates[-1]
+    assert complete["fields"]["Status"] == "done" and complete["accepted"]
+    writes = [*renewals, complete]
+    assert all(later["etag"] == earlier["written"] for earlier, later in itertools.pairwise(writes))
+
+
+def test_renewal_stops_when_the_handlers_are_done() -> None:
+    world = World()
+
+    @world.registry.on("*", "*")
+    def slow(event: Any, tools: Any) -> None:
+        world.ticks.advance(RENEW_EVERY_SECONDS * 1.5)
+
+    assert world.processor.process(world.text, 1, "message-a") == "done"
+    writes = len(world.table.updates)
+    assert world.ticks.live() == []
+    world.ticks.advance(10 * PROCESSING_LEASE_SECONDS)
+    assert len(world.table.updates) == writes and world.row()["Status"] == "done"
+
+
+@pytest.mark.parametrize(
+    ("failure", "transient"),
+    [(ConnectionError("Dataverse went away"), True), (ValueError("a permanent failure"), False)],
+)
+def test_renewal_stops_when_a_handler_fails(failure: Exception, transient: bool) -> None:
+    world = World()
+
+    @world.registry.on("*", "*")
+    def slow_then_failing(event: Any, tools: Any) -> None:
+        world.ticks.advance(RENEW_EVERY_SECONDS * 1.5)  # one renewal
+        raise failure
+
+    if transient:
+        with pytest.raises(TransientProcessingError):
+            world.processor.process(world.text, 1, "message-a")
+    else:
+        assert world.processor.process(world.text, 1, "message-a") == "poisoned"
+        (poisoned,) = world.poison.messages
+        assert "a permanent failure" in poisoned["poison_reason"]
+    row = world.row()
+    # The release went through: it was made under the renewal's ETag, not the claim's.
+    assert row["Status"] == "failed" and row["LeaseUntil"] == 0 and str(failure) in row["LastError"]
+    (renewal,) = world.table.renewals()
+    assert world.table.updates[-1]["etag"] != renewal["etag"] and world.table.updates[-1]["accepted"]
+    writes = len(world.table.updates)
+    assert world.ticks.live() == []
+    world.ticks.advance(10 * PROCESSING_LEASE_SECONDS)
+    assert len(world.table.updates) == writes and world.row()["Status"] == "failed"
+
+
+def test_a_lost_renewal_stops_renewing_and_the_completion_is_superseded(caplog: pytest.LogCaptureFixture) -> None:
+    world = World()
+
+    @world.registry.on("*", "*")
+    def slow(event: Any, tools: Any) -> None:
+        world.ticks.advance(RENEW_EVERY_SECONDS * 1.5)  # one renewal goes through
+        # An operator resets the row meanwhile (its ETag changes) ...
+        world.table.update_entity(
+            {"PartitionKey": world.key[:3], "RowKey": world.key, "Status": "queued", "LeaseUntil": 0}
+        )
+        world.ticks.advance(5 * PROCESSING_LEASE_SECONDS)  # ... so the next renewal is refused, and the last
+
+    with caplog.at_level(logging.WARNING):
+        assert world.processor.process(world.text, 1, "message-a") == "superseded"
+
+    accepted = [r["accepted"] for r in world.table.renewals()]
+    assert accepted == [True, False]  # renewing stopped at the refusal
+    row = world.row()
+    assert row["Status"] == "queued" and row["LeaseUntil"] == 0  # as the operator left it: nothing written over it
+    assert world.ticks.live() == []
+    lost = [r for r in caplog.records if "lost" in r.getMessage()]
+    assert lost and all(world.key in r.getMessage() for r in lost)
+
+
+def test_renewal_stops_at_the_maximum_hold_so_a_hung_handler_loses_the_event() -> None:
+    world = World()
+    taken_over: list[Claim] = []
+
+    @world.registry.on("*", "*")
+    def hung(event: Any, tools: Any) -> None:
+        world.ticks.advance(MAX_HOLD_SECONDS)
+        row = world.row()
+        assert row["LeaseUntil"] == NOW + MAX_HOLD_SECONDS  # renewed up to the bound, never past it
+        world.ticks.advance(5 * PROCESSING_LEASE_SECONDS)  # and not renewed again
+        taken_over.append(world.store.claim(world.key, owner="message-b"))
+
+    assert world.processor.process(world.text, 1, "message-a") == "superseded"
+
+    renewals = world.table.renewals()
+    assert len(renewals) == int((MAX_HOLD_SECONDS - PROCESSING_LEASE_SECONDS) / RENEW_EVERY_SECONDS)
+    assert all(r["fields"]["LeaseUntil"] <= NOW + MAX_HOLD_SECONDS for r in renewals)
+    (claim_b,) = taken_over
+    assert claim_b.granted and claim_b.reason == "retry"
+    row = world.row()
+    assert row["Status"] == "processing" and row["Owner"] == "message-b" and row["Attempts"] == 2
+
+
+def test_a_storage_failure_during_renewal_is_logged_without_the_payload_and_retried_at_the_next_tick(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    world = World()
+    world.table.fail_renewals.append(ServiceRequestError("connection refused"))
+
+    @world.registry.on("*", "*")
+    def slow(event: Any, tools: Any) -> None:
+        world.ticks.advance(PROCESSING_LEASE_SECONDS + 1)
+        assert not world.store.claim(world.key, owner="message-b").granted  # still held: the retry renewed it
+
+    with caplog.at_level(logging.WARNING, logger="shared.webhooks.lease"):
+        assert world.processor.process(world.text, 1, "message-a") == "done"
+
+    assert [r["accepted"] for r in world.table.renewals()] == [False, True, True]
+    assert world.row()["Status"] == "done" and world.row()["Attempts"] == 1
+    (record,) = caplog.records
+    assert world.key in record.getMessage() and "ServiceRequestError" in record.getMessage()
+    assert record.event_key == world.key  # type: ignore[attr-defined]
+    logged = record.getMessage() + json.dumps({k: str(v) for k, v in vars(record).items()})
+    assert PAYLOAD_MARK not in logged
+
+
+def test_a_renewal_whose_answer_was_lost_is_confirmed_from_the_row_and_the_completion_goes_through() -> None:
+    world = World()
+    world.table.lose_answers.append(ServiceResponseError("read timed out"))  # written, answer lost
+
+    @world.registry.on("*", "*")
+    def slow(event: Any, tools: Any) -> None:
+        world.ticks.advance(RENEW_EVERY_SECONDS * 2.5)  # the lost answer, then a renewal after reading the row
+
+    assert world.processor.process(world.text, 1, "message-a") == "done"
+    assert [r["accepted"] for r in world.table.renewals()] == [True, True]
+    assert world.row()["Status"] == "done" and world.row()["Owner"] == "message-a"
+
+
+def test_a_renewal_whose_answer_was_lost_is_confirmed_when_the_handlers_end_before_the_next_tick() -> None:
+    world = World()
+    world.table.lose_answers.append(ServiceResponseError("read timed out"))
+
+    @world.registry.on("*", "*")
+    def slow(event: Any, tools: Any) -> None:
+        world.ticks.advance(RENEW_EVERY_SECONDS * 1.5)
+
+    assert world.processor.process(world.text, 1, "message-a") == "done"
+    assert world.row()["Status"] == "done"
+
+
+def test_the_default_schedule_renews_on_daemon_timers_that_end_with_the_renewal() -> None:
+    table = RecordingTable()
+    store = WebhookStore(queue=NoQueue(), poison_queue=PoisonQueue(), table=table, container=None)
+    claim = store.claim("k" * 64, owner="message-a")
+    with LeaseRenewal(store, claim, every=0.01) as renewal:
+        deadline = time.monotonic() + 5
+        while renewal.renewals < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert renewal.renewals >= 2
+    assert not [t for t in threading.enumerate() if t.name == THREAD_NAME]
+    writes = len(table.updates)
+    time.sleep(0.05)
+    assert len(table.updates) == writes
+    assert renewal.claim.etag == table.etags[("kkk", "k" * 64)]  # the latest hold: a fenced write goes through
+    store.complete(renewal.claim)
+    assert table.rows[("kkk", "k" * 64)]["Status"] == "done"
