@@ -29,6 +29,7 @@ from typing import Any
 from shared.dataverse.org_url import is_host_name
 from shared.telemetry import dims
 from shared.tenants.org_index import OrgEntry, OrgIndex
+from shared.tenants.orgs import OrgRecord
 from shared.tenants.registry import TenantRegistry
 from shared.webhooks.remote_context import ExecutionContext, InvalidContextError, parse_context
 from shared.webhooks.store import StorageUnavailableError, WebhookStore
@@ -98,7 +99,7 @@ class WebhookIntake:
         self._secret_required = secret_required
         self._clock = clock
         self._wall_clock = wall_clock
-        self._cache: dict[str, tuple[float, OrgEntry | None, bool, tuple[str, ...]]] = {}
+        self._cache: dict[str, tuple[float, OrgEntry | None, bool, OrgRecord | None]] = {}
         self._relooked: dict[str, float] = {}  # host -> when a refusal last re-read its lookup
         self._lock = threading.Lock()
 
@@ -121,23 +122,25 @@ class WebhookIntake:
         host = (headers.get(ORG_HEADER) or "").strip().lower()
         entry: OrgEntry | None = None
         active, fresh = False, True
-        secret_hashes: tuple[str, ...] = ()
+        org: OrgRecord | None = None
         looked_up = bool(host) and is_host_name(host)  # what Dataverse sends; anything else is not looked up
         if looked_up:
             try:
-                entry, active, secret_hashes, fresh = self._lookup(host)
+                entry, active, org, fresh = self._lookup(host)
             except Exception:
                 logger.exception("Webhook: organisation lookup failed for %s", host)
                 return IntakeResult(503, "storage_unavailable", "Storage is unavailable; retry later.")
+        secret_hashes = self._accepted(org)
         authenticated = self._secret_ok(secret_hashes, headers)
         if looked_up and not fresh and not (entry is not None and active and authenticated) and self._relook(host):
             # A cached lookup may be stale (a secret just rotated, an org just activated): Dataverse does not retry
             # a 401, so look once more before refusing — for a known host or not alike, so that costs no tell.
             try:
-                entry, active, secret_hashes, _ = self._lookup(host)
+                entry, active, org, _ = self._lookup(host)
             except Exception:
                 logger.exception("Webhook: organisation lookup failed for %s", host)
                 return IntakeResult(503, "storage_unavailable", "Storage is unavailable; retry later.")
+            secret_hashes = self._accepted(org)
             authenticated = self._secret_ok(secret_hashes, headers)
         if entry is None or not active or not authenticated:
             # One answer for an unknown host, an inactive org and a missing or wrong secret: a key holder learns
@@ -197,9 +200,9 @@ class WebhookIntake:
         )
         return IntakeResult(202, "accepted", "Queued.", key=key)
 
-    def _lookup(self, host: str) -> tuple[OrgEntry | None, bool, tuple[str, ...], bool]:
-        """Org entry, whether the org is active, and the hashes its webhook secret may match (the current one,
-        and the one a rotation replaced while its overlap lasts); cached briefly so an acknowledgement costs no
+    def _lookup(self, host: str) -> tuple[OrgEntry | None, bool, OrgRecord | None, bool]:
+        """Org entry, whether the org is active, and its registry record (None unless active: its secret hashes,
+        each replaced one with its deadline); cached briefly so an acknowledgement costs no
         storage read in the common case (offboarding reaches the receiver within _CACHE_SECONDS). The last value
         says whether this call read storage (False: from the cache).
 
@@ -215,17 +218,15 @@ class WebhookIntake:
         entry = self._org_index.find(host)
         tenant = self._registry.find_tenant(entry.tenant_id if entry is not None else _NO_TENANT)
         active = False
-        secret_hashes: tuple[str, ...] = ()
+        org: OrgRecord | None = None
         if entry is not None and tenant is not None:
             active = entry.org_url in tenant.active_org_urls
-            org = tenant.org(entry.org_url)
-            if active and org is not None:
-                secret_hashes = org.accepted_secret_hashes(self._wall_clock())
+            org = tenant.org(entry.org_url) if active else None
         with self._lock:
             _bounded(self._cache)
             self._cache.pop(host, None)  # re-inserted: the newest entry again
-            self._cache[host] = (now + _CACHE_SECONDS, entry, active, secret_hashes)
-        return entry, active, secret_hashes, True
+            self._cache[host] = (now + _CACHE_SECONDS, entry, active, org)
+        return entry, active, org, True
 
     def _relook(self, host: str) -> bool:
         """Drop the host's cached lookup so the next one reads storage, at most once per host per
@@ -238,6 +239,11 @@ class WebhookIntake:
             self._relooked[host] = now
             self._cache.pop(host, None)
             return True
+
+    def _accepted(self, org: OrgRecord | None) -> tuple[str, ...]:
+        """The hashes the org's secret may match now: the cached org record keeps each replaced secret's deadline,
+        so an expired one is refused at once, not when the cached lookup runs out."""
+        return org.accepted_secret_hashes(self._wall_clock()) if org is not None else ()
 
     def _secret_ok(self, expected: tuple[str, ...], headers: Mapping[str, str]) -> bool:
         """The org's own secret, compared in constant time against every accepted hash, and against a stand-in

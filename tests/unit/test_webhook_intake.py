@@ -327,3 +327,25 @@ def test_a_flood_of_made_up_hosts_pushes_out_the_oldest_lookups_not_every_custom
     receiver.accept(BODY, SIGNED)
     receiver.accept(BODY, SIGNED)
     assert index.reads == reads + 1  # looked up once again, then cached as the newest entry
+
+
+def test_a_replaced_secret_is_refused_the_moment_its_overlap_ends_though_the_lookup_is_cached():
+    clock, wall = Clock(), Clock()
+    wall.now = 10_000.0
+    registry = FakeRegistry(secret_hash=hashlib.sha256(b"new").hexdigest(), previous=(SECRET_HASH, 10_010))
+    store = FakeStore()
+    receiver = WebhookIntake(
+        store=store,
+        org_index=contoso_index(),
+        registry=registry,
+        max_body_bytes=300_000,
+        header_secret_name="x-s2s-webhook-secret",
+        clock=clock,
+        wall_clock=wall,
+    )
+    assert receiver.accept(BODY, SIGNED).status == 202  # the old secret, inside its overlap; the lookup is cached
+    wall.now += 11  # the overlap ended 1 s ago; the cached lookup has 29.5 s to go
+    clock.now += 0.5
+    assert receiver.accept(BODY, SIGNED).status == 401  # (the cache used to keep the hash until it ran out)
+    assert receiver.accept(BODY, {**HEADERS, "x-s2s-webhook-secret": "new"}).status == 202
+    assert len(store.messages) == 2
