@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from shared.auth.token_provider import AccessToken
 from shared.dataverse.client import DataverseClient, RetryPolicy, SharedWindows, TokenSource
-from shared.dataverse.governor import GovernorRegistry
+from shared.dataverse.governor import GovernorRegistry, OrgGovernor
 from shared.dataverse.org_url import validate_org_url
 from shared.errors import InvalidTenantError, S2SError
 from shared.settings import Settings, is_guid
@@ -102,14 +102,16 @@ class DataverseClients:
 
     def delegated(self, org_url: str, token: AccessToken) -> DataverseClient:
         """A client that calls the org as a signed-in person with their delegated token (onboarding checks who
-        they are in the org). Not cached: it lives as long as the one flow. Raises InvalidOrgUrlError."""
+        they are in the org and provisions it). Not cached: it lives as long as the one flow. Its own governor:
+        service protection limits are per user (protocol.md §4), so a 429 answered to the administrator says
+        nothing about the application user's calls, nor the other way round. Raises InvalidOrgUrlError."""
         canonical = validate_org_url(org_url, self._settings.dataverse_domain_suffixes)
         return DataverseClient(
             canonical,
             token.tenant_id,
             _OneToken(token),
             self._session_for(False),
-            self.governors.for_org(canonical),
+            OrgGovernor(),
             timeout_seconds=self._settings.dataverse_timeout_seconds,
             retry=self._retry,
         )

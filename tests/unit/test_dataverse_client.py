@@ -371,3 +371,27 @@ def test_no_token_in_logs_or_errors(caplog):
         client(session).get_row("accounts", ROW)
     assert SECRET_TOKEN not in caplog.text
     assert SECRET_TOKEN not in repr(info.value.__dict__)
+
+
+def test_a_429_answered_to_the_signed_in_administrator_does_not_hold_back_the_application_users_calls():
+    """Limits are per user: the delegated client of an onboarding flow has its own Retry-After window."""
+    from shared.dataverse.clients import DataverseClients
+    from shared.settings import CredentialSource, Settings
+
+    settings = Settings(
+        entra_client_id="11111111-2222-3333-4444-555555555555",
+        entra_home_tenant_id=TENANT,
+        credential_source=CredentialSource.CERTIFICATE_FILE,
+        certificate_path="/tmp/none.pem",
+        dataverse_max_attempts=1,
+    )
+    throttled = (429, {"Retry-After": "30"}, {"error": {"code": "0x80072322", "message": "Number of requests"}})
+    session = ScriptedSession(throttled, (200, {}, {"UserId": "u", "BusinessUnitId": "b", "OrganizationId": "o"}))
+    clients = DataverseClients(settings, Tokens(), session=session)
+    admin = clients.delegated(ORG, AccessToken(SECRET_TOKEN, time.time() + 3600, TENANT, ORG, "identity_provider"))
+    with pytest.raises(DataverseError):
+        admin.whoami()
+    assert admin.governor.blocked_for > 20  # the administrator waits out their window ...
+    started = time.monotonic()
+    assert clients.for_org(TENANT, ORG).whoami().user_id == "u"  # ... the application user does not
+    assert time.monotonic() - started < 5
