@@ -99,7 +99,7 @@ class WebhookIntake:
         self._secret_required = secret_required
         self._clock = clock
         self._wall_clock = wall_clock
-        self._cache: dict[str, tuple[float, OrgEntry | None, bool, OrgRecord | None]] = {}
+        self._cache: dict[str, tuple[float, OrgEntry | None, OrgRecord | None]] = {}
         self._relooked: dict[str, float] = {}  # host -> when a refusal last re-read its lookup
         self._lock = threading.Lock()
 
@@ -120,29 +120,12 @@ class WebhookIntake:
         except InvalidContextError as exc:
             return IntakeResult(400, exc.code, exc.message)
         host = (headers.get(ORG_HEADER) or "").strip().lower()
-        entry: OrgEntry | None = None
-        active, fresh = False, True
-        org: OrgRecord | None = None
-        looked_up = bool(host) and is_host_name(host)  # what Dataverse sends; anything else is not looked up
-        if looked_up:
-            try:
-                entry, active, org, fresh = self._lookup(host)
-            except Exception:
-                logger.exception("Webhook: organisation lookup failed for %s", host)
-                return IntakeResult(503, "storage_unavailable", "Storage is unavailable; retry later.")
-        secret_hashes = self._accepted(org)
-        authenticated = self._secret_ok(secret_hashes, headers)
-        if looked_up and not fresh and not (entry is not None and active and authenticated) and self._relook(host):
-            # A cached lookup may be stale (a secret just rotated, an org just activated): Dataverse does not retry
-            # a 401, so look once more before refusing — for a known host or not alike, so that costs no tell.
-            try:
-                entry, active, org, _ = self._lookup(host)
-            except Exception:
-                logger.exception("Webhook: organisation lookup failed for %s", host)
-                return IntakeResult(503, "storage_unavailable", "Storage is unavailable; retry later.")
-            secret_hashes = self._accepted(org)
-            authenticated = self._secret_ok(secret_hashes, headers)
-        if entry is None or not active or not authenticated:
+        try:
+            entry, secret_hashes = self._authenticate(host, headers)
+        except Exception:
+            logger.exception("Webhook: organisation lookup failed for %s", host)
+            return IntakeResult(503, "storage_unavailable", "Storage is unavailable; retry later.")
+        if entry is None:
             # One answer for an unknown host, an inactive org and a missing or wrong secret: a key holder learns
             # nothing about which hosts are customers.
             return IntakeResult(401, UNAUTHENTICATED, _UNAUTHENTICATED_MESSAGE)
@@ -200,9 +183,27 @@ class WebhookIntake:
         )
         return IntakeResult(202, "accepted", "Queued.", key=key)
 
-    def _lookup(self, host: str) -> tuple[OrgEntry | None, bool, OrgRecord | None, bool]:
-        """Org entry, whether the org is active, and its registry record (None unless active: its secret hashes,
-        each replaced one with its deadline); cached briefly so an acknowledgement costs no
+    def _authenticate(self, host: str, headers: Mapping[str, str]) -> tuple[OrgEntry | None, tuple[str, ...]]:
+        """The org entry of an active org whose own secret the delivery carries (else None), and the hashes that
+        secret was checked against (empty: let in without one, WEBHOOK_SECRET_REQUIRED=false). A header that is no
+        host name is not looked up. A refusal on a cached lookup looks once more before refusing (a secret just
+        rotated, an org just activated: Dataverse does not retry a 401) — for a known host or not alike, so that
+        costs no tell. Raises what storage raises."""
+        if not (host and is_host_name(host)):  # what Dataverse sends; anything else is not looked up
+            self._secret_ok((), headers)
+            return None, ()
+        entry, org, fresh = self._lookup(host)
+        hashes = self._accepted(org)
+        authenticated = self._secret_ok(hashes, headers)  # compared whatever the org, so the time says nothing
+        if not (org is not None and authenticated) and not fresh and self._relook(host):
+            entry, org, _ = self._lookup(host)
+            hashes = self._accepted(org)
+            authenticated = self._secret_ok(hashes, headers)
+        return (entry if org is not None and authenticated else None), hashes
+
+    def _lookup(self, host: str) -> tuple[OrgEntry | None, OrgRecord | None, bool]:
+        """Org entry and, when the org is active, its registry record (its secret hashes, each replaced one with
+        its deadline; None for an unknown host or an inactive org); cached briefly so an acknowledgement costs no
         storage read in the common case (offboarding reaches the receiver within _CACHE_SECONDS). The last value
         says whether this call read storage (False: from the cache).
 
@@ -214,19 +215,17 @@ class WebhookIntake:
         with self._lock:
             cached = self._cache.get(host)
         if cached is not None and cached[0] > now:
-            return cached[1], cached[2], cached[3], False
+            return cached[1], cached[2], False
         entry = self._org_index.find(host)
         tenant = self._registry.find_tenant(entry.tenant_id if entry is not None else _NO_TENANT)
-        active = False
         org: OrgRecord | None = None
-        if entry is not None and tenant is not None:
-            active = entry.org_url in tenant.active_org_urls
-            org = tenant.org(entry.org_url) if active else None
+        if entry is not None and tenant is not None and entry.org_url in tenant.active_org_urls:
+            org = tenant.org(entry.org_url)
         with self._lock:
             _bounded(self._cache)
             self._cache.pop(host, None)  # re-inserted: the newest entry again
-            self._cache[host] = (now + _CACHE_SECONDS, entry, active, org)
-        return entry, active, org, True
+            self._cache[host] = (now + _CACHE_SECONDS, entry, org)
+        return entry, org, True
 
     def _relook(self, host: str) -> bool:
         """Drop the host's cached lookup so the next one reads storage, at most once per host per
