@@ -39,6 +39,11 @@ def query_string(
     return "?" + "&".join(params) if params else ""
 
 
+def string_literal(value: str) -> str:
+    """An OData string literal for a $filter: quoted, with each quote doubled (OData URL conventions)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
 def checked_page_size(page_size: int) -> int:
     if not 1 <= page_size <= MAX_PAGE_SIZE:
         raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")

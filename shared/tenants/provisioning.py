@@ -31,6 +31,7 @@ from typing import Protocol
 from shared.dataverse.batch import BatchOperation
 from shared.dataverse.client import DataverseClient
 from shared.dataverse.errors import DataverseError
+from shared.dataverse.odata import string_literal
 from shared.errors import S2SError
 from shared.telemetry import dims
 from shared.tenants.security_role import SecurityRole
@@ -97,11 +98,6 @@ class _Stop(Exception):
     def __init__(self, step: ProvisioningStep) -> None:
         super().__init__(step.detail)
         self.step = step
-
-
-def _literal(value: str) -> str:
-    """An OData string literal: quotes doubled (OData URL conventions)."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 class WebhookSteps(Protocol):
@@ -179,7 +175,9 @@ class OrgProvisioner:
 
     def _role_id(self, client: DataverseClient, unit: str) -> tuple[StepOutcome, str]:
         name = self._role.name
-        row = self._first(client, "roles", ["roleid"], f"name eq {_literal(name)} and _businessunitid_value eq {unit}")
+        row = self._first(
+            client, "roles", ["roleid"], f"name eq {string_literal(name)} and _businessunitid_value eq {unit}"
+        )
         if row is not None:
             return StepOutcome.UNCHANGED, str(row["roleid"])
         created = client.create("roles", {"name": name, "businessunitid@odata.bind": f"/businessunits({unit})"})
@@ -190,7 +188,7 @@ class OrgProvisioner:
         someone widened by hand is put back to what the app needs."""
         privileges = []
         for wanted in self._role.privileges:
-            row = self._first(client, "privileges", ["privilegeid"], f"name eq {_literal(wanted.name)}")
+            row = self._first(client, "privileges", ["privilegeid"], f"name eq {string_literal(wanted.name)}")
             if row is None:
                 raise DataverseError(
                     f"The environment has no privilege named {wanted.name} (is the table installed?).",

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from shared.dataverse.client import DataverseClient
 from shared.dataverse.errors import DataverseError
+from shared.dataverse.odata import string_literal
 from shared.tenants.provisioning import StepOutcome
 
 WEBHOOK_CONTRACT = 8
@@ -75,10 +76,6 @@ def _settings_xml(pairs: dict[str, str]) -> str:
     return f"<settings>{inner}</settings>"
 
 
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _normalized(attributes: object) -> frozenset[str]:
     """A step's filteringattributes as a set (Dataverse keeps them comma-separated; order and case carry nothing)."""
     if not isinstance(attributes, str):
@@ -96,17 +93,27 @@ def auth_value(function_key: str, secret_header: str, secret: str) -> str:
     return _settings_xml({KEY_HEADER: function_key, secret_header: secret})
 
 
+def _endpoint_rows(client: DataverseClient, name: str) -> list[dict[str, object]]:
+    return list(
+        client.iter_rows(
+            "serviceendpoints",
+            select=["serviceendpointid", "url"],
+            filter=f"name eq {string_literal(name)} and contract eq {WEBHOOK_CONTRACT}",
+        )
+    )
+
+
 def find_endpoints(client: DataverseClient, name: str) -> list[str]:
     """The ids of every webhook service endpoint called `name`: normally one, but two onboardings of one org at once
     each find none and create one, and upkeep must reach both. Raises DataverseError."""
-    return [
-        str(row["serviceendpointid"])
-        for row in client.iter_rows(
-            "serviceendpoints",
-            select=["serviceendpointid"],
-            filter=f"name eq {_literal(name)} and contract eq {WEBHOOK_CONTRACT}",
-        )
-    ]
+    return [str(row["serviceendpointid"]) for row in _endpoint_rows(client, name)]
+
+
+def endpoint_steps(client: DataverseClient, endpoint_id: str, select: list[str]) -> list[dict[str, object]]:
+    """The processing steps that send to the endpoint `endpoint_id` (its `select` columns). Raises DataverseError."""
+    return list(
+        client.iter_rows("sdkmessageprocessingsteps", select=select, filter=f"_eventhandler_value eq {endpoint_id}")
+    )
 
 
 class WebhookRegistrar:
@@ -121,13 +128,7 @@ class WebhookRegistrar:
     def endpoint(self, client: DataverseClient) -> tuple[StepOutcome, str]:
         """Find or create the service endpoint; re-point it. Raises DataverseError."""
         target = self._target
-        found = list(
-            client.iter_rows(
-                "serviceendpoints",
-                select=["serviceendpointid", "url"],
-                filter=f"name eq {_literal(target.endpoint_name)} and contract eq {WEBHOOK_CONTRACT}",
-            )
-        )
+        found = _endpoint_rows(client, target.endpoint_name)
         if not found:
             body = {
                 "name": target.endpoint_name,
@@ -161,10 +162,8 @@ class WebhookRegistrar:
                 str(row["sdkmessageprocessingstepid"]),
                 _normalized(row.get("filteringattributes")),
             )
-            for row in client.iter_rows(
-                "sdkmessageprocessingsteps",
-                select=["sdkmessageprocessingstepid", "_sdkmessagefilterid_value", "filteringattributes"],
-                filter=f"_eventhandler_value eq {endpoint_id}",
+            for row in endpoint_steps(
+                client, endpoint_id, ["sdkmessageprocessingstepid", "_sdkmessagefilterid_value", "filteringattributes"]
             )
         }
         changed = False
@@ -203,7 +202,9 @@ class WebhookRegistrar:
 
     @staticmethod
     def _filter(client: DataverseClient, table: str, message: str) -> tuple[str, str]:
-        messages = list(client.iter_rows("sdkmessages", select=["sdkmessageid"], filter=f"name eq {_literal(message)}"))
+        messages = list(
+            client.iter_rows("sdkmessages", select=["sdkmessageid"], filter=f"name eq {string_literal(message)}")
+        )
         if not messages:
             raise DataverseError(f"The environment has no message {message}.", org_url=client.org_url)
         message_id = str(messages[0]["sdkmessageid"])
@@ -211,7 +212,7 @@ class WebhookRegistrar:
             client.iter_rows(
                 "sdkmessagefilters",
                 select=["sdkmessagefilterid"],
-                filter=f"primaryobjecttypecode eq {_literal(table)} and _sdkmessageid_value eq {message_id}",
+                filter=f"primaryobjecttypecode eq {string_literal(table)} and _sdkmessageid_value eq {message_id}",
             )
         )
         if not filters:

@@ -33,7 +33,14 @@ from shared.errors import ConfigurationError, S2SError
 from shared.settings import Settings
 from shared.telemetry import dims
 from shared.tenants.registry import TenantRegistry
-from shared.tenants.webhook_endpoint import HTTP_HEADER, auth_value, endpoint_name, find_endpoints, usable_key
+from shared.tenants.webhook_endpoint import (
+    HTTP_HEADER,
+    auth_value,
+    endpoint_name,
+    endpoint_steps,
+    find_endpoints,
+    usable_key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -235,16 +242,8 @@ class WebhookUpkeep:
             if not endpoints:
                 return EndpointRemoval(org_url, UpkeepOutcome.NOT_FOUND)
             for endpoint in endpoints:  # every one of ours (two onboardings at once each create one)
-                steps = [
-                    str(row["sdkmessageprocessingstepid"])
-                    for row in client.iter_rows(
-                        "sdkmessageprocessingsteps",
-                        select=["sdkmessageprocessingstepid"],
-                        filter=f"_eventhandler_value eq {endpoint}",
-                    )
-                ]
-                for step in steps:
-                    client.delete("sdkmessageprocessingsteps", step)
+                for step in endpoint_steps(client, endpoint, ["sdkmessageprocessingstepid"]):
+                    client.delete("sdkmessageprocessingsteps", str(step["sdkmessageprocessingstepid"]))
                     removed += 1
                 client.delete("serviceendpoints", endpoint)
         except (DataverseError, S2SError) as exc:
