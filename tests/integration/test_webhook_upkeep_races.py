@@ -15,7 +15,15 @@ from shared.tenants.webhook_upkeep import SecretRotation, UpkeepOutcome, Webhook
 
 from .test_onboarding_flow import Flow, flow  # noqa: F401 - `flow` is the fixture
 from .test_sandbox_webhooks import Receiver
-from .test_webhook_upkeep import change_something, cli, post, provisioned, receiver, sent_secret  # noqa: F401
+from .test_webhook_upkeep import (  # noqa: F401 - `receiver` is the fixture
+    change_something,
+    cli,
+    post,
+    provisioned,
+    receiver,
+    sent_secret,
+    take_from_our_role,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -126,14 +134,8 @@ def test_a_retried_rotation_that_again_cannot_reach_the_endpoint_keeps_the_endpo
     """A rotation refused by the org (a role made before the upkeep privileges) is naturally run again; if that one
     is refused too, the endpoint still sends the secret from before both, which must still work until the overlap
     the answers name ends (Dataverse does not retry a 401: a refused delivery is an event lost)."""
-    from sandbox.dataverse.provisioning.access import org_state
-    from sandbox.dataverse.security import role_id
-
     provisioned(flow, receiver)
-    st = flow.sandbox.state  # type: ignore[attr-defined]
-    store = st.find_org_store(flow.bare_org.removeprefix("https://"))
-    privileges = org_state(store).role_privileges[role_id(store.org.org_id, flow.settings.security_role_name)]
-    privileges.pop("prvWriteServiceEndpoint")
+    take_from_our_role(flow, "prvWriteServiceEndpoint")
 
     _, first = cli(capsys, "tenants", "webhook-secret", flow.bare_tenant, "--org", flow.bare_org)
     _, second = cli(capsys, "tenants", "webhook-secret", flow.bare_tenant, "--org", flow.bare_org)
