@@ -286,6 +286,21 @@ def test_the_form_shows_the_role_and_its_privileges_before_sign_in(flow: Flow) -
     assert "sync reads accounts" in shown
 
 
+def press_retry(flow: Flow, fields: dict[str, str], admin: Any) -> requests.Response:  # noqa: F811
+    """The page's "Sign in again to finish setting up": its form posted from the page's origin to the start route,
+    then the administrator's new sign-in; the page the sign-in comes back to."""
+    started = requests.post(
+        f"{flow.host.url}/api/onboard",
+        data=fields,
+        headers={"Origin": flow.host.url},
+        allow_redirects=False,
+        timeout=30,
+    )
+    assert started.status_code == 302, started.text
+    cookie = re.match(r"s2s_onboarding=([^;]+);", started.headers["Set-Cookie"]).group(1)  # type: ignore[union-attr]
+    return back(flow, sign_in(started.headers["Location"], admin), cookie)
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -325,16 +340,7 @@ def test_an_interrupted_set_up_is_finished_by_signing_in_again_from_the_page(
 
     # The page's button: its form posted from the page's origin to the start route, then the same administrator's
     # new sign-in. No token was kept in between; the new one does the rest.
-    started = requests.post(
-        f"{flow.host.url}/api/onboard",
-        data=fields,
-        headers={"Origin": flow.host.url},
-        allow_redirects=False,
-        timeout=30,
-    )
-    assert started.status_code == 302, started.text
-    cookie = re.match(r"s2s_onboarding=([^;]+);", started.headers["Set-Cookie"]).group(1)  # type: ignore[union-attr]
-    second = back(flow, sign_in(started.headers["Location"], admin), cookie)
+    second = press_retry(flow, fields, admin)
 
     assert second.status_code == 200 and "Your environment is connected" in second.text, second.text
     assert "Provisioned in" in second.text and 'class="retry"' not in second.text
@@ -386,16 +392,7 @@ def test_a_recheck_of_an_org_still_waiting_offers_the_sign_in_that_sets_it_up(fl
     assert org_facts(flow, org)["app_users"] == []  # a re-check changes nothing in the org
     fields = retry_fields(again.text)
     assert fields == {"org_url": org, "contact": ""}
-    started = requests.post(
-        f"{flow.host.url}/api/onboard",
-        data=fields,
-        headers={"Origin": flow.host.url},
-        allow_redirects=False,
-        timeout=30,
-    )
-    assert started.status_code == 302
-    cookie = re.match(r"s2s_onboarding=([^;]+);", started.headers["Set-Cookie"]).group(1)  # type: ignore[union-attr]
-    done = back(flow, sign_in(started.headers["Location"], admin), cookie)
+    done = press_retry(flow, fields, admin)
     assert "Your environment is connected" in done.text
     assert flow.registry.get_tenant(flow.bare_tenant).org(org).status is OrgStatus.ACTIVE
     facts = org_facts(flow, org)
