@@ -99,7 +99,7 @@ class DevStack:
         try:
             self._start_azurite()
             keys_file = self.state_dir / "host-keys.json"
-            keys = load_keys(keys_file)
+            load_keys(keys_file)  # writes a new set when there is none: the sandbox reads the host key there
             self._start_sandbox(keys_file)
             assert self.azurite is not None
             document = local_settings.build(self.info["settings"], self.azurite.connection_string, self.port)
