@@ -186,11 +186,9 @@ def main(argv: list[str] | None = None) -> int:
             host_json=REPO_ROOT / "host.json",
             indexed=indexed,
         )
-    except WorkerIndexingError as exc:
-        # The real host would serve nothing: refuse to start, with the same message the tests print.
-        sys.stderr.write(f"devhost: refusing to start: {exc}\n")
-        return 2
-    except ValueError as exc:  # a trigger's schedule, queue name or host.json value the host would refuse
+    except ValueError as exc:
+        # WorkerIndexingError (the real host would serve nothing: the same message the tests print), or a
+        # trigger's schedule, queue name or host.json value the host would refuse.
         sys.stderr.write(f"devhost: refusing to start: {exc}\n")
         return 2
     if args.keys_file:

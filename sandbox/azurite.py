@@ -31,7 +31,8 @@ _START_SECONDS = 30.0
 _STOP_SECONDS = 15.0
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -48,7 +49,7 @@ class Azurite:
             raise RuntimeError("Azurite is not installed: run `npm ci` (make test does it)")
         self.persistent = persistent or location is not None
         self._location = location
-        self.ports = dict(ports) if ports else {"blob": _free_port(), "queue": _free_port(), "table": _free_port()}
+        self.ports = dict(ports) if ports else {"blob": free_port(), "queue": free_port(), "table": free_port()}
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None

@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from devhost.keys import load_keys
 from devhost.start import local_settings
-from sandbox.azurite import Azurite
+from sandbox.azurite import Azurite, free_port
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +47,6 @@ class StartOptions:
     local_settings_target: Path | None = REPO_ROOT / "local.settings.json"
     fresh: bool = False
     run_app: bool = True  # False: leave the port to `func start` (Core Tools) with the same settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _port_taken(port: int) -> bool:
@@ -99,7 +93,7 @@ class DevStack:
         try:
             self._start_azurite()
             keys_file = self.state_dir / "host-keys.json"
-            keys = load_keys(keys_file)
+            load_keys(keys_file)  # writes a new set when there is none: the sandbox reads the host key there
             self._start_sandbox(keys_file)
             assert self.azurite is not None
             document = local_settings.build(self.info["settings"], self.azurite.connection_string, self.port)

@@ -49,7 +49,6 @@ class TriggerRuntime:
         environ: Mapping[str, str],
         host_json: Path,
         loop: EventLoopThread,
-        queue_client_factory: Callable[[str, str], Any] | None = None,
     ) -> None:
         queues, timers, others = index_triggers(skipped, environ)
         self.queue_functions: list[QueueFunction] = queues
@@ -66,11 +65,7 @@ class TriggerRuntime:
                 raise MissingConnectionError(
                     f"function {function.name}: app setting {function.connection} (its queue connection) is not set"
                 )
-            factory = (
-                connection_string_factory(connection)
-                if queue_client_factory is None
-                else _bound(queue_client_factory, connection)
-            )
+            factory = connection_string_factory(connection)
             self._listeners.append(QueueListener(function, factory, self.options, loop, self._record))
         self.scheduler = TimerScheduler(timers, loop, on_outcome=lambda name, outcome: self._record(name, "", outcome))
         self._adhoc: set[threading.Thread] = set()
@@ -136,7 +131,3 @@ class TriggerRuntime:
         for other in self.unsupported:
             lines.append(f"  {other.name:<24} not run ({other.trigger})")
         return lines
-
-
-def _bound(factory: Callable[[str, str], Any], connection: str) -> Callable[[str], Any]:
-    return lambda queue_name: factory(connection, queue_name)

@@ -45,10 +45,6 @@ class TimerScheduler:
         self._runs: set[threading.Thread] = set()
         self._runs_lock = threading.Lock()
 
-    @property
-    def names(self) -> list[str]:
-        return sorted(self._timers)
-
     def next_firing(self, name: str) -> dt.datetime:
         return self._timers[name].schedule.next_after(self._now())
 

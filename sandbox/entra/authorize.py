@@ -12,7 +12,6 @@ error page, never a redirect.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 import hmac
 import secrets
@@ -23,10 +22,11 @@ from dataclasses import dataclass, field
 from html import escape
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode
 
 from sandbox.entra import consent_page
 from sandbox.entra import errors as entra_errors
+from sandbox.entra.consent_page import PageError, error_response, redirect_response, with_state
 from sandbox.entra.directory import CONSENT_ADMIN_ROLES, Application
 from sandbox.entra.errors import EntraError
 from sandbox.entra.user_tokens import SandboxUser
@@ -120,12 +120,6 @@ def _verifier_matches(verifier: str, challenge: str, method: str) -> bool:
     return bool(verifier) and hmac.compare_digest(computed, challenge)
 
 
-class _PageError(Exception):
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
 class AuthorizeEndpoint:
     """GET shows the sign-in page, POST takes the answer; both on `/{tenant}/oauth2/v2.0/authorize`."""
 
@@ -140,20 +134,20 @@ class AuthorizeEndpoint:
             parsed = self._parse(request, segment)
         except EntraError as err:  # before the redirect URI is trusted: an error page
             self._state.counters.bump("authorize_error", code=err.code)
-            return _error_page(f"AADSTS{err.code}: {err.message}", trace_id)
+            return error_response(f"AADSTS{err.code}: {err.message}", trace_id)
         try:
             self._check_protocol(request, parsed)
             if request.method == "POST":
                 return self._decide(request, parsed)
             return self._show(request, parsed)
-        except _PageError as err:
+        except PageError as err:
             self._state.counters.bump("authorize_error", code="page")
-            return _error_page(err.message, trace_id)
+            return error_response(err.message, trace_id)
         except EntraError as err:
             self._state.counters.bump("authorize_error", code=err.code)
             if err.code == 90094:  # Entra keeps the user on its own "Need admin approval" page
-                return _error_page(f"AADSTS{err.code}: {err.message}", trace_id, status=403)
-            return _redirect(parsed.redirect_uri, _error_params(err, parsed.state))
+                return error_response(f"AADSTS{err.code}: {err.message}", trace_id, status=403)
+            return redirect_response(parsed.redirect_uri, _error_params(err, parsed.state))
 
     # -- validation: tenant, client, redirect URI (errors are pages), then the rest (errors are redirects) ----
 
@@ -219,7 +213,7 @@ class AuthorizeEndpoint:
         pending = self._redeem_page(form.get(NONCE_FIELD, ""), parsed)
         decision = form.get(DECISION_FIELD, "")
         if decision not in (ACCEPT, CANCEL):
-            raise _PageError("The sign-in form was submitted without a valid decision (accept or cancel).")
+            raise PageError("The sign-in form was submitted without a valid decision (accept or cancel).")
         if decision == CANCEL:
             raise entra_errors.user_declined()
         tenant_id, _, object_id = form.get(USER_FIELD, "").partition(":")
@@ -227,21 +221,18 @@ class AuthorizeEndpoint:
         if tenant_id in pending.tenant_ids:
             user = next((u for u in self._state.list_users(tenant_id) if u.object_id == object_id), None)
         if user is None:
-            raise _PageError("Choose one of the accounts the sign-in page offered.")
+            raise PageError("Choose one of the accounts the sign-in page offered.")
         app = self._state.get_application(parsed.client_id)
         self._consent_if_needed(app, user, for_organization=form.get(CONSENT_FIELD) == "yes")
         code = self._codes.issue(parsed, user)
         self._state.counters.bump("authorization_code", tenant=user.tenant_id, client_id=app.client_id)
-        params = [("code", code)]
-        if parsed.state is not None:
-            params.append(("state", parsed.state))
-        params.append(("session_state", str(uuid.uuid4())))
-        return _redirect(parsed.redirect_uri, params)
+        params = [*with_state([("code", code)], parsed.state), ("session_state", str(uuid.uuid4()))]
+        return redirect_response(parsed.redirect_uri, params)
 
     def _redeem_page(self, nonce: str, parsed: AuthorizeRequest) -> consent_page.PendingForm:
         pending = self._forms.redeem(nonce, parsed)
         if pending is None:
-            raise _PageError(
+            raise PageError(
                 "This sign-in request has expired, was already answered, or its form was not issued for this "
                 "request. Start again from the application."
             )
@@ -261,27 +252,8 @@ class AuthorizeEndpoint:
         )
 
 
-def _redirect(redirect_uri: str, params: list[tuple[str, str]]) -> HttpResponse:
-    parts = urlsplit(redirect_uri)
-    added = urlencode(params)
-    query = f"{parts.query}&{added}" if parts.query else added
-    location = urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
-    return HttpResponse(
-        302, b"", {"Location": location, "Cache-Control": "no-store, no-cache", "Referrer-Policy": "no-referrer"}
-    )
-
-
 def _error_params(err: EntraError, state: str | None) -> list[tuple[str, str]]:
-    params = [("error", err.error), ("error_description", f"AADSTS{err.code}: {err.message}")]
-    return [*params, ("state", state)] if state is not None else params
-
-
-def _error_page(message: str, trace_id: str, status: int = 400) -> HttpResponse:
-    timestamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    html = consent_page.render_error_page(
-        message, request_id=trace_id, correlation_id=str(uuid.uuid4()), timestamp=timestamp
-    )
-    return HttpResponse(status, html, {**consent_page.PAGE_HEADERS, "x-ms-request-id": trace_id})
+    return with_state([("error", err.error), ("error_description", f"AADSTS{err.code}: {err.message}")], state)
 
 
 # -- the page ----------------------------------------------------------------------------------------------

@@ -8,15 +8,15 @@ The POST must carry the page's nonce, which is single use, expires, and is bound
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode
 
 from sandbox.entra import consent_page
 from sandbox.entra import errors as entra_errors
+from sandbox.entra.consent_page import PageError, error_response, redirect_response, with_state
 from sandbox.entra.directory import Application, Tenant
 from sandbox.entra.errors import EntraError
 from sandbox.identifiers import SandboxLookupError
@@ -33,14 +33,6 @@ _NONCE_LIFETIME = 600.0  # seconds a consent page stays answerable, like an Entr
 # protocol §1, redirect shapes (entra/v2-oauth2-client-creds-grant-flow.md, entra/v2-admin-consent.md).
 _V1_DECLINED = ("permission_denied", "The admin canceled the request")
 _V2_DECLINED = ("consent_required", "AADSTS65004: User declined to consent to access the app.")
-
-
-class _PageError(Exception):
-    """A problem reported on an error page (no redirect)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -72,10 +64,10 @@ class AdminConsentEndpoint:
         except EntraError as err:
             self._state.counters.bump("admin_consent_error", code=err.code)
             logger.debug("admin consent %s -> AADSTS%s", request.path, err.code)
-            return self._error_page(f"AADSTS{err.code}: {err.message}", trace_id)
-        except _PageError as err:
+            return error_response(f"AADSTS{err.code}: {err.message}", trace_id)
+        except PageError as err:
             self._state.counters.bump("admin_consent_error", code="page")
-            return self._error_page(err.message, trace_id)
+            return error_response(err.message, trace_id)
 
     # -- validation, in Entra's order: tenant, client, redirect URI, then the rest ------------------------
 
@@ -158,11 +150,11 @@ class AdminConsentEndpoint:
         pending = self._redeem(form.get(consent_page.NONCE_FIELD, ""), consent)
         decision = form.get(consent_page.DECISION_FIELD, "")
         if decision not in (consent_page.ACCEPT, consent_page.CANCEL):
-            raise _PageError("The consent form was submitted without a valid decision (accept or cancel).")
+            raise PageError("The consent form was submitted without a valid decision (accept or cancel).")
         chosen = form.get(consent_page.TENANT_FIELD) or (pending.tenant_ids[0] if len(pending.tenant_ids) == 1 else "")
         tenant = self._state.find_tenant(chosen) if chosen else None
         if tenant is None or tenant.tenant_id not in pending.tenant_ids:
-            raise _PageError("Choose one of the tenants the consent page offered.")
+            raise PageError("Choose one of the tenants the consent page offered.")
 
         if decision == consent_page.ACCEPT:
             try:
@@ -176,21 +168,13 @@ class AdminConsentEndpoint:
             "admin_consent", tenant=tenant.tenant_id, client_id=consent.client_id, decision=decision
         )
         logger.debug("admin consent for %s in tenant %s: %s", consent.client_id, tenant.tenant_id, decision)
-        return HttpResponse(
-            302,
-            b"",
-            {
-                "Location": _with_query(consent.redirect_uri, params),
-                "Cache-Control": "no-store, no-cache",
-                "Referrer-Policy": "no-referrer",
-            },
-        )
+        return redirect_response(consent.redirect_uri, params)
 
     def _redeem(self, nonce: str, consent: _ConsentRequest) -> consent_page.PendingForm:
         """Take the nonce out of the store (single use); it must belong to these very parameters."""
         pending = self._forms.redeem(nonce, consent)
         if pending is None:
-            raise _PageError(
+            raise PageError(
                 "This consent request has expired, was already answered, or its form was not issued for this "
                 "request. Start the admin consent again from the application."
             )
@@ -200,38 +184,16 @@ class AdminConsentEndpoint:
     def _granted(consent: _ConsentRequest, tenant: Tenant) -> list[tuple[str, str]]:
         if consent.v2:
             params = [("admin_consent", "True"), ("tenant", tenant.tenant_id), ("scope", consent.scope or "")]
-            return _and_state(params, consent.state)
-        return [*_and_state([("tenant", tenant.tenant_id)], consent.state), ("admin_consent", "True")]
+            return with_state(params, consent.state)
+        return [*with_state([("tenant", tenant.tenant_id)], consent.state), ("admin_consent", "True")]
 
     @staticmethod
     def _declined(consent: _ConsentRequest) -> list[tuple[str, str]]:
         if consent.v2:
             error, description = _V2_DECLINED
             # Entra's v2 endpoint sends admin_consent=True on errors too (protocol §1).
-            return _and_state(
+            return with_state(
                 [("admin_consent", "True"), ("error", error), ("error_description", description)], consent.state
             )
         error, description = _V1_DECLINED
-        return _and_state([("error", error), ("error_description", description)], consent.state)
-
-    # -- error page -------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _error_page(message: str, trace_id: str) -> HttpResponse:
-        timestamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        html = consent_page.render_error_page(
-            message, request_id=trace_id, correlation_id=str(uuid.uuid4()), timestamp=timestamp
-        )
-        return HttpResponse(400, html, {**consent_page.PAGE_HEADERS, "x-ms-request-id": trace_id})
-
-
-def _and_state(params: list[tuple[str, str]], state: str | None) -> list[tuple[str, str]]:
-    return [*params, ("state", state)] if state is not None else params
-
-
-def _with_query(redirect_uri: str, params: list[tuple[str, str]]) -> str:
-    """`redirect_uri` with `params` appended to any query it already has (registered URIs carry no fragment)."""
-    parts = urlsplit(redirect_uri)
-    added = urlencode(params)
-    query = f"{parts.query}&{added}" if parts.query else added
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+        return with_state([("error", error), ("error_description", description)], consent.state)

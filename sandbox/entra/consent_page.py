@@ -1,5 +1,6 @@
 """HTML of the admin-consent stand-in: the consent form, the error page, and `read_consent_form` for clients
-without a browser (tests, the demo) that GET the page and POST the decision with plain `requests`.
+without a browser (tests, the demo) that GET the page and POST the decision with plain `requests`. The error page,
+the redirect back to the app and the form nonces are shared with the sign-in page (sandbox.entra.authorize).
 
 The form POSTs `application/x-www-form-urlencoded` to the page's own URL with these fields:
 - `consent_nonce`: hidden, single use, bound to the request's parameters (sandbox.entra.consent);
@@ -10,15 +11,19 @@ Every value the request supplied is HTML-escaped before it is written into a pag
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
 import threading
 import time
+import uuid
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from html import escape
 from html.parser import HTMLParser
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from sandbox.entra.directory import Application, Tenant
+from sandbox.net.httpd import HttpResponse
 
 NONCE_FIELD = "consent_nonce"
 TENANT_FIELD = "tenant"
@@ -188,6 +193,41 @@ def render_error_page(message: str, *, request_id: str, correlation_id: str, tim
         "</dl>\n"
     )
     return document("Sign in to your account", body)
+
+
+# -- responses of the consent and sign-in pages ------------------------------------------------------------
+
+
+class PageError(Exception):
+    """A problem reported on an error page (no redirect)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def error_response(message: str, trace_id: str, status: int = 400) -> HttpResponse:
+    """The error page for `message`, with `trace_id` as its request id."""
+    timestamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    html = render_error_page(message, request_id=trace_id, correlation_id=str(uuid.uuid4()), timestamp=timestamp)
+    return HttpResponse(status, html, {**PAGE_HEADERS, "x-ms-request-id": trace_id})
+
+
+def with_state(params: list[tuple[str, str]], state: str | None) -> list[tuple[str, str]]:
+    """`params` followed by the request's `state`, when it had one."""
+    return [*params, ("state", state)] if state is not None else params
+
+
+def redirect_response(redirect_uri: str, params: list[tuple[str, str]]) -> HttpResponse:
+    """302 to `redirect_uri` with `params` appended to any query it already has (registered URIs carry no
+    fragment)."""
+    parts = urlsplit(redirect_uri)
+    added = urlencode(params)
+    query = f"{parts.query}&{added}" if parts.query else added
+    location = urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+    return HttpResponse(
+        302, b"", {"Location": location, "Cache-Control": "no-store, no-cache", "Referrer-Policy": "no-referrer"}
+    )
 
 
 # -- reading the form back (clients without a browser) -------------------------------------------------
