@@ -91,7 +91,6 @@ def _webhook_skipped(receiver_url: str | None, key: str | None) -> str | None:
         f"No webhook was registered: {why}. Changes in the environment are not pushed to the app; once its operator "
         "sets that, signing in here again registers the webhook."
     )
-    return None
 
 
 # The built-in System Administrator role has this roletemplateid in every environment (the `role` table's
