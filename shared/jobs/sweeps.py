@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import S2SError, TokenAcquisitionError
+from shared.jobs.fanout import HEALTH_STATUSES
 from shared.jobs.units import SweepUnit, UnitResult
 from shared.telemetry import dims
 from shared.tenants.registry import Tenant, TenantStatus, Verification, utc_now
@@ -312,20 +313,12 @@ class JobRunner:
         return TenantOutcome(ok, 0, f"{result.status}: {result.error_code or ''} {result.message or ''}".strip())
 
     def run_health(self, tenant_id: str | None = None, progress: Progress | None = None) -> SweepSummary:
-        statuses = [
-            TenantStatus.ACTIVE,
-            TenantStatus.AWAITING_APPLICATION_USER,
-            TenantStatus.CONSENTED,
-            TenantStatus.CONSENT_REVOKED,
-            TenantStatus.FAILED,
-        ]
-
         def check(tenant: Tenant, _past_deadline: Callable[[], bool]) -> TenantOutcome:
             return self._health_check(tenant)
 
         return self._sweep.run(
             "health",
-            self._tenants(statuses, tenant_id),
+            self._tenants(HEALTH_STATUSES, tenant_id),
             check,
             on_failure=self._failure_recorder("health"),
             progress=progress,
