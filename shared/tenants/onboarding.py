@@ -175,6 +175,17 @@ class VerificationResult:
     provisioning: ProvisioningReport | None = None  # what onboarding created in the org (ONBOARDING_PROVISIONING)
     removals: tuple[EndpointRemoval, ...] = ()  # offboarding: our webhook, removed from each org or not
 
+    def to_dict(self) -> dict[str, Any]:
+        """The outcome as operators see it (the admin API and the CLI): no ticket, nothing secret."""
+        return {
+            "tenant_id": self.tenant_id,
+            "status": self.status.value,
+            "org_urls": list(self.org_urls),
+            "orgs": [org.to_dict() for org in self.orgs],
+            "error_code": self.error_code,
+            "message": self.message,
+        }
+
     def about(self, org_url: str, ticket: str | None = None) -> VerificationResult:
         """The same result, for the person who asked about ``org_url`` (with their re-check ticket)."""
         focus = next((org for org in self.orgs if org.url == org_url), None)
