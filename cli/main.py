@@ -245,15 +245,7 @@ def _tenants(services: Any, args: argparse.Namespace) -> Any:
             raise ValueError("--org needs the tenant id: tenants webhook-secret <tenant> --org <org url>")
         return upkeep.rotate(args.tenant_id, args.org).to_dict(header)
     if args.tenants_command == "verify":
-        result = services.onboarding.verify(args.tenant_id, actor="operator CLI")
-        return {
-            "tenant_id": result.tenant_id,
-            "status": result.status.value,
-            "org_urls": list(result.org_urls),
-            "orgs": [org.to_dict() for org in result.orgs],
-            "error_code": result.error_code,
-            "message": result.message,
-        }
+        return services.onboarding.verify(args.tenant_id, actor="operator CLI").to_dict()
     if args.tenants_command == "remove-org":
         from shared.tenants.webhook_upkeep import WebhookUpkeep
 

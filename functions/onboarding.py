@@ -318,15 +318,7 @@ def verify_tenant(req: func.HttpRequest) -> func.HttpResponse:
         result = services.onboarding.verify(tenant_id, actor="admin API")
     except TenantNotFoundError as exc:
         return json_error(404, exc.code, exc.message, req)
-    body = {
-        "tenant_id": result.tenant_id,
-        "status": result.status.value,
-        "org_urls": list(result.org_urls),
-        "orgs": [org.to_dict() for org in result.orgs],
-        "error_code": result.error_code,
-        "message": result.message,
-        "request_id": request_id(req),
-    }
+    body = {**result.to_dict(), "request_id": request_id(req)}
     return func.HttpResponse(json.dumps(body), status_code=200, mimetype="application/json")
 
 

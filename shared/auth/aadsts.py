@@ -6,7 +6,12 @@ Entra's own ``error`` value; callers act on ``category``, never on the text.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+_CODE_IN_TEXT = re.compile(r"AADSTS(\d+)")
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,16 @@ CONDITIONS: dict[str, AadstsInfo] = {
 
 # Entra-side failures worth retrying later (AADSTS90033 / 50196 / 5000 series are service-side, not ours).
 _TRANSIENT_ERRORS = {"temporarily_unavailable", "server_error"}
+
+
+def code_of(result: Mapping[str, Any]) -> int | None:
+    """The AADSTS code of an error answer (MSAL's result dict or Entra's JSON body): its first ``error_codes``
+    entry, else the first ``AADSTS<n>`` in its ``error_description``."""
+    codes = result.get("error_codes") or []
+    if codes:
+        return int(codes[0])
+    match = _CODE_IN_TEXT.search(str(result.get("error_description") or ""))
+    return int(match.group(1)) if match else None
 
 
 def describe(code: int | None, error: str | None) -> AadstsInfo:

@@ -19,7 +19,6 @@ acceptance or a refusal of the credential leaves the new version waiting and is 
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -33,7 +32,6 @@ from shared.auth.token_provider import ConfidentialClient, MsalHttpClient
 
 Assertion = Callable[[Mapping[str, str]], str]
 
-_AADSTS_IN_TEXT = re.compile(r"AADSTS(\d+)")
 
 # Answers that come back as ``invalid_client`` (which usually means a refused credential) but say the home tenant
 # or the app is not set up, not that the certificate is unknown: the version stays waiting with this fix.
@@ -103,11 +101,8 @@ class HomeTenantCanary:
     def _verdict(self, result: Mapping[str, Any]) -> CanaryVerdict:
         if "access_token" in result:
             return CanaryVerdict(CanaryOutcome.ACCEPTED)
-        codes = result.get("error_codes") or []
+        code = aadsts.code_of(result)
         description = str(result.get("error_description") or "")
-        code: int | None = int(codes[0]) if codes else None
-        if code is None and (match := _AADSTS_IN_TEXT.search(description)):
-            code = int(match.group(1))
         error = result.get("error")
         detail = (description.splitlines()[0] if description else str(error))[:300]
         if code in _SETUP_PROBLEMS:

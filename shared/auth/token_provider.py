@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 # MSAL treats a cached token with under 5 minutes left as expired (protocol.md §2); the memo does the same so
 # it never hands out a token MSAL would already replace.
 _EXPIRY_MARGIN_SECONDS = 300
-_AADSTS_IN_TEXT = re.compile(r"AADSTS(\d+)")
 
 
 @dataclass(frozen=True)
@@ -321,11 +320,8 @@ class TenantTokenProvider:
         )
 
     def _error_from(self, result: Mapping[str, Any], tenant_id: str) -> TokenAcquisitionError:
-        codes = result.get("error_codes") or []
-        code: int | None = int(codes[0]) if codes else None
+        code = aadsts.code_of(result)
         description = str(result.get("error_description") or "")
-        if code is None and (match := _AADSTS_IN_TEXT.search(description)):
-            code = int(match.group(1))
         error = result.get("error")
         info = aadsts.describe(code, error)
         whole = entra_description(description)

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import S2SError, TokenAcquisitionError
+from shared.jobs.fanout import HEALTH_STATUSES
 from shared.jobs.units import SweepUnit, UnitResult
 from shared.telemetry import dims
 from shared.tenants.registry import Tenant, TenantStatus, Verification, utc_now
@@ -282,11 +283,7 @@ class JobRunner:
 
     def record_unit_failure(self, unit: SweepUnit, reason: str) -> None:
         """A poisoned unit on its tenant's registry entry (status kept, the reason in its last verification)."""
-        tenant = self._services.registry.find_tenant(unit.tenant_id)
-        if tenant is None:
-            logger.warning("%s: tenant %s left the registry during the run", unit.job, unit.tenant_id)
-            return
-        self._failure_recorder(unit.job)(tenant, reason)
+        self._record_failure(unit.job, unit.tenant_id, reason)
 
     def _health_check(self, tenant: Tenant) -> TenantOutcome:
         services = self._services
@@ -312,20 +309,12 @@ class JobRunner:
         return TenantOutcome(ok, 0, f"{result.status}: {result.error_code or ''} {result.message or ''}".strip())
 
     def run_health(self, tenant_id: str | None = None, progress: Progress | None = None) -> SweepSummary:
-        statuses = [
-            TenantStatus.ACTIVE,
-            TenantStatus.AWAITING_APPLICATION_USER,
-            TenantStatus.CONSENTED,
-            TenantStatus.CONSENT_REVOKED,
-            TenantStatus.FAILED,
-        ]
-
         def check(tenant: Tenant, _past_deadline: Callable[[], bool]) -> TenantOutcome:
             return self._health_check(tenant)
 
         return self._sweep.run(
             "health",
-            self._tenants(statuses, tenant_id),
+            self._tenants(HEALTH_STATUSES, tenant_id),
             check,
             on_failure=self._failure_recorder("health"),
             progress=progress,
@@ -372,22 +361,21 @@ class JobRunner:
         return report
 
     def _failure_recorder(self, job: str) -> Callable[[Tenant, str], None]:
+        return lambda tenant, reason: self._record_failure(job, tenant.tenant_id, reason)
+
+    def _record_failure(self, job: str, tenant_id: str, reason: str) -> None:
         """Records a tenant's failed run on its registry entry (code and explanation), keeping its status: a
         failure the job could not interpret says nothing about the tenant's consent or application user."""
-
-        def record(tenant: Tenant, reason: str) -> None:
-            registry = self._services.registry
-            current = registry.find_tenant(tenant.tenant_id)
-            if current is None:
-                logger.warning("%s: tenant %s left the registry during the run", job, tenant.tenant_id)
-                return
-            code, _, message = reason.partition(": ")
-            registry.record(
-                tenant.tenant_id,
-                current.status,
-                reason=f"{job} failed: {reason}"[:300],
-                actor=f"{job} job",
-                verification=Verification(utc_now(), f"{job}_failed", code[:100], (message or reason)[:500]),
-            )
-
-        return record
+        registry = self._services.registry
+        current = registry.find_tenant(tenant_id)
+        if current is None:
+            logger.warning("%s: tenant %s left the registry during the run", job, tenant_id)
+            return
+        code, _, message = reason.partition(": ")
+        registry.record(
+            tenant_id,
+            current.status,
+            reason=f"{job} failed: {reason}"[:300],
+            actor=f"{job} job",
+            verification=Verification(utc_now(), f"{job}_failed", code[:100], (message or reason)[:500]),
+        )

@@ -125,10 +125,7 @@ class SweepWorker:
                 result.detail[:500],
                 extra=dims("sweep.tenant_failed", tenant_id=unit.tenant_id, job=unit.job, detail=result.detail[:500]),
             )
-        self._ledger.finish_unit(
-            unit.run_id, unit.key, ok=result.ok, rows=rows, throttle_waits=waits, detail=result.detail
-        )
-        self._history.mark_finished(unit, ok=result.ok)
+        self._count(unit, ok=result.ok, rows=rows, throttle_waits=waits, detail=result.detail)
         return "done" if result.ok else "failed"
 
     def _expand(self, units: list[SweepUnit]) -> str:
@@ -140,10 +137,7 @@ class SweepWorker:
     def _defer(self, unit: SweepUnit, held: LeaseHeldError) -> str:
         if unit.deferrals >= MAX_DEFERRALS:
             reason = f"unit_leased: another worker held the unit through {MAX_DEFERRALS} deferrals"
-            self._ledger.finish_unit(
-                unit.run_id, unit.key, ok=False, rows=unit.rows, throttle_waits=unit.throttle_waits, detail=reason
-            )
-            self._history.mark_finished(unit, ok=False)
+            self._count(unit, ok=False, rows=unit.rows, throttle_waits=unit.throttle_waits, detail=reason)
             return "failed"
         delay = max(1, math.ceil(min(held.remaining + 1, self._defer_seconds)))
         self._queue.send_message(encode_units([unit.deferred()]), visibility_timeout=delay)
@@ -197,11 +191,13 @@ class SweepWorker:
             self._record_failure(unit, reason)
         except Exception:
             logger.exception("Could not record the %s failure of tenant %s", unit.job, unit.tenant_id)
-        self._ledger.finish_unit(
-            unit.run_id, unit.key, ok=False, rows=unit.rows, throttle_waits=unit.throttle_waits, detail=reason
-        )
-        self._history.mark_finished(unit, ok=False)
+        self._count(unit, ok=False, rows=unit.rows, throttle_waits=unit.throttle_waits, detail=reason)
         return "poisoned"
+
+    def _count(self, unit: SweepUnit, *, ok: bool, rows: int, throttle_waits: int, detail: str) -> None:
+        """The unit is finished: counted once in its run, and its last attempt (and success) kept for fairness."""
+        self._ledger.finish_unit(unit.run_id, unit.key, ok=ok, rows=rows, throttle_waits=throttle_waits, detail=detail)
+        self._history.mark_finished(unit, ok=ok)
 
     def _to_poison(self, body: dict[str, Any], reason: str, dequeue_count: int) -> None:
         from azure.core.exceptions import ResourceExistsError

@@ -4,7 +4,6 @@ verified, removed), newest first, with who made it and why. Written by the regis
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import uuid
 from collections.abc import Iterable
@@ -36,12 +35,6 @@ class Transition:
 class TenantHistory:
     def __init__(self, table: Any) -> None:
         self._table = table
-
-    def create_table(self) -> None:
-        from azure.core.exceptions import ResourceExistsError
-
-        with contextlib.suppress(ResourceExistsError):
-            self._table.create_table()
 
     def list(self, tenant_id: str, limit: int = 100) -> list[Transition]:
         entities = self._table.query_entities(

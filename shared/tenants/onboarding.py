@@ -23,6 +23,7 @@ from typing import Any
 
 from shared.auth import aadsts
 from shared.auth.token_provider import TenantTokenProvider
+from shared.dataverse.client import DataverseClient
 from shared.dataverse.clients import DataverseClients
 from shared.dataverse.errors import (
     ApplicationUserDisabledError,
@@ -91,7 +92,6 @@ def _webhook_skipped(receiver_url: str | None, key: str | None) -> str | None:
         f"No webhook was registered: {why}. Changes in the environment are not pushed to the app; once its operator "
         "sets that, signing in here again registers the webhook."
     )
-    return None
 
 
 # The built-in System Administrator role has this roletemplateid in every environment (the `role` table's
@@ -175,6 +175,17 @@ class VerificationResult:
     provisioning: ProvisioningReport | None = None  # what onboarding created in the org (ONBOARDING_PROVISIONING)
     removals: tuple[EndpointRemoval, ...] = ()  # offboarding: our webhook, removed from each org or not
 
+    def to_dict(self) -> dict[str, Any]:
+        """The outcome as operators see it (the admin API and the CLI): no ticket, nothing secret."""
+        return {
+            "tenant_id": self.tenant_id,
+            "status": self.status.value,
+            "org_urls": list(self.org_urls),
+            "orgs": [org.to_dict() for org in self.orgs],
+            "error_code": self.error_code,
+            "message": self.message,
+        }
+
     def about(self, org_url: str, ticket: str | None = None) -> VerificationResult:
         """The same result, for the person who asked about ``org_url`` (with their re-check ticket)."""
         focus = next((org for org in self.orgs if org.url == org_url), None)
@@ -239,7 +250,9 @@ class OnboardingService:
         consent = self._states.redeem(params.get("state"), browser_nonce)
         admin = self._sign_in.finish(consent.flow, params)
         self._check_tenant_allowed(admin.tenant_id)
-        self._check_org_administrator(admin, consent.org_url)
+        # One client for the administrator's calls in this flow: the role check, then the provisioning.
+        as_admin = self._dataverse.delegated(consent.org_url, admin.dataverse_token)
+        self._check_org_administrator(admin, as_admin)
         before = self._registry.find_tenant(admin.tenant_id)
         if before is None:
             reason = f"onboarded by a System Administrator of {consent.org_url} who signed in"
@@ -255,7 +268,7 @@ class OnboardingService:
             connected_by=admin.username,
             contact=consent.contact,
         )
-        report = self._provision(admin, consent.org_url) if self._settings.onboarding_provisioning else None
+        report = self._provision(admin, as_admin) if self._settings.onboarding_provisioning else None
         result = self.verify(admin.tenant_id, actor=admin.actor, fresh_consent=True, org_urls=(consent.org_url,))
         focused = replace(result.about(consent.org_url), provisioning=report)
         if focused.focus is not None and focused.focus.status is OrgStatus.AWAITING_APPLICATION_USER:
@@ -263,14 +276,14 @@ class OnboardingService:
             focused = replace(focused, recheck_ticket=ticket)
         return focused
 
-    def _provision(self, admin: SignedInAdministrator, org_url: str) -> ProvisioningReport:
+    def _provision(self, admin: SignedInAdministrator, client: DataverseClient) -> ProvisioningReport:
         """The app's role and application user in the org, made with the administrator's own delegated token
-        (shared.tenants.provisioning); the S2S check that follows decides the org's status as before."""
+        (``client``, shared.tenants.provisioning); the S2S check that follows decides the org's status as before."""
+        org_url = client.org_url
         try:
             role = required_role(self._settings)
         except UnknownTableError as exc:
             return ProvisioningReport(org_url, (ProvisioningStep("role", StepOutcome.FAILED, exc.message),))
-        client = self._dataverse.delegated(org_url, admin.dataverse_token)
         settings = self._settings
         key = usable_key(settings.webhook_function_key)
         registrar = None
@@ -305,10 +318,10 @@ class OnboardingService:
         result = self.verify(tenant_id, actor="customer re-check", org_urls=(org,))
         return result.about(org, ticket)
 
-    def _check_org_administrator(self, admin: SignedInAdministrator, org_url: str) -> None:
-        """With the person's own delegated token: the org answers (so it belongs to their tenant), knows them,
-        and their security roles include System Administrator."""
-        client = self._dataverse.delegated(org_url, admin.dataverse_token)
+    def _check_org_administrator(self, admin: SignedInAdministrator, client: DataverseClient) -> None:
+        """With the person's own delegated token (``client``): the org answers (so it belongs to their tenant),
+        knows them, and their security roles include System Administrator."""
+        org_url = client.org_url
         try:
             who = client.whoami()
             roles = client.list_related(
