@@ -132,9 +132,14 @@ class WebhookIntake:
                 return IntakeResult(503, "storage_unavailable", "Storage is unavailable; retry later.")
         secret_hashes = self._accepted(org)
         authenticated = self._secret_ok(secret_hashes, headers)
-        if looked_up and not fresh and not (entry is not None and active and authenticated) and self._relook(host):
+        refused = not (entry is not None and active and authenticated)
+        if looked_up and refused and self._refusal_may_read(host) and not fresh:
             # A cached lookup may be stale (a secret just rotated, an org just activated): Dataverse does not retry
             # a 401, so look once more before refusing — for a known host or not alike, so that costs no tell.
+            # A refusal whose lookup read storage just now counts as that read too: otherwise a host whose lookup
+            # a customer's own delivery had cached answered a second refusal without a read, and a host nobody
+            # delivers for with one, and the time of two quick 401s told a key holder which hosts are customers.
+            self._forget(host)
             try:
                 entry, active, org, _ = self._lookup(host)
             except Exception:
@@ -228,17 +233,22 @@ class WebhookIntake:
             self._cache[host] = (now + _CACHE_SECONDS, entry, active, org)
         return entry, active, org, True
 
-    def _relook(self, host: str) -> bool:
-        """Drop the host's cached lookup so the next one reads storage, at most once per host per
-        _RELOOKUP_SECONDS (what bounds the reads wrong secrets can cause); True when it was dropped."""
+    def _refusal_may_read(self, host: str) -> bool:
+        """Whether a refusal for ``host`` may read storage now: at most once per host per _RELOOKUP_SECONDS (what
+        bounds the reads wrong secrets can cause), counting a refusal whose own lookup read it. True (and the time
+        kept) when it may."""
         now = self._clock()
         with self._lock:
             if now - self._relooked.get(host, float("-inf")) < _RELOOKUP_SECONDS:
                 return False
             _bounded(self._relooked)
             self._relooked[host] = now
-            self._cache.pop(host, None)
             return True
+
+    def _forget(self, host: str) -> None:
+        """Drop the host's cached lookup so the next one reads storage."""
+        with self._lock:
+            self._cache.pop(host, None)
 
     def _accepted(self, org: OrgRecord | None) -> tuple[str, ...]:
         """The hashes the org's secret may match now: the cached org record keeps each replaced secret's deadline,
