@@ -14,6 +14,13 @@ from tests.integration.test_webhooks import make_hook
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture
+def hook(sandbox, sandbox_env, azurite, tmp_path):
+    created = make_hook(sandbox, azurite.connection_string, tmp_path)
+    yield created
+    use_services(None)
+
+
 class Counted:
     """Counts the calls of one method of a real object (the org index, the registry): each is a storage read."""
 
@@ -61,3 +68,44 @@ def test_two_quick_refusals_read_storage_alike_for_a_customer_that_just_delivere
         assert queue.get_queue_properties().approximate_message_count == queued  # nothing refused was queued
     finally:
         use_services(None)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not fixed: the receiver's 30 s cached lookup still holds a secret offboarding dropped, and the processor "
+    "checks only that the org is active again. Poisoning events whose secret the org no longer has would also drop "
+    "events accepted just before a rotation without overlap (test_webhooks: a rotated secret ... cached); the fix "
+    "needs a marker of the org's connection (offboarding vs rotation), a design choice for the lead.",
+)
+def test_a_secret_offboarding_dropped_is_not_processed_under_the_re_onboarded_org_though_a_cached_lookup_let_it_in(
+    hook,
+):
+    """Found against the running app: a delivery with Northwind's pre-offboarding secret, sent within the receiver's
+    30 s cache after offboarding and a re-onboarding, was accepted (202) and processed under the re-onboarded org,
+    though offboarding had dropped that secret. The receiver may still accept it from its cache, but the processor
+    now poisons it unprocessed; the new secret's event is processed."""
+    services = hook.services
+    old_secret = hook.secret
+    assert hook.deliver(hook.context()).status_code == 202  # caches the org's lookup, with the old secret
+    assert hook.drain() == ["done"]
+    services.onboarding.offboard(hook.tenant, actor="operator", reason="secret leaked")
+    services.registry.connect_org(
+        hook.tenant, hook.org_url, actor="admin", reason="re-onboarded", connected_by="admin@example.com", contact=None
+    )
+    services.onboarding.verify(hook.tenant, actor="admin", fresh_consent=True, org_urls=(hook.org_url,))
+    assert hook.org_url in services.registry.get_tenant(hook.tenant).active_org_urls
+    new_secret = services.registry.set_webhook_secret(hook.tenant, hook.org_url)
+    stale = hook.context()
+    # The receiver's cached lookup (30 s) still holds the old secret: it lets the delivery in ...
+    assert hook.deliver(stale, **{"x-s2s-webhook-secret": old_secret}).status_code == 202
+    assert hook.drain() == ["poisoned"]  # ... and the processor refuses it
+    rows = {row["CorrelationId"] for row in hook.changes()}
+    assert stale["CorrelationId"] not in rows  # nothing recorded for it
+    poisoned = [m for m in services.webhook_store.list_poison() if m.get("correlation_id") == stale["CorrelationId"]]
+    assert len(poisoned) == 1 and "is no longer one of" in poisoned[0]["poison_reason"]
+    services.webhook_intake._cache.clear()  # past the cache: the old secret is refused outright
+    assert hook.deliver(hook.context(), **{"x-s2s-webhook-secret": old_secret}).status_code == 401
+    fresh = hook.context()
+    assert hook.deliver(fresh, **{"x-s2s-webhook-secret": new_secret}).status_code == 202
+    assert hook.drain() == ["done"]
+    assert fresh["CorrelationId"] in {row["CorrelationId"] for row in hook.changes()}
