@@ -195,7 +195,11 @@ class WebhookIntake:
         entry, org, fresh = self._lookup(host)
         hashes = self._accepted(org)
         authenticated = self._secret_ok(hashes, headers)  # compared whatever the org, so the time says nothing
-        if not (org is not None and authenticated) and not fresh and self._relook(host):
+        # A refusal whose own lookup read storage just now counts as the host's re-read too: otherwise a host whose
+        # lookup a customer's own delivery had cached answered a second quick refusal without a read, and a host
+        # nobody delivers for with one, and the time of two quick 401s told a key holder which hosts are customers.
+        if not (org is not None and authenticated) and self._refusal_may_read(host) and not fresh:
+            self._forget(host)
             entry, org, _ = self._lookup(host)
             hashes = self._accepted(org)
             authenticated = self._secret_ok(hashes, headers)
@@ -227,17 +231,22 @@ class WebhookIntake:
             self._cache[host] = (now + _CACHE_SECONDS, entry, org)
         return entry, org, True
 
-    def _relook(self, host: str) -> bool:
-        """Drop the host's cached lookup so the next one reads storage, at most once per host per
-        _RELOOKUP_SECONDS (what bounds the reads wrong secrets can cause); True when it was dropped."""
+    def _refusal_may_read(self, host: str) -> bool:
+        """Whether a refusal for ``host`` may read storage now: at most once per host per _RELOOKUP_SECONDS (what
+        bounds the reads wrong secrets can cause), counting a refusal whose own lookup read it. True (and the time
+        kept) when it may."""
         now = self._clock()
         with self._lock:
             if now - self._relooked.get(host, float("-inf")) < _RELOOKUP_SECONDS:
                 return False
             _bounded(self._relooked)
             self._relooked[host] = now
-            self._cache.pop(host, None)
             return True
+
+    def _forget(self, host: str) -> None:
+        """Drop the host's cached lookup so the next one reads storage."""
+        with self._lock:
+            self._cache.pop(host, None)
 
     def _accepted(self, org: OrgRecord | None) -> tuple[str, ...]:
         """The hashes the org's secret may match now: the cached org record keeps each replaced secret's deadline,
