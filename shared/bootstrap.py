@@ -157,13 +157,15 @@ class Services:
                 changes_table=changes,
                 impersonate_initiating_user=self.settings.webhook_impersonate_initiating_user,
                 max_dequeue_count=self.settings.webhook_max_dequeue_count,
-                org_is_active=self._org_is_active,
+                org_connection=self._org_connection,
             )
         return self._webhook_processor
 
-    def _org_is_active(self, tenant_id: str, org_url: str) -> bool:
+    def _org_connection(self, tenant_id: str, org_url: str) -> int | None:
+        """The org's current connection (OrgRecord.reconnections), or None when it is not an active org."""
         tenant = self.registry.find_tenant(tenant_id)
-        return tenant is not None and org_url in tenant.active_org_urls
+        org = tenant.org(org_url) if tenant is not None and org_url in tenant.active_org_urls else None
+        return org.reconnections if org is not None else None
 
     @property
     def sync_checkpoints(self) -> CheckpointStore:

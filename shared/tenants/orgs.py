@@ -61,6 +61,9 @@ class OrgRecord:
     # org's service endpoint is updated after the registry, deliveries already sent carry the old one, and a rotation
     # that could not reach the endpoint may be run again before anyone put a new secret there. Newest first.
     previous_secrets: tuple[tuple[str, int], ...] = field(default=(), repr=False)
+    # How many times a disconnected org was connected again. An event accepted under one connection is not
+    # processed under the next (shared.webhooks.processing).
+    reconnections: int = 0
     contact: str = ""  # what the administrator who connected this org typed (one printable line)
     connected_by: str = ""  # the UPN of the System Administrator who connected it
 
@@ -117,6 +120,7 @@ def dump_orgs(orgs: Iterable[OrgRecord]) -> str:
                 "ticket_expires": org.ticket_expires,
                 "webhook_secret_hash": org.webhook_secret_hash,
                 "previous_secrets": [list(item) for item in org.previous_secrets],
+                "reconnections": org.reconnections,
                 "contact": org.contact,
                 "connected_by": org.connected_by,
             }
@@ -144,6 +148,7 @@ def load_orgs(entity: Mapping[str, Any]) -> tuple[OrgRecord, ...]:
                 previous_secrets=tuple(
                     (str(digest), int(until)) for digest, until in item.get("previous_secrets") or ()
                 ),
+                reconnections=int(item.get("reconnections") or 0),
                 contact=item.get("contact") or "",
                 connected_by=item.get("connected_by") or "",
             )

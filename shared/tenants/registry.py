@@ -288,8 +288,16 @@ class TenantRegistry:
             assert target is not None
             new_orgs = with_org(orgs, org_url, now)
             record = next(org for org in new_orgs if org.url == org_url)
-            status = OrgStatus.PENDING_VERIFICATION if record.status is OrgStatus.DISCONNECTED else record.status
-            new_orgs = updated(new_orgs, org_url, status=status, contact=contact or "", connected_by=connected_by)
+            reconnected = record.status is OrgStatus.DISCONNECTED
+            status = OrgStatus.PENDING_VERIFICATION if reconnected else record.status
+            new_orgs = updated(
+                new_orgs,
+                org_url,
+                status=status,
+                contact=contact or "",
+                connected_by=connected_by,
+                reconnections=record.reconnections + 1 if reconnected else record.reconnections,
+            )
             return _Decision(
                 target,
                 new_orgs,

@@ -121,11 +121,11 @@ class WebhookIntake:
             return IntakeResult(400, exc.code, exc.message)
         host = (headers.get(ORG_HEADER) or "").strip().lower()
         try:
-            entry, secret_hashes = self._authenticate(host, headers)
+            entry, org, secret_hashes = self._authenticate(host, headers)
         except Exception:
             logger.exception("Webhook: organisation lookup failed for %s", host)
             return IntakeResult(503, "storage_unavailable", "Storage is unavailable; retry later.")
-        if entry is None:
+        if entry is None or org is None:
             # One answer for an unknown host, an inactive org and a missing or wrong secret: a key holder learns
             # nothing about which hosts are customers.
             return IntakeResult(401, UNAUTHENTICATED, _UNAUTHENTICATED_MESSAGE)
@@ -167,6 +167,8 @@ class WebhookIntake:
                 # Identities inside the body (the initiating user) are believed only for an org proven by its own
                 # secret; a delivery let in without one (WEBHOOK_SECRET_REQUIRED=false) is not impersonated.
                 "authenticated": bool(secret_hashes),
+                # Which connection of the org let it in: one offboarding ended is not processed under the next.
+                "connection": org.reconnections,
             }
             self._store.enqueue(key, envelope, body)
         except StorageUnavailableError:
@@ -183,15 +185,17 @@ class WebhookIntake:
         )
         return IntakeResult(202, "accepted", "Queued.", key=key)
 
-    def _authenticate(self, host: str, headers: Mapping[str, str]) -> tuple[OrgEntry | None, tuple[str, ...]]:
-        """The org entry of an active org whose own secret the delivery carries (else None), and the hashes that
-        secret was checked against (empty: let in without one, WEBHOOK_SECRET_REQUIRED=false). A header that is no
-        host name is not looked up. A refusal on a cached lookup looks once more before refusing (a secret just
-        rotated, an org just activated: Dataverse does not retry a 401) — for a known host or not alike, so that
-        costs no tell. Raises what storage raises."""
+    def _authenticate(
+        self, host: str, headers: Mapping[str, str]
+    ) -> tuple[OrgEntry | None, OrgRecord | None, tuple[str, ...]]:
+        """The org entry and record of an active org whose own secret the delivery carries (else None, None), and
+        the hashes that secret was checked against (empty: let in without one, WEBHOOK_SECRET_REQUIRED=false). A
+        header that is no host name is not looked up. A refusal on a cached lookup looks once more before refusing
+        (a secret just rotated, an org just activated: Dataverse does not retry a 401) — for a known host or not
+        alike, so that costs no tell. Raises what storage raises."""
         if not (host and is_host_name(host)):  # what Dataverse sends; anything else is not looked up
             self._secret_ok((), headers)
-            return None, ()
+            return None, None, ()
         entry, org, fresh = self._lookup(host)
         hashes = self._accepted(org)
         authenticated = self._secret_ok(hashes, headers)  # compared whatever the org, so the time says nothing
@@ -203,7 +207,9 @@ class WebhookIntake:
             entry, org, _ = self._lookup(host)
             hashes = self._accepted(org)
             authenticated = self._secret_ok(hashes, headers)
-        return (entry if org is not None and authenticated else None), hashes
+        if org is None or not authenticated:
+            return None, None, hashes
+        return entry, org, hashes
 
     def _lookup(self, host: str) -> tuple[OrgEntry | None, OrgRecord | None, bool]:
         """Org entry and, when the org is active, its registry record (its secret hashes, each replaced one with

@@ -149,7 +149,7 @@ class WebhookProcessor:
         registry: HandlerRegistry = handlers,
         impersonate_initiating_user: bool = False,
         max_dequeue_count: int = 5,
-        org_is_active: Callable[[str, str], bool] | None = None,
+        org_connection: Callable[[str, str], int | None] | None = None,
         renew_every: float = RENEW_EVERY_SECONDS,
         max_hold: float = MAX_HOLD_SECONDS,
         schedule: Schedule = timer_schedule,
@@ -162,7 +162,7 @@ class WebhookProcessor:
         self._schedule = schedule
         # (tenant id, org URL) -> still an active org of an active tenant? Asked again here because an event may
         # wait in the queue while its org is offboarded or removed (or the receiver's lookup was cached).
-        self._org_is_active = org_is_active
+        self._org_connection = org_connection
         self._dataverse = dataverse
         self._changes = changes_table
         self._registry = registry
@@ -295,10 +295,20 @@ class WebhookProcessor:
     def _run_handlers(self, envelope: dict[str, Any]) -> None:
         """Build the event, check its org, and run its handlers in registration order; raises what they raise."""
         event = self._event(envelope)
-        if self._org_is_active is not None and not self._org_is_active(event.tenant_id, event.org_url):
-            raise OrgNoLongerActiveError(
-                f"{event.org_url} is no longer an active org of tenant {event.tenant_id}: not processed."
-            )
+        if self._org_connection is not None:
+            connection = self._org_connection(event.tenant_id, event.org_url)
+            if connection is None:
+                raise OrgNoLongerActiveError(
+                    f"{event.org_url} is no longer an active org of tenant {event.tenant_id}: not processed."
+                )
+            accepted_under = envelope.get("connection")
+            if accepted_under is not None and accepted_under != connection:
+                # Offboarded and onboarded again since: the receiver's cached lookup may have let in a secret the
+                # offboarding dropped, so the event is not believed under the new connection.
+                raise OrgNoLongerActiveError(
+                    f"{event.org_url} was disconnected and connected again after the event was accepted: the "
+                    f"connection it was accepted under is no longer one of tenant {event.tenant_id}'s. Not processed."
+                )
         client = self._dataverse.for_org(event.tenant_id, event.org_url)
         # The initiating user comes from the body: believed only when the delivery was authenticated with the
         # org's own secret (shared.webhooks.intake), never on the function key alone.

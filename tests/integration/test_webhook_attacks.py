@@ -70,13 +70,6 @@ def test_two_quick_refusals_read_storage_alike_for_a_customer_that_just_delivere
         use_services(None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: the receiver's 30 s cached lookup still holds a secret offboarding dropped, and the processor "
-    "checks only that the org is active again. Poisoning events whose secret the org no longer has would also drop "
-    "events accepted just before a rotation without overlap (test_webhooks: a rotated secret ... cached); the fix "
-    "needs a marker of the org's connection (offboarding vs rotation), a design choice for the lead.",
-)
 def test_a_secret_offboarding_dropped_is_not_processed_under_the_re_onboarded_org_though_a_cached_lookup_let_it_in(
     hook,
 ):

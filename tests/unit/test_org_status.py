@@ -224,6 +224,23 @@ def test_a_verification_racing_an_offboarding_leaves_the_orgs_disconnected():
     assert late.org(A).last_verification == OrgVerification("t2", "active")  # the attempt is still on record
 
 
+def test_connecting_a_disconnected_org_again_starts_a_new_connection_and_nothing_else_does():
+    registry = TenantRegistry(FakeTable(), FakeTable())
+    t = active_tenant(registry)
+    registry.set_webhook_secret(t, A, overlap_seconds=60)
+    registry.connect_org(t, A, actor="admin", reason="again", connected_by="admin@x", contact=None)  # still connected
+    assert registry.get_tenant(t).org(A).reconnections == 0
+    registry.record_verification(
+        t,
+        {A: OrgUpdate(OrgStatus.DISCONNECTED, OrgVerification("t", "offboarded"))},
+        reason="left",
+        actor="op",
+        tenant_status=TenantStatus.OFFBOARDED,
+    )
+    registry.connect_org(t, A, actor="admin", reason="back", connected_by="admin@x", contact=None)
+    assert registry.get_tenant(t).org(A).reconnections == 1
+
+
 def test_rotations_keep_every_replaced_secret_inside_its_own_overlap_and_no_more():
     from shared.tenants.orgs import MAX_PREVIOUS_SECRETS, OrgRecord
 
