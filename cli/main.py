@@ -78,6 +78,11 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="every active org of every active tenant (after rotating the function key or moving the receiver)",
     )
+    secret.add_argument(
+        "--at-once",
+        action="store_true",
+        help="with --org: the replaced secrets stop working now, not after WEBHOOK_SECRET_OVERLAP_SECONDS (a leak)",
+    )
     explain = commands.add_parser("explain", help="what an AADSTS or Dataverse error code means here, and the fix")
     explain.add_argument("code", help="e.g. 700016, AADSTS65001, 0x80072560, disabled, 'expired delta token'")
     jobs = commands.add_parser("jobs", help="scheduled jobs: run one now, a sweep's status, work the queue")
@@ -238,12 +243,14 @@ def _tenants(services: Any, args: argparse.Namespace) -> Any:
         upkeep = WebhookUpkeep(services.settings, registry, services.dataverse)
         header = services.settings.webhook_secret_header
         if args.all:
-            if args.tenant_id:
-                raise ValueError("--all rotates every tenant's orgs: leave out the tenant id")
+            if args.tenant_id or args.at_once:
+                raise ValueError(
+                    "--all rotates every tenant's orgs with the overlap: leave out the tenant id and --at-once"
+                )
             return {"rotations": [rotation.to_dict(header) for rotation in upkeep.rotate_all()]}
         if not args.tenant_id:
             raise ValueError("--org needs the tenant id: tenants webhook-secret <tenant> --org <org url>")
-        return upkeep.rotate(args.tenant_id, args.org).to_dict(header)
+        return upkeep.rotate(args.tenant_id, args.org, at_once=args.at_once).to_dict(header)
     if args.tenants_command == "verify":
         return services.onboarding.verify(args.tenant_id, actor="operator CLI").to_dict()
     if args.tenants_command == "remove-org":

@@ -114,9 +114,13 @@ class WebhookUpkeep:
         self._clients = clients
         self._name = endpoint_name(settings.entra_client_id)
 
-    def rotate(self, tenant_id: str, org_url: str, *, actor: str = "operator CLI") -> SecretRotation:
-        """A new secret for the org, on its endpoint when the app can put it there. Raises TenantNotFoundError,
-        OrgNotFoundError, OrgDisconnectedError (nothing changed then).
+    def rotate(
+        self, tenant_id: str, org_url: str, *, actor: str = "operator CLI", at_once: bool = False
+    ) -> SecretRotation:
+        """A new secret for the org, on its endpoint when the app can put it there. `at_once`: the replaced secrets
+        stop working now instead of after WEBHOOK_SECRET_OVERLAP_SECONDS (a leaked secret; deliveries already on
+        their way with it are refused). Raises TenantNotFoundError, OrgNotFoundError, OrgDisconnectedError
+        (nothing changed then).
 
         Two writers of one org's secret at once (two operators, `--all` beside `--org`, onboarding's own issue) can
         each write the registry and then the endpoint in the other order, leaving the endpoint with the secret the
@@ -124,7 +128,7 @@ class WebhookUpkeep:
         endpoint the rotation checks that its secret is still the registry's current one, and otherwise rotates
         again (bounded), or says it did not finish."""
         for _ in range(_ROTATION_ATTEMPTS):
-            rotation = self._rotate_once(tenant_id, org_url, actor)
+            rotation = self._rotate_once(tenant_id, org_url, actor, at_once)
             if rotation.endpoint is not UpkeepOutcome.DONE or self._still_current(tenant_id, org_url, rotation):
                 return rotation
         logger.warning(
@@ -146,9 +150,9 @@ class WebhookUpkeep:
         current = self._registry.webhook_secret_hash(tenant_id, org_url) or ""
         return hmac.compare_digest(current, rotation.current_hash)
 
-    def _rotate_once(self, tenant_id: str, org_url: str, actor: str) -> SecretRotation:
+    def _rotate_once(self, tenant_id: str, org_url: str, actor: str, at_once: bool) -> SecretRotation:
         settings = self._settings
-        overlap = settings.webhook_secret_overlap_seconds
+        overlap = 0 if at_once else settings.webhook_secret_overlap_seconds
         secret = self._registry.set_webhook_secret(tenant_id, org_url, overlap_seconds=overlap, actor=actor)
         org = self._registry.get_tenant(tenant_id).org(org_url)
         until = org.previous_secret_until if org is not None and org.previous_secret_hash else None

@@ -287,3 +287,26 @@ def test_rotating_every_org_without_a_function_key_rotates_nothing_and_prints_no
     assert code == 2 and answer["error"] == "configuration_error" and "WEBHOOK_FUNCTION_KEY" in answer["message"]
     assert "secret" not in json.dumps(answer).replace("webhook-secret", "")
     assert flow.registry.get_tenant(flow.bare_tenant).org(flow.bare_org).webhook_secret_hash == before
+
+
+def test_a_leaked_secret_is_cut_off_at_once_and_the_endpoint_goes_on_with_the_new_one(
+    flow: Flow,  # noqa: F811
+    receiver: Receiver,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    provisioned(flow, receiver)
+    leaked = change_something(flow, receiver, "before the leak was noticed")
+    assert leaked is not None
+
+    code, rotated = cli(capsys, "tenants", "webhook-secret", flow.bare_tenant, "--org", flow.bare_org, "--at-once")
+
+    assert code == 0 and rotated["endpoint"] == "done" and rotated["previous_secret_valid_until"] is None
+    org = flow.registry.get_tenant(flow.bare_tenant).org(flow.bare_org)
+    assert org.previous_secrets == ()  # nothing but the new secret is accepted
+    fresh_services = dict(onboarding_provisioning=True, webhook_receiver_url=receiver.url, webhook_function_key=KEY)
+    flow.use(**fresh_services)  # the receiver's cache starts empty, as it would 30 s later
+    assert post(leaked) == 401
+    after = change_something(flow, receiver, "after the rotation")
+    assert after is not None and post(after) == 202
+    code, refused = cli(capsys, "tenants", "webhook-secret", "--all", "--at-once")
+    assert (code, refused["error"]) == (2, "invalid_argument")
