@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sandbox.entra.directory import GLOBAL_ADMINISTRATOR, ManagedIdentity
+from sandbox.entra.issuers import TENANT_TEMPLATE, v1_issuer
 from sandbox.net.pki import make_certificate
 from sandbox.server import Sandbox
 from sandbox.state import SandboxState
@@ -170,6 +171,8 @@ def app_settings(sandbox: Sandbox, world: DevWorld) -> dict[str, str]:
         "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE": "false",
         "MANAGED_IDENTITY_CLIENT_ID": world.managed_identity["client_id"],
         "APP_DISPLAY_NAME": APP_NAME,
+        # The sandbox issues v1 user tokens under its own host (sandbox.entra.issuers), not sts.windows.net.
+        "OIDC_V1_ISSUER_TEMPLATE": v1_issuer(sandbox.authority_host, TENANT_TEMPLATE),
         **sandbox.env(),
     }
     if world.app_url:

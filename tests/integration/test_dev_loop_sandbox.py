@@ -235,7 +235,7 @@ def test_row_writes_fire_the_orgs_webhooks(admin, capsys) -> None:
 
 @pytest.mark.parametrize(("version", "issuer_end"), [("1.0", "/"), ("2.0", "/v2.0")])
 def test_user_tokens_for_the_apps_api(admin, capsys, version: str, issuer_end: str) -> None:
-    _, world, state_dir = admin
+    world_running, world, state_dir = admin
     code, minted = run_cli(
         state_dir,
         "token",
@@ -252,6 +252,13 @@ def test_user_tokens_for_the_apps_api(admin, capsys, version: str, issuer_end: s
     assert claims["ver"] == version and claims["aud"] == f"api://{world.client_id}"
     assert claims["iss"].endswith(issuer_end) and claims["scp"] == "access_as_user"
     assert claims["exp"] > time.time() + 3000
+    # The app `make start` runs expects exactly this issuer for the token's version (the user API's check).
+    from sandbox.admin.world import app_settings
+    from shared.settings import Settings
+
+    app = Settings.from_env(app_settings(world_running, world))
+    template = app.oidc_v1_issuer_template if version == "1.0" else f"{app.entra_authority_host}/{{tenantid}}/v2.0"
+    assert claims["iss"] == template.replace("{tenantid}", claims["tid"])
 
 
 def test_disable_app_inject_faults_and_counters(admin, capsys) -> None:
