@@ -43,6 +43,7 @@ from shared.storage import StorageClients
 from shared.tenants.consent_states import CONSENT_STATES_TABLE, ConsentStateStore
 from shared.tenants.onboarding import VERIFY_QUEUE, OnboardingService
 from shared.tenants.org_index import ORG_INDEX_TABLE, OrgIndex
+from shared.tenants.orgs import OrgRecord
 from shared.tenants.registry import HISTORY_TABLE, TENANTS_TABLE, TenantRegistry
 from shared.webhooks.intake import WebhookIntake
 from shared.webhooks.processing import CHANGES_TABLE, WebhookProcessor
@@ -157,15 +158,14 @@ class Services:
                 changes_table=changes,
                 impersonate_initiating_user=self.settings.webhook_impersonate_initiating_user,
                 max_dequeue_count=self.settings.webhook_max_dequeue_count,
-                org_connection=self._org_connection,
+                active_org=self._active_org,
             )
         return self._webhook_processor
 
-    def _org_connection(self, tenant_id: str, org_url: str) -> int | None:
-        """The org's current connection (OrgRecord.reconnections), or None when it is not an active org."""
+    def _active_org(self, tenant_id: str, org_url: str) -> OrgRecord | None:
+        """The org's record (its current connection), or None when it is not an active org."""
         tenant = self.registry.find_tenant(tenant_id)
-        org = tenant.org(org_url) if tenant is not None and org_url in tenant.active_org_urls else None
-        return org.reconnections if org is not None else None
+        return tenant.org(org_url) if tenant is not None and org_url in tenant.active_org_urls else None
 
     @property
     def sync_checkpoints(self) -> CheckpointStore:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 import json
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -64,6 +65,10 @@ class OrgRecord:
     # How many times a disconnected org was connected again. An event accepted under one connection is not
     # processed under the next (shared.webhooks.processing).
     reconnections: int = 0
+    # Which connection this is: new when the org is added (again: remove-org deletes the record, and its count with
+    # it) and when a disconnected org is connected again, so no later connection has the same one. "" in rows written
+    # before it was kept.
+    connection_id: str = ""
     contact: str = ""  # what the administrator who connected this org typed (one printable line)
     connected_by: str = ""  # the UPN of the System Administrator who connected it
 
@@ -121,6 +126,7 @@ def dump_orgs(orgs: Iterable[OrgRecord]) -> str:
                 "webhook_secret_hash": org.webhook_secret_hash,
                 "previous_secrets": [list(item) for item in org.previous_secrets],
                 "reconnections": org.reconnections,
+                "connection_id": org.connection_id,
                 "contact": org.contact,
                 "connected_by": org.connected_by,
             }
@@ -149,6 +155,7 @@ def load_orgs(entity: Mapping[str, Any]) -> tuple[OrgRecord, ...]:
                     (str(digest), int(until)) for digest, until in item.get("previous_secrets") or ()
                 ),
                 reconnections=int(item.get("reconnections") or 0),
+                connection_id=str(item.get("connection_id") or ""),
                 contact=item.get("contact") or "",
                 connected_by=item.get("connected_by") or "",
             )
@@ -186,11 +193,17 @@ def migrate_v1(entity: Mapping[str, Any]) -> tuple[OrgRecord, ...]:
     )
 
 
+def new_connection_id() -> str:
+    """A connection's identity (OrgRecord.connection_id): random, so an org removed and added again, whose record and
+    count start over, never has a connection it had before."""
+    return uuid.uuid4().hex
+
+
 def with_org(orgs: tuple[OrgRecord, ...], url: str, added_at: str) -> tuple[OrgRecord, ...]:
-    """``orgs`` plus ``url`` (pending verification) when it is not there yet."""
+    """``orgs`` plus ``url`` (pending verification, a new connection) when it is not there yet."""
     if any(org.url == url for org in orgs):
         return orgs
-    return (*orgs, OrgRecord(url, OrgStatus.PENDING_VERIFICATION, added_at))
+    return (*orgs, OrgRecord(url, OrgStatus.PENDING_VERIFICATION, added_at, connection_id=new_connection_id()))
 
 
 def updated(orgs: tuple[OrgRecord, ...], url: str, **changes: Any) -> tuple[OrgRecord, ...]:

@@ -30,6 +30,7 @@ from shared.tenants.orgs import (
     dump_orgs,
     load_orgs,
     migrate_v1,
+    new_connection_id,
     summarize,
     updated,
     with_org,
@@ -297,6 +298,7 @@ class TenantRegistry:
                 contact=contact or "",
                 connected_by=connected_by,
                 reconnections=record.reconnections + 1 if reconnected else record.reconnections,
+                connection_id=new_connection_id() if reconnected else record.connection_id,
             )
             return _Decision(
                 target,

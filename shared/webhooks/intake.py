@@ -167,8 +167,10 @@ class WebhookIntake:
                 # Identities inside the body (the initiating user) are believed only for an org proven by its own
                 # secret; a delivery let in without one (WEBHOOK_SECRET_REQUIRED=false) is not impersonated.
                 "authenticated": bool(secret_hashes),
-                # Which connection of the org let it in: one offboarding ended is not processed under the next.
+                # Which connection of the org let it in: one offboarding or remove-org ended is not processed under
+                # the next (the count starts over when a removed org is added again; the id does not repeat).
                 "connection": org.reconnections,
+                "connection_id": org.connection_id,
             }
             self._store.enqueue(key, envelope, body)
         except StorageUnavailableError:

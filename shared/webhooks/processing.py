@@ -34,6 +34,7 @@ from shared.dataverse.clients import DataverseClients
 from shared.dataverse.errors import DataverseError
 from shared.errors import CredentialError, S2SError, TokenAcquisitionError
 from shared.telemetry import dims
+from shared.tenants.orgs import OrgRecord
 from shared.webhooks.intake import envelope_from_message
 from shared.webhooks.lease import MAX_HOLD_SECONDS, RENEW_EVERY_SECONDS, LeaseRenewal, Schedule, timer_schedule
 from shared.webhooks.remote_context import ExecutionContext, InvalidContextError, parse_context
@@ -149,7 +150,7 @@ class WebhookProcessor:
         registry: HandlerRegistry = handlers,
         impersonate_initiating_user: bool = False,
         max_dequeue_count: int = 5,
-        org_connection: Callable[[str, str], int | None] | None = None,
+        active_org: Callable[[str, str], OrgRecord | None] | None = None,
         renew_every: float = RENEW_EVERY_SECONDS,
         max_hold: float = MAX_HOLD_SECONDS,
         schedule: Schedule = timer_schedule,
@@ -160,9 +161,10 @@ class WebhookProcessor:
         self._renew_every = renew_every
         self._max_hold = max_hold
         self._schedule = schedule
-        # (tenant id, org URL) -> still an active org of an active tenant? Asked again here because an event may
-        # wait in the queue while its org is offboarded or removed (or the receiver's lookup was cached).
-        self._org_connection = org_connection
+        # (tenant id, org URL) -> its record while it is an active org of an active tenant, else None. Asked again
+        # here because an event may wait in the queue while its org is offboarded or removed (or the receiver's lookup
+        # was cached), and it is processed only under the connection that accepted it.
+        self._active_org = active_org
         self._dataverse = dataverse
         self._changes = changes_table
         self._registry = registry
@@ -295,16 +297,15 @@ class WebhookProcessor:
     def _run_handlers(self, envelope: dict[str, Any]) -> None:
         """Build the event, check its org, and run its handlers in registration order; raises what they raise."""
         event = self._event(envelope)
-        if self._org_connection is not None:
-            connection = self._org_connection(event.tenant_id, event.org_url)
-            if connection is None:
+        if self._active_org is not None:
+            org = self._active_org(event.tenant_id, event.org_url)
+            if org is None:
                 raise OrgNoLongerActiveError(
                     f"{event.org_url} is no longer an active org of tenant {event.tenant_id}: not processed."
                 )
-            accepted_under = envelope.get("connection")
-            if accepted_under is not None and accepted_under != connection:
-                # Offboarded and onboarded again since: the receiver's cached lookup may have let in a secret the
-                # offboarding dropped, so the event is not believed under the new connection.
+            if _accepted_under_another_connection(envelope, org):
+                # Offboarded (or removed) and onboarded again since: the receiver's cached lookup may have let in a
+                # secret that ended with the old connection, so the event is not believed under the new one.
                 raise OrgNoLongerActiveError(
                     f"{event.org_url} was disconnected and connected again after the event was accepted: the "
                     f"connection it was accepted under is no longer one of tenant {event.tenant_id}'s. Not processed."
@@ -333,6 +334,17 @@ class WebhookProcessor:
             bool(envelope.get("truncated")),
             received_us=received if isinstance(received, int) and not isinstance(received, bool) else None,
         )
+
+
+def _accepted_under_another_connection(envelope: dict[str, Any], org: OrgRecord) -> bool:
+    """Whether the envelope names a connection of the org other than its current one: its count (a disconnected org
+    connected again) or its id (also an org removed and added again, whose count starts over). Envelopes queued
+    before the receiver wrote one of them are not compared on it. A rotation changes neither."""
+    count = envelope.get("connection")
+    identity = envelope.get("connection_id")
+    return (count is not None and count != org.reconnections) or (
+        identity is not None and identity != org.connection_id
+    )
 
 
 def _busy_reason(claim: Claim, dequeue_count: int) -> str:

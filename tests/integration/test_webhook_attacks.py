@@ -102,3 +102,39 @@ def test_a_secret_offboarding_dropped_is_not_processed_under_the_re_onboarded_or
     assert hook.deliver(fresh, **{"x-s2s-webhook-secret": new_secret}).status_code == 202
     assert hook.drain() == ["done"]
     assert fresh["CorrelationId"] in {row["CorrelationId"] for row in hook.changes()}
+
+
+def test_an_event_accepted_before_remove_org_is_not_processed_under_the_org_added_again(hook):
+    """Found against the running app: remove-org deletes the org's record, so the org added again started its
+    connection count at 0 once more. A delivery with the removed org's secret, let in by the receiver's cached lookup
+    (30 s) right after remove-org, was poisoned ('no longer an active org') — and, once the administrator had
+    onboarded the org again, `python -m cli poison replay` ran it under the new connection: recorded in
+    processedchanges though the secret it carried had died with the removal. It now stays poisoned; the new
+    connection's own event is processed."""
+    services = hook.services
+    store = services.webhook_store
+    old_secret = hook.secret
+    assert hook.deliver(hook.context()).status_code == 202  # caches the org's lookup, with its secret
+    assert hook.drain() == ["done"]
+    services.registry.remove_org(hook.tenant, hook.org_url, actor="operator", reason="secret leaked")
+    assert services.registry.get_tenant(hook.tenant).org(hook.org_url) is None  # the record is gone
+    stale = hook.context()
+    assert hook.deliver(stale, **{"x-s2s-webhook-secret": old_secret}).status_code == 202  # the cached lookup
+    assert hook.drain() == ["poisoned"]  # the org is not there any more
+    services.registry.connect_org(
+        hook.tenant, hook.org_url, actor="admin", reason="added again", connected_by="admin@example.com", contact=None
+    )
+    services.onboarding.verify(hook.tenant, actor="admin", fresh_consent=True, org_urls=(hook.org_url,))
+    assert hook.org_url in services.registry.get_tenant(hook.tenant).active_org_urls
+    (poisoned,) = [m for m in store.list_poison() if m.get("correlation_id") == stale["CorrelationId"]]
+    store.replay_poison(poisoned["id"])  # what an operator does once the customer is back
+    assert hook.drain() == ["poisoned"]  # ... and it is still not believed under the new connection
+    assert stale["CorrelationId"] not in {row["CorrelationId"] for row in hook.changes()}
+    (again,) = [m for m in store.list_poison() if m.get("correlation_id") == stale["CorrelationId"]]
+    assert "is no longer one of" in again["poison_reason"]
+    new_secret = services.registry.set_webhook_secret(hook.tenant, hook.org_url)
+    services.webhook_intake._cache.clear()
+    fresh = hook.context()
+    assert hook.deliver(fresh, **{"x-s2s-webhook-secret": new_secret}).status_code == 202
+    assert hook.drain() == ["done"]
+    assert fresh["CorrelationId"] in {row["CorrelationId"] for row in hook.changes()}

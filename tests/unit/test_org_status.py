@@ -241,6 +241,38 @@ def test_connecting_a_disconnected_org_again_starts_a_new_connection_and_nothing
     assert registry.get_tenant(t).org(A).reconnections == 1
 
 
+def test_an_org_removed_and_added_again_has_a_connection_it_never_had_though_its_count_starts_over():
+    """remove-org deletes the record, count included: the connection id is what tells the new connection from the
+    first (shared.webhooks.processing poisons an event accepted under the first)."""
+    tenants = FakeTable()
+    registry = TenantRegistry(tenants, FakeTable())
+    t = active_tenant(registry)
+    first = registry.get_tenant(t).org(A)
+    assert first is not None and first.connection_id
+    registry.set_webhook_secret(t, A)  # a rotation keeps the connection
+    registry.connect_org(t, A, actor="admin", reason="again", connected_by="admin@x", contact=None)  # still connected
+    kept = registry.get_tenant(t).org(A)
+    assert kept is not None and kept.connection_id == first.connection_id and kept.reconnections == 0
+    registry.remove_org(t, A, actor="op", reason="leak")
+    registry.connect_org(t, A, actor="admin", reason="back", connected_by="admin@x", contact=None)
+    again = registry.get_tenant(t).org(A)
+    assert again is not None and again.reconnections == first.reconnections == 0  # the count starts over ...
+    assert again.connection_id not in {"", first.connection_id}  # ... the connection does not
+    stored = json.loads(tenants.get_entity("tenant", t)["Orgs"])  # the row as stored
+    assert [org["connection_id"] for org in stored] == [again.connection_id]
+    registry.record_verification(
+        t,
+        {A: OrgUpdate(OrgStatus.DISCONNECTED, OrgVerification("t", "offboarded"))},
+        reason="left",
+        actor="op",
+        tenant_status=TenantStatus.OFFBOARDED,
+    )
+    registry.connect_org(t, A, actor="admin", reason="back", connected_by="admin@x", contact=None)
+    reconnected = registry.get_tenant(t).org(A)
+    assert reconnected is not None and reconnected.reconnections == 1
+    assert reconnected.connection_id not in {"", first.connection_id, again.connection_id}
+
+
 def test_rotations_keep_every_replaced_secret_inside_its_own_overlap_and_no_more():
     from shared.tenants.orgs import MAX_PREVIOUS_SECRETS, OrgRecord
 

@@ -521,3 +521,53 @@ def test_the_default_schedule_renews_on_daemon_timers_that_end_with_the_renewal(
     assert renewal.claim.etag == table.etags[("kkk", "k" * 64)]  # the latest hold: a fenced write goes through
     store.complete(renewal.claim)
     assert table.rows[("kkk", "k" * 64)]["Status"] == "done"
+
+
+# -- the connection an event was accepted under -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("accepted_under", "outcome"),
+    [
+        ({"connection": 0, "connection_id": "first"}, "done"),  # the same connection
+        ({"connection": 0, "connection_id": "first"}, "poisoned"),  # removed and added again: count 0, new id
+        ({"connection": 0, "connection_id": "first"}, "poisoned"),  # offboarded and connected again
+        ({"connection": 0}, "done"),  # queued before the receiver wrote the id: the count alone decides
+        ({}, "done"),  # queued before either
+    ],
+    ids=["same", "removed-and-added-again", "reconnected", "count-only", "neither"],
+)
+def test_an_event_is_processed_only_under_the_connection_that_accepted_it(
+    accepted_under: dict[str, Any], outcome: str, request: pytest.FixtureRequest
+) -> None:
+    from shared.tenants.orgs import OrgRecord, OrgStatus
+
+    now = {
+        "same": OrgRecord(ORG_URL, OrgStatus.ACTIVE, "t", connection_id="first"),
+        "removed-and-added-again": OrgRecord(ORG_URL, OrgStatus.ACTIVE, "t2", connection_id="second"),
+        "reconnected": OrgRecord(ORG_URL, OrgStatus.ACTIVE, "t", reconnections=1, connection_id="third"),
+        "count-only": OrgRecord(ORG_URL, OrgStatus.ACTIVE, "t", connection_id="second"),
+        "neither": OrgRecord(ORG_URL, OrgStatus.ACTIVE, "t", reconnections=3, connection_id="fourth"),
+    }[request.node.callspec.id]
+    world = World()
+    processor = WebhookProcessor(
+        store=world.store,
+        dataverse=Clients(),  # type: ignore[arg-type]
+        changes_table=None,
+        registry=world.registry,
+        schedule=world.ticks,
+        active_org=lambda tenant, org: now if (tenant, org) == (TENANT, ORG_URL) else None,
+    )
+
+    @world.registry.on("*", "*")
+    def record(event: Any, tools: Any) -> None:
+        world.runs.append(event.key)
+
+    text = json.dumps(json.loads(world.text) | accepted_under)
+    assert processor.process(text, 1, "message-a") == outcome
+    assert world.runs == ([world.key] if outcome == "done" else [])
+    if outcome == "poisoned":
+        (poisoned,) = world.poison.messages
+        assert "is no longer one of" in poisoned["poison_reason"] and world.row()["Status"] != "done"
+    else:
+        assert world.poison.messages == [] and world.row()["Status"] == "done"
