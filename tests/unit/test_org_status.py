@@ -204,16 +204,21 @@ def test_schema_1_rows_read_as_per_org_status_without_losing_anything(status, or
     assert after == {A: None, B: None}
 
 
-def test_a_verification_racing_an_offboarding_leaves_the_orgs_disconnected():
-    registry = TenantRegistry(FakeTable(), FakeTable())
-    t = active_tenant(registry)
-    registry.record_verification(  # the offboarding
+def offboard(registry: TenantRegistry, t: str) -> None:
+    """What OnboardingService.offboard writes: A disconnected, the tenant offboarded."""
+    registry.record_verification(
         t,
         {A: OrgUpdate(OrgStatus.DISCONNECTED, OrgVerification("t", "offboarded"))},
         reason="left",
         actor="op",
         tenant_status=TenantStatus.OFFBOARDED,
     )
+
+
+def test_a_verification_racing_an_offboarding_leaves_the_orgs_disconnected():
+    registry = TenantRegistry(FakeTable(), FakeTable())
+    t = active_tenant(registry)
+    offboard(registry, t)
     late = registry.record_verification(  # the health job's answer, computed before the offboarding landed
         t,
         {A: OrgUpdate(OrgStatus.ACTIVE, OrgVerification("t2", "active"))},
@@ -230,13 +235,7 @@ def test_connecting_a_disconnected_org_again_starts_a_new_connection_and_nothing
     registry.set_webhook_secret(t, A, overlap_seconds=60)
     registry.connect_org(t, A, actor="admin", reason="again", connected_by="admin@x", contact=None)  # still connected
     assert registry.get_tenant(t).org(A).reconnections == 0
-    registry.record_verification(
-        t,
-        {A: OrgUpdate(OrgStatus.DISCONNECTED, OrgVerification("t", "offboarded"))},
-        reason="left",
-        actor="op",
-        tenant_status=TenantStatus.OFFBOARDED,
-    )
+    offboard(registry, t)
     registry.connect_org(t, A, actor="admin", reason="back", connected_by="admin@x", contact=None)
     assert registry.get_tenant(t).org(A).reconnections == 1
 
@@ -260,13 +259,7 @@ def test_an_org_removed_and_added_again_has_a_connection_it_never_had_though_its
     assert again.connection_id not in {"", first.connection_id}  # ... the connection does not
     stored = json.loads(tenants.get_entity("tenant", t)["Orgs"])  # the row as stored
     assert [org["connection_id"] for org in stored] == [again.connection_id]
-    registry.record_verification(
-        t,
-        {A: OrgUpdate(OrgStatus.DISCONNECTED, OrgVerification("t", "offboarded"))},
-        reason="left",
-        actor="op",
-        tenant_status=TenantStatus.OFFBOARDED,
-    )
+    offboard(registry, t)
     registry.connect_org(t, A, actor="admin", reason="back", connected_by="admin@x", contact=None)
     reconnected = registry.get_tenant(t).org(A)
     assert reconnected is not None and reconnected.reconnections == 1
